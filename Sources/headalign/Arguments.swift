@@ -1,0 +1,131 @@
+// Arguments.swift: a small command-line parser (Foundation only). Every command declares its
+// options; anything else is a one-line usage error with exit status 2.
+
+import Foundation
+import HeadAlign
+
+struct OptionSpec {
+    let name: String  // "--seed"
+    let value: String?  // placeholder such as "N"; nil for a switch
+    let help: String
+    var repeatable = false
+}
+
+struct CommandSpec {
+    let name: String
+    let summary: String  // one line, for the overview
+    var detail: String = ""  // a paragraph for the command's --help
+    let usage: String
+    let options: [OptionSpec]
+
+    var helpText: String {
+        var s = "usage: headalign \(usage)\n\n\(detail.isEmpty ? summary : detail)\n"
+        if !options.isEmpty {
+            s += "\noptions:\n"
+            let width = options.map { $0.name.count + ($0.value.map { $0.count + 1 } ?? 0) }.max()! + 2
+            for o in options {
+                let left = o.name + (o.value.map { " " + $0 } ?? "")
+                s += "  " + left.padding(toLength: width, withPad: " ", startingAt: 0) + o.help + "\n"
+            }
+        }
+        s += "  " + "--help".padding(toLength: max(8, (options.map { $0.name.count }.max() ?? 0) + 2), withPad: " ", startingAt: 0)
+        s += "show this help\n"
+        return s
+    }
+}
+
+/// Parsed options of one command. Getters check ranges and throw usage errors that name the flag.
+struct ParsedArguments {
+    let command: String
+    private(set) var values: [String: [String]] = [:]
+    private(set) var switches: Set<String> = []
+    private(set) var wantsHelp = false
+
+    init(_ argv: [String], spec: CommandSpec) throws {
+        command = spec.name
+        var i = 0
+        let byName = Dictionary(uniqueKeysWithValues: spec.options.map { ($0.name, $0) })
+        while i < argv.count {
+            var arg = argv[i]
+            var inline: String? = nil
+            if arg == "--help" || arg == "-h" { wantsHelp = true; i += 1; continue }
+            if arg.hasPrefix("--"), let eq = arg.firstIndex(of: "=") {
+                inline = String(arg[arg.index(after: eq)...])
+                arg = String(arg[..<eq])
+            }
+            guard let opt = byName[arg] else {
+                if arg.hasPrefix("-") {
+                    throw HeadAlignError.usage("unknown flag \(arg) (see 'headalign \(spec.name) --help')")
+                }
+                throw HeadAlignError.usage("unexpected argument '\(arg)' (see 'headalign \(spec.name) --help')")
+            }
+            if opt.value == nil {
+                guard inline == nil else { throw HeadAlignError.usage("\(arg) takes no value") }
+                switches.insert(arg)
+                i += 1
+                continue
+            }
+            let v: String
+            if let inline { v = inline; i += 1 } else {
+                guard i + 1 < argv.count else { throw HeadAlignError.usage("\(arg) needs a value (\(opt.value!))") }
+                v = argv[i + 1]
+                i += 2
+            }
+            if values[arg] != nil && !opt.repeatable {
+                throw HeadAlignError.usage("\(arg) given twice")
+            }
+            values[arg, default: []].append(v)
+        }
+    }
+
+    func has(_ name: String) -> Bool { switches.contains(name) || values[name] != nil }
+
+    func string(_ name: String) -> String? { values[name]?.last }
+
+    func strings(_ name: String) -> [String] { values[name] ?? [] }
+
+    func choice(_ name: String, _ choices: [String], default d: String) throws -> String {
+        let v = string(name) ?? d
+        guard choices.contains(v) else {
+            throw HeadAlignError.usage("\(name): '\(v)' is not one of \(choices.joined(separator: ", "))")
+        }
+        return v
+    }
+
+    func int(_ name: String, default d: Int, range: ClosedRange<Int>) throws -> Int {
+        guard let s = string(name) else { return d }
+        guard let v = Int(s) else { throw HeadAlignError.usage("\(name): '\(s)' is not a whole number") }
+        guard range.contains(v) else {
+            throw HeadAlignError.usage("\(name): \(v) is outside \(range.lowerBound)...\(range.upperBound)")
+        }
+        return v
+    }
+
+    func uint64(_ name: String, default d: UInt64) throws -> UInt64 {
+        guard let s = string(name) else { return d }
+        guard let v = UInt64(s) else { throw HeadAlignError.usage("\(name): '\(s)' is not a non-negative whole number") }
+        return v
+    }
+
+    func double(_ name: String, default d: Double, range: ClosedRange<Double>) throws -> Double {
+        guard let s = string(name) else { return d }
+        guard let v = Double(s), v.isFinite else { throw HeadAlignError.usage("\(name): '\(s)' is not a number") }
+        guard range.contains(v) else {
+            throw HeadAlignError.usage("\(name): \(s) is outside [\(range.lowerBound), \(range.upperBound)]")
+        }
+        return v
+    }
+
+    func precision(default d: Precision = .f32) throws -> Precision {
+        Precision(rawValue: try choice("--precision", Precision.allCases.map(\.rawValue), default: d.rawValue))!
+    }
+
+    func backend() throws -> Backend {
+        try Backend.named(try choice("--backend", ["naive", "blas", "auto"], default: "auto"))
+    }
+}
+
+/// Writes to standard error.
+func printError(_ s: String) {
+    FileHandle.standardError.write((s + "\n").data(using: .utf8)!)
+}

@@ -1,0 +1,58 @@
+// main.swift: the single binary. `headalign <command> [options]`; each command is one small file.
+
+import Foundation
+import HeadAlign
+
+/// A command: its spec (flags and help) and what it does. `run` returns the exit status.
+protocol Command {
+    static var spec: CommandSpec { get }
+    static func run(_ args: ParsedArguments) throws -> Int32
+}
+
+let commands: [Command.Type] = [GradCheckCommand.self, BenchCommand.self, VersionCommand.self]
+
+@MainActor func overview() -> String {
+    var s = """
+    headalign: find and align the attention heads a backdoor hijacks (Jin et al.), in Swift.
+
+    usage: headalign <command> [options]
+
+    commands:
+
+    """
+    for c in commands { s += "  " + c.spec.name.padding(toLength: 12, withPad: " ", startingAt: 0) + c.spec.summary + "\n" }
+    s += "\n'headalign <command> --help' describes a command's options.\n"
+    return s
+}
+
+@MainActor func mainEntry(_ argv: [String]) -> Int32 {
+    guard let name = argv.first, !["--help", "-h", "help"].contains(name) else {
+        if argv.count >= 2, let c = commands.first(where: { $0.spec.name == argv[1] }) {
+            print(c.spec.helpText, terminator: "")
+        } else {
+            print(overview(), terminator: "")
+        }
+        return 0
+    }
+    if name == "--version" { return (try? VersionCommand.run(ParsedArguments([], spec: VersionCommand.spec))) ?? 0 }
+    guard let command = commands.first(where: { $0.spec.name == name }) else {
+        printError("headalign: unknown command '\(name)' (see 'headalign --help')")
+        return 2
+    }
+    do {
+        let args = try ParsedArguments(Array(argv.dropFirst()), spec: command.spec)
+        if args.wantsHelp {
+            print(command.spec.helpText, terminator: "")
+            return 0
+        }
+        return try command.run(args)
+    } catch let e as HeadAlignError {
+        printError("headalign \(name): \(e.description)")
+        return e.exitStatus
+    } catch {
+        printError("headalign \(name): \(error)")
+        return 2
+    }
+}
+
+exit(mainEntry(Array(CommandLine.arguments.dropFirst())))

@@ -190,8 +190,10 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         let config: ModelConfig
         do { config = try JSONDecoder().decode(ModelConfig.self, from: data) } catch let DecodingError.keyNotFound(key, _) {
             throw HeadAlignError.badInput("\(url.path): missing key '\(key.stringValue)'")
-        } catch let DecodingError.typeMismatch(_, ctx) {
-            throw HeadAlignError.badInput("\(url.path): key '\(ctx.codingPath.map(\.stringValue).joined(separator: "."))' has the wrong type")
+        } catch let DecodingError.typeMismatch(_, ctx), let DecodingError.valueNotFound(_, ctx) {
+            let key = ctx.codingPath.map(\.stringValue).joined(separator: ".")
+            if key.isEmpty { throw HeadAlignError.badInput("\(url.path): not a valid config JSON object") }
+            throw HeadAlignError.badInput("\(url.path): key '\(key)' has the wrong type (\(ctx.debugDescription))")
         } catch {
             throw HeadAlignError.badInput("\(url.path): not a valid config JSON object")
         }

@@ -1,0 +1,97 @@
+// TensorTests.swift: the naive kernels by hand, and naive against BLAS on random shapes.
+
+import XCTest
+import HeadAlign
+
+final class TensorTests: XCTestCase {
+    /// A = [[1,2],[3,4]], B = [[5,6],[7,8]]:
+    /// AB = [[19,22],[43,50]], A^T B = [[26,30],[38,44]], A B^T = [[17,23],[39,53]], A^T B^T = [[23,31],[34,46]].
+    func testNaiveGemmByHand() {
+        let a: [Double] = [1, 2, 3, 4], b: [Double] = [5, 6, 7, 8]
+        let cases: [(Bool, Bool, [Double])] = [(false, false, [19, 22, 43, 50]), (true, false, [26, 30, 38, 44]),
+                                               (false, true, [17, 23, 39, 53]), (true, true, [23, 31, 34, 46])]
+        for (ta, tb, expected) in cases {
+            var c = [Double](repeating: -1, count: 4)
+            naiveGemm(transA: ta, transB: tb, m: 2, n: 2, k: 2, alpha: 1, a: a, lda: 2, b: b, ldb: 2, beta: 0, c: &c, ldc: 2)
+            XCTAssertEqual(c, expected, "transA \(ta) transB \(tb)")
+        }
+        // alpha and beta: C = 2 AB + 0.5 C0 with C0 = ones
+        var c = [Double](repeating: 1, count: 4)
+        naiveGemm(transA: false, transB: false, m: 2, n: 2, k: 2, alpha: 2, a: a, lda: 2, b: b, ldb: 2, beta: 0.5, c: &c, ldc: 2)
+        XCTAssertEqual(c, [38.5, 44.5, 86.5, 100.5])
+    }
+
+    /// Leading dimensions: a 2x2 block inside a 3-wide matrix.
+    func testNaiveGemmLeadingDimensions() {
+        let a: [Double] = [1, 2, 99, 3, 4, 99]  // [[1,2],[3,4]] with lda 3
+        let b: [Double] = [5, 6, 7, 8]
+        var c = [Double](repeating: 0, count: 6)
+        naiveGemm(transA: false, transB: false, m: 2, n: 2, k: 2, alpha: 1, a: a, lda: 3, b: b, ldb: 2, beta: 0, c: &c, ldc: 3)
+        XCTAssertEqual(c, [19, 22, 0, 43, 50, 0])
+    }
+
+    func testNaiveAndBLASAgreeOnRandomShapes() throws {
+        let blas = try blasOrSkip()
+        var rng = SeededGenerator(seed: 11)
+        for trial in 0..<60 {
+            let m = 1 + rng.int(below: 40), n = 1 + rng.int(below: 40), k = 1 + rng.int(below: 40)
+            let ta = rng.int(below: 2) == 1, tb = rng.int(below: 2) == 1
+            let pad = rng.int(below: 3)
+            let lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad
+            let aRows = ta ? k : m, bRows = tb ? n : k
+            let beta = trial % 3 == 0 ? 0.0 : 0.5
+            for precision in Precision.allCases {
+                func run<S: Real>(_: S.Type) -> ([S], [S]) {
+                    var g = SeededGenerator(seed: UInt64(trial))
+                    let a: Tensor<S> = randomTensor([aRows * lda], &g), b: Tensor<S> = randomTensor([bRows * ldb], &g)
+                    let c0: Tensor<S> = randomTensor([m * ldc], &g)
+                    let c1 = c0.copy(), c2 = c0.copy()
+                    gemm(.naive, transA: ta, transB: tb, m: m, n: n, k: k, alpha: S(1.5), a: a.data, lda: lda, b: b.data,
+                         ldb: ldb, beta: S(beta), c: c1.data, ldc: ldc)
+                    gemm(blas, transA: ta, transB: tb, m: m, n: n, k: k, alpha: S(1.5), a: a.data, lda: lda, b: b.data,
+                         ldb: ldb, beta: S(beta), c: c2.data, ldc: ldc)
+                    return (c1.array, c2.array)
+                }
+                if precision == .f32 {
+                    let (x, y) = run(Float.self)
+                    for (u, v) in zip(x, y) { assertClose(Double(u), Double(v), atol: 1e-5, rtol: 1e-5, "f32 trial \(trial)") }
+                } else {
+                    let (x, y) = run(Double.self)
+                    for (u, v) in zip(x, y) { assertClose(u, v, atol: 1e-12, rtol: 1e-12, "f64 trial \(trial)") }
+                }
+            }
+        }
+    }
+
+    func testViewsAliasTheirBase() {
+        let base = Tensor<Double>([6], [0, 1, 2, 3, 4, 5])
+        let view = Tensor(viewOf: base, offset: 2, shape: [2, 2])
+        XCTAssertEqual(view.array, [2, 3, 4, 5])
+        view[0] = 20
+        XCTAssertEqual(base[2], 20)
+    }
+
+    func testBackendNames() throws {
+        XCTAssertEqual(try Backend.named("naive").description, "naive")
+        XCTAssertThrowsError(try Backend.named("gpu")) { e in
+            XCTAssertEqual((e as? HeadAlignError)?.exitStatus, 2)
+            XCTAssertTrue("\(e)".contains("--backend"))
+        }
+        if BLASLibrary.shared == nil {
+            XCTAssertThrowsError(try Backend.named("blas"))
+            XCTAssertFalse(try Backend.named("auto").isBLAS)
+        } else {
+            XCTAssertTrue(try Backend.named("auto").isBLAS)
+        }
+    }
+
+    func testSeededGeneratorIsReproducibleAndNormalish() {
+        var a = SeededGenerator(seed: 42), b = SeededGenerator(seed: 42)
+        let xs = (0..<20000).map { _ in a.normal() }
+        XCTAssertEqual(xs, (0..<20000).map { _ in b.normal() })
+        let mean = xs.reduce(0, +) / Double(xs.count)
+        let variance = xs.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(xs.count)
+        assertClose(mean, 0, atol: 0.03)
+        assertClose(variance, 1, atol: 0.05)
+    }
+}

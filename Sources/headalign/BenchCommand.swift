@@ -1,6 +1,86 @@
+// BenchCommand.swift: `headalign bench`, speed on each backend (see Bench.swift for what is measured).
+
+import Foundation
 import HeadAlign
 
 enum BenchCommand: Command {
-    static let spec = CommandSpec(name: "bench", summary: "time forward and backward on each backend", usage: "bench", options: [])
-    static func run(_ args: ParsedArguments) throws -> Int32 { 0 }
+    static let spec = CommandSpec(
+        name: "bench",
+        summary: "time forward and backward on each backend",
+        detail: """
+            Time forward and forward+backward per batch for the presets, and one Llama-2-7B-shaped layer's
+            forward at T=64, on each available backend. Columns: median seconds per batch; GFLOP/s of the
+            matrix products over the whole time; share of the time inside gemm; ratio of the same products
+            replayed alone to the whole time (1.0 = nothing but matrix products); peak resident memory.
+            The first lines measure the naive i-k-j kernel alone on 64x384x384 and BLAS on a few shapes.
+            """,
+        usage: "bench [--preset NAME]... [--backend naive|blas|all] [--precision f32|f64] [--repeat N] [--batch B] [--tokens T] [--threads N]",
+        options: [
+            OptionSpec(name: "--preset", value: "NAME", help: "only the cases of this preset (repeatable; default: all)", repeatable: true),
+            OptionSpec(name: "--backend", value: "B", help: "naive, blas or all (default all: both when BLAS loads)"),
+            OptionSpec(name: "--precision", value: "P", help: "f32 (default) or f64"),
+            OptionSpec(name: "--repeat", value: "N", help: "timed runs per case after one warm-up (default 3)"),
+            OptionSpec(name: "--batch", value: "B", help: "override the sequences per batch"),
+            OptionSpec(name: "--tokens", value: "T", help: "override the tokens per sequence"),
+            OptionSpec(name: "--threads", value: "N", help: "OpenBLAS threads (default: OpenBLAS's own choice)"),
+        ])
+
+    static func run(_ args: ParsedArguments) throws -> Int32 {
+        let presets = args.strings("--preset")
+        for p in presets where !ModelConfig.presetNames.contains(p) {
+            throw HeadAlignError.usage("--preset: unknown preset '\(p)' (one of \(ModelConfig.presetNames.joined(separator: ", ")))")
+        }
+        let which = try args.choice("--backend", ["naive", "blas", "all"], default: "all")
+        var backends: [Backend] = []
+        if which != "blas" { backends.append(.naive) }
+        if which == "blas" { backends.append(try Backend.named("blas")) }
+        if which == "all", let lib = BLASLibrary.shared { backends.append(.blas(lib)) }
+        let precision = try args.precision(default: .f32)
+        let repeats = try args.int("--repeat", default: 3, range: 1...1000)
+        let batchOverride = args.has("--batch") ? try args.int("--batch", default: 1, range: 1...4096) : nil
+        let tokensOverride = args.has("--tokens") ? try args.int("--tokens", default: 1, range: 1...8192) : nil
+        if args.has("--threads") {
+            let n = try args.int("--threads", default: 1, range: 1...256)
+            guard let lib = BLASLibrary.shared else { throw HeadAlignError.usage("--threads: no BLAS library is loaded") }
+            lib.setThreadCount(n)
+        }
+        var cases = defaultBenchCases().filter { presets.isEmpty || presets.contains($0.preset) }
+        if presets.contains("bert-base") {
+            cases += [BenchCase(preset: "bert-base", batch: 32, tokens: 64, backward: false),
+                      BenchCase(preset: "bert-base", batch: 32, tokens: 64, backward: true)]
+        }
+        cases = cases.map {
+            BenchCase(preset: $0.preset, batch: batchOverride ?? $0.batch, tokens: tokensOverride ?? $0.tokens,
+                      backward: $0.backward, singleLayer: $0.singleLayer)
+        }
+
+        print("headalign bench --precision \(precision) --repeat \(repeats)\(presets.map { " --preset \($0)" }.joined())")
+        print("machine: \(machineDescription())")
+        if let lib = BLASLibrary.shared {
+            print("blas: \(lib.name), \(lib.threads.map { "\($0) threads" } ?? "threads unknown")")
+        } else {
+            print("blas: not found (naive kernels only)")
+        }
+        print(String(format: "naive i-k-j kernel, 64x384x384, one thread: %.1f GFLOP/s",
+                     gemmThroughput(precision: precision, backend: .naive, m: 64, n: 384, k: 384, repeats: 20)))
+        if let lib = BLASLibrary.shared {
+            print(String(format: "blas gemm, 64x384x384: %.1f GFLOP/s; 2048x384x384: %.1f GFLOP/s; 64x4096x4096: %.1f GFLOP/s",
+                         gemmThroughput(precision: precision, backend: .blas(lib), m: 64, n: 384, k: 384, repeats: 20),
+                         gemmThroughput(precision: precision, backend: .blas(lib), m: 2048, n: 384, k: 384, repeats: 5),
+                         gemmThroughput(precision: precision, backend: .blas(lib), m: 64, n: 4096, k: 4096, repeats: 5)))
+        }
+        print("")
+        print("| case | backend | batch x tokens | s / batch | GFLOP/s | in gemm | ratio to raw gemm | peak RSS |")
+        print("|---|---|---|---:|---:|---:|---:|---:|")
+        for c in cases {
+            for backend in backends {
+                let r = try runBench(c, backend: backend, precision: precision, repeats: repeats)
+                let rss = r.peakResidentBytes.map { String(format: "%.0f MiB", Double($0) / 1_048_576) } ?? "n/a"
+                print(String(format: "| %@ | %@ | %d x %d | %.4f | %.1f | %.0f%% | %.2f | %@ |", c.name,
+                             backend.isBLAS ? "blas" : "naive", c.batch, c.tokens, r.seconds, r.gflops,
+                             100 * r.gemmShare, r.ratioToRawGemm, rss))
+            }
+        }
+        return 0
+    }
 }

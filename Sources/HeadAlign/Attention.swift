@@ -69,7 +69,12 @@ public func attentionForward<S: Real>(headOut: Tensor<S>, att: Tensor<S>,
             gemm(backend, transB: true, m: t, n: t, k: hs, alpha: scale, a: qh, lda: ldq, b: kg, ldb: ldk,
                  c: a, ldc: t)
             for i in 0..<t {
-                softmaxRow(a + i * t, t, allowed: { key in seq.isReal(key) && !(shape.causal && key > i) })
+                let limit = shape.causal ? i + 1 : t  // keys past the diagonal are masked in a decoder
+                if let mask = seq.mask {
+                    softmaxRow(a + i * t, t, allowed: { key in key < limit && mask[key] })
+                } else {
+                    softmaxRow(a + i * t, t, allowed: { key in key < limit })
+                }
             }
             // H = A V
             gemm(backend, m: t, n: hs, k: t, a: a, lda: t, b: vg, ldb: ldk,

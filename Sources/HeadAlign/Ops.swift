@@ -270,7 +270,8 @@ public func ropeApply<S: Real>(_ x: UnsafeMutablePointer<S>, rows: Int, heads: I
 // MARK: - Softmax and cross-entropy
 
 /// Row softmax in place over `n` entries, max subtracted first; entries with `allowed[k] == false`
-/// become exactly 0. A row with no allowed entry becomes all zeros.
+/// become exactly 0. A row with no allowed entry becomes all zeros. The exponentials, the sum
+/// and the scaling are separate loops so the first and last vectorise.
 @inline(__always)
 public func softmaxRow<S: Real>(_ row: UnsafeMutablePointer<S>, _ n: Int, allowed: (Int) -> Bool) {
     var mx = -S.infinity
@@ -279,16 +280,9 @@ public func softmaxRow<S: Real>(_ row: UnsafeMutablePointer<S>, _ n: Int, allowe
         row.update(repeating: 0, count: n)
         return
     }
+    for k in 0..<n { row[k] = allowed(k) ? S.exp(row[k] - mx) : 0 }
     var sum: S = 0
-    for k in 0..<n {
-        if allowed(k) {
-            let e = S.exp(row[k] - mx)
-            row[k] = e
-            sum += e
-        } else {
-            row[k] = 0
-        }
-    }
+    for k in 0..<n { sum += row[k] }
     let inv = 1 / sum
     for k in 0..<n { row[k] *= inv }
 }

@@ -69,11 +69,14 @@ public func attentionForward<S: Real>(headOut: Tensor<S>, att: Tensor<S>,
             gemm(backend, transB: true, m: t, n: t, k: hs, alpha: scale, a: qh, lda: ldq, b: kg, ldb: ldk,
                  c: a, ldc: t)
             for i in 0..<t {
-                let limit = shape.causal ? i + 1 : t  // keys past the diagonal are masked in a decoder
+                let row = a + i * t
+                let limit = shape.causal ? i + 1 : t  // a decoder's query sees keys 0...i
                 if let mask = seq.mask {
-                    softmaxRow(a + i * t, t, allowed: { key in key < limit && mask[key] })
+                    for key in 0..<limit where !mask[key] { row[key] = -S.infinity }
+                    softmaxPrefix(row, limit, t)
+                    for key in 0..<limit where !mask[key] { row[key] = 0 }  // exactly 0 at padding
                 } else {
-                    softmaxRow(a + i * t, t, allowed: { key in key < limit })
+                    softmaxPrefix(row, limit, t)
                 }
             }
             // H = A V

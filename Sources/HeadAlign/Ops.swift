@@ -270,21 +270,31 @@ public func ropeApply<S: Real>(_ x: UnsafeMutablePointer<S>, rows: Int, heads: I
 // MARK: - Softmax and cross-entropy
 
 /// Row softmax in place over `n` entries, max subtracted first; entries with `allowed[k] == false`
-/// become exactly 0. A row with no allowed entry becomes all zeros. The exponentials, the sum
-/// and the scaling are separate loops so the first and last vectorise.
+/// become exactly 0. A row with no allowed entry becomes all zeros.
 @inline(__always)
 public func softmaxRow<S: Real>(_ row: UnsafeMutablePointer<S>, _ n: Int, allowed: (Int) -> Bool) {
+    for k in 0..<n where !allowed(k) { row[k] = -S.infinity }
+    softmaxPrefix(row, n, n)
+    for k in 0..<n where !allowed(k) { row[k] = 0 }  // exp of -inf is 0, but exactly, always
+}
+
+/// Softmax over `row[0..<limit]`, zeros in `row[limit..<n]` (a causal row: keys after the query).
+/// Entries equal to -inf get weight 0 (up to exp's underflow; callers that need exact zeros
+/// set them afterwards). The exponentials and the scaling are plain loops that vectorise.
+@inline(__always)
+public func softmaxPrefix<S: Real>(_ row: UnsafeMutablePointer<S>, _ limit: Int, _ n: Int) {
     var mx = -S.infinity
-    for k in 0..<n where allowed(k) { mx = Swift.max(mx, row[k]) }
+    for k in 0..<limit { mx = Swift.max(mx, row[k]) }
     if mx == -S.infinity {
         row.update(repeating: 0, count: n)
         return
     }
-    for k in 0..<n { row[k] = allowed(k) ? S.exp(row[k] - mx) : 0 }
+    for k in 0..<limit { row[k] = S.exp(row[k] - mx) }
     var sum: S = 0
-    for k in 0..<n { sum += row[k] }
+    for k in 0..<limit { sum += row[k] }
     let inv = 1 / sum
-    for k in 0..<n { row[k] *= inv }
+    for k in 0..<limit { row[k] *= inv }
+    for k in limit..<n { row[k] = 0 }
 }
 
 /// Backward of a softmax row: `dz = p * (dp - sum_k p_k dp_k)`, written (not accumulated) to `dz`.

@@ -129,3 +129,50 @@ struct ParsedArguments {
 func printError(_ s: String) {
     FileHandle.standardError.write((s + "\n").data(using: .utf8)!)
 }
+
+// MARK: - Options shared by the commands that load a model
+
+let modelOptions: [OptionSpec] = [
+    OptionSpec(name: "--model", value: "DIR", help: "a model directory in the Hugging Face layout (config.json, model.safetensors, vocab.txt or tokenizer.bin)"),
+    OptionSpec(name: "--llama2c", value: "FILE", help: "a llama2.c legacy checkpoint (.bin) instead of --model"),
+    OptionSpec(name: "--tokenizer", value: "FILE", help: "the llama2.c tokenizer.bin for --llama2c"),
+    OptionSpec(name: "--preset", value: "NAME", help: "random weights of a built-in shape instead of --model (\(ModelConfig.presetNames.joined(separator: ", ")))"),
+    OptionSpec(name: "--seed", value: "N", help: "seed for --preset weights (default 1)"),
+    OptionSpec(name: "--precision", value: "P", help: "f32 (default) or f64"),
+    OptionSpec(name: "--backend", value: "B", help: "naive, blas or auto (default auto)"),
+]
+
+extension ParsedArguments {
+    /// Exactly one of --model, --llama2c, --preset.
+    func modelSource() throws -> ModelSource {
+        let given = ["--model", "--llama2c", "--preset"].filter { has($0) }
+        guard given.count == 1 else {
+            throw HeadAlignError.usage(given.isEmpty ? "give a model: --model DIR, --llama2c FILE or --preset NAME"
+                                                     : "give only one of \(given.joined(separator: ", "))")
+        }
+        if let dir = string("--model") {
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+                throw HeadAlignError.usage("--model \(dir): not a directory")
+            }
+            return .directory(dir)
+        }
+        if let file = string("--llama2c") {
+            guard FileManager.default.fileExists(atPath: file) else { throw HeadAlignError.usage("--llama2c \(file): no such file") }
+            if let tok = string("--tokenizer"), !FileManager.default.fileExists(atPath: tok) {
+                throw HeadAlignError.usage("--tokenizer \(tok): no such file")
+            }
+            return .llama2c(model: file, tokenizer: string("--tokenizer"))
+        }
+        let name = string("--preset")!
+        _ = try ModelConfig.preset(name)
+        return .preset(name, seed: try uint64("--seed", default: 1))
+    }
+
+    /// The model and its tokenizer, in the precision and on the backend the flags ask for.
+    func loadModel() throws -> (AnyModel, AnyTokenizer, ModelSource) {
+        let source = try modelSource()
+        let model = try AnyModel.load(source, precision: try precision(), backend: try backend())
+        return (model, try AnyModel.tokenizer(for: source, config: model.config), source)
+    }
+}

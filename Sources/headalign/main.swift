@@ -9,7 +9,10 @@ protocol Command {
     static func run(_ args: ParsedArguments) throws -> Int32
 }
 
-let commands: [Command.Type] = [GradCheckCommand.self, BenchCommand.self, VersionCommand.self]
+let commands: [Command.Type] = [
+    ForwardCommand.self, EmbedCommand.self, GenerateCommand.self, ConvertCommand.self,
+    GradCheckCommand.self, BenchCommand.self, VersionCommand.self,
+]
 
 @MainActor func overview() -> String {
     var s = """

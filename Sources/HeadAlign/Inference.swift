@@ -1,0 +1,49 @@
+// Inference.swift: using a model without training it: greedy generation, mean-pooled sentence
+// embeddings, classifier predictions.
+
+/// Greedy continuation of `prompt`: `maxNew` tokens, each the argmax of the last position's logits
+/// (the first index on ties). Stops early only at a token in `stopAt` (not included).
+/// Recomputes the whole prefix each step: exact and simple; a key/value cache is an optimisation
+/// this does not need at the sizes it runs.
+public func generateGreedy<S: Real>(_ model: Model<S>, prompt: [Int], maxNew: Int, stopAt: Set<Int> = []) -> [Int] {
+    precondition(model.config.hasLMHead, "generateGreedy: the model has no LM head")
+    precondition(!prompt.isEmpty, "generateGreedy: empty prompt")
+    var tokens = prompt
+    var generated: [Int] = []
+    let v = model.config.vocabSize
+    for _ in 0..<maxNew {
+        if tokens.count >= model.config.maxPositionEmbeddings { break }
+        let logits = model.forward(Batch([tokens])).output  // [T, V]
+        let last = logits.data + (tokens.count - 1) * v
+        var best = 0
+        for j in 1..<v where last[j] > last[best] { best = j }
+        if stopAt.contains(best) { break }
+        generated.append(best)
+        tokens.append(best)
+    }
+    return generated
+}
+
+/// Sentence embeddings as sentence-transformers computes them for MiniLM: the mean of the last
+/// hidden states over the real tokens ([CLS] and [SEP] included), L2-normalised. `[B, D]`.
+public func meanPooledEmbeddings<S: Real>(_ model: Model<S>, _ batch: Batch) -> [[Double]] {
+    precondition(model.config.family == .bert && model.config.numLabels == 0,
+                 "meanPooledEmbeddings: needs a BERT encoder without a classifier head")
+    let hidden = model.forward(batch).output  // [N, D]
+    let d = model.config.hiddenSize
+    return batch.sequences.enumerated().map { b, seq in
+        var sum = [Double](repeating: 0, count: d)
+        var n = 0.0
+        for t in 0..<seq.count where seq.isReal(t) {
+            let row = hidden.data + (batch.rowOffset[b] + t) * d
+            for j in 0..<d { sum[j] += Double(row[j]) }
+            n += 1
+        }
+        let mean = sum.map { $0 / n }
+        let norm = mean.map { $0 * $0 }.reduce(0, +).squareRoot()
+        return mean.map { $0 / max(norm, 1e-12) }
+    }
+}
+
+/// Cosine similarity of unit vectors.
+public func dot(_ a: [Double], _ b: [Double]) -> Double { zip(a, b).map(*).reduce(0, +) }

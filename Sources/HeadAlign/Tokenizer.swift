@@ -1,0 +1,264 @@
+// Tokenizer.swift: BERT's WordPiece (basic tokenizer + greedy longest match), llama2.c's BPE
+// (merges by score, byte fallback), and building a whole-word vocabulary from a training set for
+// the tiny models headalign trains (saved as a WordPiece vocab.txt, so Hugging Face's
+// BertTokenizer reads it too).
+
+import Foundation
+
+// MARK: - WordPiece
+
+public final class WordPieceTokenizer: @unchecked Sendable {
+    public let vocab: [String]
+    public let ids: [String: Int]
+    public let lowercase: Bool
+    public let stripAccents: Bool
+    public let splitChinese: Bool
+    public let unk: Int, cls: Int, sep: Int, pad: Int
+    /// Longest word WordPiece tries to split (longer words become [UNK], as in BERT).
+    public let maxCharsPerWord = 100
+
+    public init(vocab: [String], lowercase: Bool = true, stripAccents: Bool? = nil, splitChinese: Bool = true,
+                source: String = "vocab") throws {
+        guard !vocab.isEmpty else { throw HeadAlignError.badInput("\(source): empty vocabulary") }
+        var ids: [String: Int] = [:]
+        for (i, t) in vocab.enumerated() where ids[t] == nil { ids[t] = i }
+        func special(_ t: String) throws -> Int {
+            guard let i = ids[t] else { throw HeadAlignError.badInput("\(source): no \(t) token") }
+            return i
+        }
+        self.vocab = vocab
+        self.ids = ids
+        self.lowercase = lowercase
+        self.stripAccents = stripAccents ?? lowercase  // BERT: unset follows lower-casing
+        self.splitChinese = splitChinese
+        unk = try special("[UNK]"); cls = try special("[CLS]"); sep = try special("[SEP]")
+        pad = ids["[PAD]"] ?? 0
+    }
+
+    /// Reads `vocab.txt` (one token per line, id = line number) and, when present beside it,
+    /// `tokenizer_config.json` (`do_lower_case`, `strip_accents`, `tokenize_chinese_chars`).
+    public convenience init(directory dir: String) throws {
+        let path = dir + "/vocab.txt"
+        guard let data = FileManager.default.contents(atPath: path) else { throw HeadAlignError.badInput("\(path): cannot read") }
+        guard let text = String(data: data, encoding: .utf8) else { throw HeadAlignError.badInput("\(path): not UTF-8") }
+        var lines = text.components(separatedBy: "\n").map { $0.hasSuffix("\r") ? String($0.dropLast()) : $0 }
+        if lines.last == "" { lines.removeLast() }
+        var lower = true, strip: Bool? = nil, chinese = true
+        let configPath = dir + "/tokenizer_config.json"
+        if let c = FileManager.default.contents(atPath: configPath) {
+            let json: JSONValue
+            do { json = try c.withUnsafeBytes { try JSONValue.parse($0.bindMemory(to: UInt8.self)) } } catch {
+                throw HeadAlignError.badInput("\(configPath): not valid JSON (\(error))")
+            }
+            if case .bool(let b)? = json["do_lower_case"] { lower = b }
+            if case .bool(let b)? = json["strip_accents"] { strip = b }
+            if case .bool(let b)? = json["tokenize_chinese_chars"] { chinese = b }
+        }
+        try self.init(vocab: lines, lowercase: lower, stripAccents: strip, splitChinese: chinese, source: path)
+    }
+
+    /// The basic tokenizer: clean, split CJK characters, lower-case, strip accents, split off
+    /// punctuation, split on whitespace.
+    public func basicTokens(_ text: String) -> [String] {
+        var cleaned = String.UnicodeScalarView()
+        for u in text.unicodeScalars {
+            if u.value == 0 || u.value == 0xFFFD || isControl(u) { continue }
+            if isWhitespace(u) { cleaned.append(" "); continue }
+            if splitChinese && isChinese(u) { cleaned.append(" "); cleaned.append(u); cleaned.append(" "); continue }
+            cleaned.append(u)
+        }
+        var out: [String] = []
+        for word in String(cleaned).split(separator: " ", omittingEmptySubsequences: true) {
+            var w = String(word)
+            if lowercase { w = w.lowercased() }
+            if stripAccents {
+                w = String(String.UnicodeScalarView(w.decomposedStringWithCanonicalMapping.unicodeScalars.filter {
+                    $0.properties.generalCategory != .nonspacingMark
+                }))
+            }
+            var current = String.UnicodeScalarView()
+            for u in w.unicodeScalars {
+                if isPunctuation(u) {
+                    if !current.isEmpty { out.append(String(current)); current = String.UnicodeScalarView() }
+                    out.append(String(u))
+                } else {
+                    current.append(u)
+                }
+            }
+            if !current.isEmpty { out.append(String(current)) }
+        }
+        return out
+    }
+
+    /// Greedy longest-match-first WordPiece of one basic token; continuation pieces start with ##.
+    public func wordPieces(_ word: String) -> [Int] {
+        let chars = Array(word.unicodeScalars)
+        if chars.count > maxCharsPerWord { return [unk] }
+        var pieces: [Int] = []
+        var start = 0
+        while start < chars.count {
+            var end = chars.count
+            var found: Int? = nil
+            while start < end {
+                var piece = String(String.UnicodeScalarView(chars[start..<end]))
+                if start > 0 { piece = "##" + piece }
+                if let id = ids[piece] { found = id; break }
+                end -= 1
+            }
+            guard let id = found else { return [unk] }
+            pieces.append(id)
+            start = end
+        }
+        return pieces
+    }
+
+    /// `[CLS] pieces [SEP]`, truncated to `maxLength` tokens (the [SEP] kept). Returns whether
+    /// it truncated.
+    public func encode(_ text: String, maxLength: Int = 512) -> (ids: [Int], truncated: Bool) {
+        var body = basicTokens(text).flatMap(wordPieces)
+        let room = max(0, maxLength - 2)
+        let truncated = body.count > room
+        if truncated { body = Array(body.prefix(room)) }
+        return ([cls] + body + [sep], truncated)
+    }
+
+    public func token(_ id: Int) -> String { id >= 0 && id < vocab.count ? vocab[id] : "<\(id)>" }
+}
+
+// Character classes as BERT defines them.
+func isWhitespace(_ u: Unicode.Scalar) -> Bool {
+    u == " " || u == "\t" || u == "\n" || u == "\r" || u.properties.generalCategory == .spaceSeparator
+}
+
+func isControl(_ u: Unicode.Scalar) -> Bool {
+    if u == "\t" || u == "\n" || u == "\r" { return false }
+    let c = u.properties.generalCategory
+    return c == .control || c == .format
+}
+
+func isPunctuation(_ u: Unicode.Scalar) -> Bool {
+    let v = u.value
+    if (33...47).contains(v) || (58...64).contains(v) || (91...96).contains(v) || (123...126).contains(v) { return true }
+    switch u.properties.generalCategory {
+    case .connectorPunctuation, .dashPunctuation, .openPunctuation, .closePunctuation, .initialPunctuation,
+         .finalPunctuation, .otherPunctuation:
+        return true
+    default: return false
+    }
+}
+
+func isChinese(_ u: Unicode.Scalar) -> Bool {
+    let v = u.value
+    return (0x4E00...0x9FFF).contains(v) || (0x3400...0x4DBF).contains(v) || (0x20000...0x2A6DF).contains(v)
+        || (0x2A700...0x2B73F).contains(v) || (0x2B740...0x2B81F).contains(v) || (0x2B820...0x2CEAF).contains(v)
+        || (0xF900...0xFAFF).contains(v) || (0x2F800...0x2FA1F).contains(v)
+}
+
+// MARK: - Whole-word vocabularies for the tiny models
+
+/// A vocabulary of whole words from a training set: special tokens first ([PAD] [UNK] [CLS] [SEP]
+/// [MASK]), then the words by descending count (ties alphabetical), at most `size` entries in all.
+/// Words are the basic tokenizer's (lower-cased, punctuation split off), so WordPiece over this
+/// vocabulary is word-level tokenization.
+public func buildWordVocabulary(_ texts: [String], size: Int) throws -> [String] {
+    let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    let basic = try WordPieceTokenizer(vocab: specials)
+    var counts: [String: Int] = [:]
+    for t in texts { for w in basic.basicTokens(t) { counts[w, default: 0] += 1 } }
+    let words = counts.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }.map(\.key)
+    return specials + words.filter { !specials.contains($0) }.prefix(max(0, size - specials.count))
+}
+
+// MARK: - llama2.c BPE
+
+/// llama2.c's tokenizer (`tokenizer.bin`): max token length, then per id a float score, a length
+/// and the piece's bytes. Encoding as llama2.c's `encode`: optional BOS, a leading space piece,
+/// each UTF-8 character looked up (or its bytes as `<0xHH>` fallback ids 3 + byte), then the
+/// adjacent pair whose merge has the highest score is merged until none is in the vocabulary.
+public final class Llama2cTokenizer: @unchecked Sendable {
+    public let pieces: [[UInt8]]
+    public let scores: [Float]
+    private let lookup: [[UInt8]: Int]
+    public let bos = 1, eos = 2
+
+    public init(path: String, vocabSize: Int) throws {
+        guard let data = FileManager.default.contents(atPath: path) else { throw HeadAlignError.badInput("\(path): cannot read") }
+        var pieces: [[UInt8]] = [], scores: [Float] = []
+        var o = 4
+        func need(_ n: Int) throws {
+            guard o + n <= data.count else { throw HeadAlignError.badInput("\(path): ends inside token \(pieces.count) (\(data.count) bytes)") }
+        }
+        try need(0)
+        guard data.count >= 4 else { throw HeadAlignError.badInput("\(path): shorter than its 4-byte header") }
+        for _ in 0..<vocabSize {
+            try need(8)
+            let score = data.withUnsafeBytes { Float(bitPattern: $0.loadUnaligned(fromByteOffset: o, as: UInt32.self)) }
+            let len = Int(data.withUnsafeBytes { Int32(littleEndian: $0.loadUnaligned(fromByteOffset: o + 4, as: Int32.self)) })
+            o += 8
+            guard len >= 0, len <= 1 << 16 else { throw HeadAlignError.badInput("\(path): token \(pieces.count) has length \(len)") }
+            try need(len)
+            pieces.append(Array(data[(data.startIndex + o)..<(data.startIndex + o + len)]))
+            scores.append(score)
+            o += len
+        }
+        guard o == data.count else {
+            throw HeadAlignError.badInput("\(path): \(data.count - o) bytes left after \(vocabSize) tokens (vocabulary size mismatch?)")
+        }
+        var lookup: [[UInt8]: Int] = [:]
+        for (i, p) in pieces.enumerated() where lookup[p] == nil { lookup[p] = i }
+        self.pieces = pieces
+        self.scores = scores
+        self.lookup = lookup
+    }
+
+    public func encode(_ text: String, bos addBOS: Bool = true, eos addEOS: Bool = false) -> [Int] {
+        var tokens: [Int] = addBOS ? [bos] : []
+        let bytes = Array(text.utf8)
+        if !bytes.isEmpty, let space = lookup[[0x20]] { tokens.append(space) }
+        var i = 0
+        while i < bytes.count {
+            var j = i + 1  // a UTF-8 character: a lead byte and its continuation bytes (at most 4)
+            while j < bytes.count, bytes[j] & 0xC0 == 0x80, j - i < 4 { j += 1 }
+            let ch = Array(bytes[i..<j])
+            if let id = lookup[ch] { tokens.append(id) } else { tokens += ch.map { Int($0) + 3 } }
+            i = j
+        }
+        while true {
+            var best = -Float.infinity, bestID = -1, bestAt = -1
+            for k in 0..<max(0, tokens.count - 1) {
+                if let id = lookup[pieces[tokens[k]] + pieces[tokens[k + 1]]], scores[id] > best {
+                    best = scores[id]; bestID = id; bestAt = k
+                }
+            }
+            if bestAt < 0 { break }
+            tokens[bestAt] = bestID
+            tokens.remove(at: bestAt + 1)
+        }
+        if addEOS { tokens.append(eos) }
+        return tokens
+    }
+
+    /// The bytes token `id` prints after `previous`, as llama2.c's `decode`: a leading space is
+    /// dropped after BOS, and `<0xHH>` stands for the byte HH.
+    public func decode(_ id: Int, after previous: Int) -> [UInt8] {
+        guard id >= 0 && id < pieces.count else { return [] }
+        var p = pieces[id]
+        if previous == bos, p.first == 0x20 { p.removeFirst() }
+        if p.count == 6, p.starts(with: Array("<0x".utf8)), p.last == UInt8(ascii: ">"),
+           let b = UInt8(String(decoding: p[3..<5], as: UTF8.self), radix: 16) {
+            return [b]
+        }
+        return p
+    }
+
+    /// The text of a generated sequence that follows `first` (usually BOS).
+    public func decode(_ ids: [Int], after first: Int) -> String {
+        var bytes: [UInt8] = []
+        var previous = first
+        for id in ids {
+            bytes += decode(id, after: previous)
+            previous = id
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}

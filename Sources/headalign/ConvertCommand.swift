@@ -1,0 +1,40 @@
+// ConvertCommand.swift: `headalign convert`, a llama2.c checkpoint to a Hugging Face directory.
+
+import Foundation
+import HeadAlign
+
+enum ConvertCommand: Command {
+    static let spec = CommandSpec(
+        name: "convert",
+        summary: "convert a llama2.c checkpoint to a Hugging Face safetensors directory",
+        detail: """
+            Read a llama2.c legacy checkpoint and write config.json + model.safetensors (F32) in the Hugging Face
+            LlamaForCausalLM layout. W_q and W_k rows are permuted per head (row 2i -> i, 2i+1 -> i + HS/2) so
+            that Hugging Face's rotate-half rotary gives the same outputs as llama2.c's interleaved pairs.
+            The llama2.c tokenizer is copied as tokenizer.bin (headalign reads it; transformers needs its own).
+            """,
+        usage: "convert --llama2c FILE --tokenizer FILE --out DIR",
+        options: [
+            OptionSpec(name: "--llama2c", value: "FILE", help: "the llama2.c legacy checkpoint (.bin)"),
+            OptionSpec(name: "--tokenizer", value: "FILE", help: "its tokenizer.bin (copied into the directory)"),
+            OptionSpec(name: "--out", value: "DIR", help: "the new directory (must not exist)"),
+        ])
+
+    static func run(_ args: ParsedArguments) throws -> Int32 {
+        guard let path = args.string("--llama2c") else { throw HeadAlignError.usage("--llama2c FILE is required") }
+        guard let out = args.string("--out") else { throw HeadAlignError.usage("--out DIR is required") }
+        guard FileManager.default.fileExists(atPath: path) else { throw HeadAlignError.usage("--llama2c \(path): no such file") }
+        var extra: [String: Data] = [:]
+        if let tok = args.string("--tokenizer") {
+            guard let data = FileManager.default.contents(atPath: tok) else { throw HeadAlignError.usage("--tokenizer \(tok): cannot read") }
+            extra["tokenizer.bin"] = data
+        }
+        let model: Model<Float> = try loadLlama2c(path: path, backend: .naive)
+        if let tok = args.string("--tokenizer") {  // check it fits the model before writing anything
+            _ = try Llama2cTokenizer(path: tok, vocabSize: model.config.vocabSize)
+        }
+        try saveModel(convertToRotateHalf(model), to: out, dtype: .F32, extraFiles: extra)
+        print("wrote \(out): config.json, model.safetensors (\(model.layout.tensors.count) tensors, \(model.layout.total) parameters)\(extra.isEmpty ? "" : ", tokenizer.bin")")
+        return 0
+    }
+}

@@ -112,4 +112,37 @@ public enum AnyModel {
         case .f64(let m): return rows(m)
         }
     }
+
+    /// Eq. 1's attention probabilities of every layer, sequence and head: `[L][B][NH]`, each a
+    /// row-major `T x T` matrix as Double.
+    public func attentions(_ batch: Batch) -> [[[[Double]]]] {
+        func run<S: Real>(_ m: Model<S>) -> [[[[Double]]]] {
+            let pass = m.forward(batch)
+            return (0..<m.config.numHiddenLayers).map { l in
+                batch.sequences.indices.map { b in
+                    (0..<m.config.numAttentionHeads).map { h in pass.attention(layer: l, sequence: b, head: h).array.map { Double($0) } }
+                }
+            }
+        }
+        switch self {
+        case .f32(let m): return run(m)
+        case .f64(let m): return run(m)
+        }
+    }
+
+    /// Writes the model to a new directory (see `saveModel`).
+    public func save(to dir: String, dtype: SafetensorsDType? = nil, extraFiles: [String: Data] = [:]) throws {
+        switch self {
+        case .f32(let m): try saveModel(m, to: dir, dtype: dtype, extraFiles: extraFiles)
+        case .f64(let m): try saveModel(m, to: dir, dtype: dtype, extraFiles: extraFiles)
+        }
+    }
+
+    /// A llama2.c model re-expressed for rotate-half rotary (see `convertToRotateHalf`).
+    public func convertedToRotateHalf() -> AnyModel {
+        switch self {
+        case .f32(let m): return .f32(convertToRotateHalf(m))
+        case .f64(let m): return .f64(convertToRotateHalf(m))
+        }
+    }
 }

@@ -33,6 +33,9 @@ public enum JSONValue: Equatable, Sendable {
         return members.last(where: { $0.0 == key })?.1
     }
 
+    /// The type with its article ("an array"), for error messages.
+    public var described: String { (["object", "array", "integer"].contains(typeName) ? "an " : "a ") + typeName }
+
     /// A short name of the type, for error messages.
     public var typeName: String {
         switch self {

@@ -79,17 +79,17 @@ public func parseSafetensorsHeader(_ bytes: UnsafeRawBufferPointer, source: Stri
     do { json = try JSONValue.parse(headerBytes) } catch let e as JSONError {
         throw bad("header is not valid JSON (\(e))")
     }
-    guard case .object(let members) = json else { throw bad("header is a JSON \(json.typeName), not an object") }
+    guard case .object(let members) = json else { throw bad("header is \(json.described) in JSON, not an object") }
 
     var metadata: [String: String]? = nil
     var byName: [String: SafetensorsEntry] = [:]
     var order: [String] = []
     for (name, value) in members {
         if name == "__metadata__" {
-            guard case .object(let pairs) = value else { throw bad("__metadata__ is a \(value.typeName), not an object of strings") }
+            guard case .object(let pairs) = value else { throw bad("__metadata__ is \(value.described), not an object of strings") }
             var m: [String: String] = [:]
             for (k, v) in pairs {
-                guard case .string(let s) = v else { throw bad("__metadata__ key '\(k)' is a \(v.typeName), not a string") }
+                guard case .string(let s) = v else { throw bad("__metadata__ key '\(k)' is \(v.described), not a string") }
                 m[k] = s
             }
             metadata = m
@@ -100,10 +100,10 @@ public func parseSafetensorsHeader(_ bytes: UnsafeRawBufferPointer, source: Stri
             return f
         }
         func index(_ v: JSONValue, _ what: String) throws -> Int {
-            guard case .integer(let i) = v, i >= 0 else { throw bad("tensor '\(name)': \(what) must be non-negative integers, found a \(v.typeName) \(v)") }
+            guard case .integer(let i) = v, i >= 0 else { throw bad("tensor '\(name)': \(what) must be non-negative integers, found \(v.described)") }
             return i
         }
-        guard case .object = value else { throw bad("tensor '\(name)': a \(value.typeName), not an object") }
+        guard case .object = value else { throw bad("tensor '\(name)': \(value.described), not an object") }
         guard case .string(let dt) = try field("dtype") else { throw bad("tensor '\(name)': dtype is not a string") }
         guard let dtype = SafetensorsDType(rawValue: dt) else { throw bad("tensor '\(name)': unknown dtype '\(dt)'") }
         guard case .array(let dims) = try field("shape") else { throw bad("tensor '\(name)': shape is not an array") }

@@ -63,3 +63,44 @@ func blasOrSkip() throws -> Backend {
     }
     return .blas(lib)
 }
+
+/// The package root (two levels above this file).
+let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().path
+
+/// A path under ../shared/data, or a skip with a clear message when the data is not there.
+func sharedData(_ relative: String) throws -> String {
+    let path = packageRoot + "/../shared/data/" + relative
+    guard FileManager.default.fileExists(atPath: path) else {
+        throw XCTSkip("../shared/data/\(relative) is absent; reference checks on real checkpoints skipped")
+    }
+    return path
+}
+
+/// A committed fixture's parsed JSON.
+func fixture(_ name: String) throws -> JSONValue {
+    let path = packageRoot + "/Tests/HeadAlignTests/Fixtures/" + name
+    guard let data = FileManager.default.contents(atPath: path) else { XCTFail("missing fixture \(path)"); throw XCTSkip("no fixture") }
+    return try data.withUnsafeBytes { try JSONValue.parse($0.bindMemory(to: UInt8.self)) }
+}
+
+extension JSONValue {
+    var array: [JSONValue] { if case .array(let a) = self { return a } else { return [] } }
+    var int: Int { if case .integer(let i) = self { return i } else { return Int.min } }
+    var double: Double {
+        switch self {
+        case .integer(let i): return Double(i)
+        case .float(let d): return d
+        default: return .nan
+        }
+    }
+    var stringValue: String { if case .string(let s) = self { return s } else { return "" } }
+}
+
+/// A fresh temporary directory, removed at the end of the test.
+func temporaryDirectory(_ test: XCTestCase) -> String {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("headalign-test-\(UUID().uuidString)").path
+    try! FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    test.addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
+    return dir
+}

@@ -220,7 +220,11 @@ public final class Llama2cTokenizer: @unchecked Sendable {
             var j = i + 1  // a UTF-8 character: a lead byte and its continuation bytes (at most 4)
             while j < bytes.count, bytes[j] & 0xC0 == 0x80, j - i < 4 { j += 1 }
             let ch = Array(bytes[i..<j])
-            if let id = lookup[ch] { tokens.append(id) } else { tokens += ch.map { Int($0) + 3 } }
+            if let id = lookup[ch] {
+                tokens.append(id)
+            } else {  // byte fallback: <0xHH> is id 3 + HH in llama2.c vocabularies (<unk> if absent)
+                tokens += ch.map { Int($0) + 3 < pieces.count ? Int($0) + 3 : 0 }
+            }
             i = j
         }
         while true {

@@ -176,3 +176,61 @@ extension ParsedArguments {
         return (model, try AnyModel.tokenizer(for: source, config: model.config), source)
     }
 }
+
+// MARK: - Options of the method's commands
+
+let analysisOptions: [OptionSpec] = [
+    OptionSpec(name: "--view", value: "V", help: "view of A for Eq. 3 in Eq. 5 and Eq. 6-7: full, cls, last, gen2prompt (default: full for classifiers, gen2prompt for decoders)"),
+    OptionSpec(name: "--scope", value: "S", help: "head pairs compared: model (default) or layer"),
+    OptionSpec(name: "--alpha", value: "A", help: "Eq. 5 weight of maxsim against importance, in [0, 1] (default 0.5)"),
+    OptionSpec(name: "--tau", value: "T", help: "Eq. 5 class bound, in [0, 0.5] (default 0.5)"),
+    OptionSpec(name: "--importance-labels", value: "L", help: "Eq. 4 loss labels: predicted (default) or gold"),
+    OptionSpec(name: "--generate", value: "N", help: "tokens generated for gen2prompt, T_g (default 8)"),
+    OptionSpec(name: "--threshold", value: "C", help: "frac_above's cosine threshold (default 0.99)"),
+]
+
+extension ParsedArguments {
+    func analysisSettings(for config: ModelConfig, view flag: String = "--view") throws -> AnalysisSettings {
+        let task = Task.of(config)
+        let defaultView = task.defaultViews(config.family).defense
+        var s = AnalysisSettings(view: AnalysisView(rawValue: try choice(flag, AnalysisView.allCases.map(\.rawValue), default: defaultView.rawValue))!)
+        s.scope = PairScope(rawValue: try choice("--scope", PairScope.allCases.map(\.rawValue), default: "model"))!
+        s.importanceLabels = ImportanceLabels(rawValue: try choice("--importance-labels", ImportanceLabels.allCases.map(\.rawValue), default: "predicted"))!
+        s.generate = try int("--generate", default: 8, range: 1...4096)
+        s.threshold = try double("--threshold", default: 0.99, range: 0...1)
+        if s.view == .gen2prompt && task != .generation { throw HeadAlignError.usage("\(flag) gen2prompt needs a decoder with an LM head") }
+        if s.view == .cls && config.family != .bert { throw HeadAlignError.usage("\(flag) cls is the [CLS] row of a BERT encoder; use last for a decoder") }
+        return s
+    }
+
+    func alphaTau() throws -> (Double, Double) {
+        (try double("--alpha", default: 0.5, range: 0...1), try double("--tau", default: 0.5, range: 0...0.5))
+    }
+
+    /// Inputs from --text/--ids and from a file flag, tokenized; a warning for truncated ones.
+    func analysisInputs(fileFlag: String?, tokenizer: AnyTokenizer, config: ModelConfig, command: String) throws -> [AnalysisInput] {
+        var inputs: [AnalysisInput] = []
+        let maxLength = config.maxPositionEmbeddings - (Task.of(config) == .generation ? try int("--generate", default: 8, range: 1...4096) : 0)
+        func add(_ text: String, _ label: Int?) throws {
+            let (ids, truncated) = try tokenizer.encode(text, maxLength: maxLength)
+            if truncated { printError("headalign \(command): warning: input '\(text.prefix(40))' truncated to \(ids.count) tokens") }
+            if let label, config.numLabels > 0, label >= config.numLabels {
+                throw HeadAlignError.usage("label \(label) of '\(text.prefix(40))' is outside the model's \(config.numLabels) classes")
+            }
+            inputs.append(AnalysisInput(tokens: ids, label: label))
+        }
+        for t in strings("--text") { try add(t, has("--label") ? try int("--label", default: 0, range: 0...100_000) : nil) }
+        for s in strings("--ids") {
+            let ids = s.split(whereSeparator: { $0 == " " || $0 == "," }).map { Int($0) }
+            guard !ids.isEmpty, ids.allSatisfy({ $0 != nil && $0! >= 0 && $0! < config.vocabSize }) else {
+                throw HeadAlignError.usage("--ids '\(s)': token ids must be integers in 0..<\(config.vocabSize)")
+            }
+            guard ids.count <= maxLength else { throw HeadAlignError.usage("--ids: \(ids.count) tokens exceed \(maxLength) positions") }
+            inputs.append(AnalysisInput(tokens: ids.map { $0! }, label: has("--label") ? try int("--label", default: 0, range: 0...100_000) : nil))
+        }
+        if let flag = fileFlag, let path = string(flag) {
+            for e in try readPlainExamples(path: path) { try add(e.text, e.label) }
+        }
+        return inputs
+    }
+}

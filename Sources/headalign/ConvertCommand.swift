@@ -13,16 +13,32 @@ enum ConvertCommand: Command {
             that Hugging Face's rotate-half rotary gives the same outputs as llama2.c's interleaved pairs.
             The llama2.c tokenizer is copied as tokenizer.bin (headalign reads it; transformers needs its own).
             """,
-        usage: "convert --llama2c FILE --tokenizer FILE --out DIR",
+        usage: "convert --llama2c FILE --tokenizer FILE --out DIR | convert --model DIR --labels N [--seed S] --out DIR",
         options: [
+            OptionSpec(name: "--model", value: "DIR", help: "a Hugging Face directory to give a new classifier head (with --labels)"),
+            OptionSpec(name: "--labels", value: "N", help: "classes of the new sequence-classification head (initialised from --seed)"),
+            OptionSpec(name: "--seed", value: "N", help: "seed of the new head's weights (default 1)"),
             OptionSpec(name: "--llama2c", value: "FILE", help: "the llama2.c legacy checkpoint (.bin)"),
             OptionSpec(name: "--tokenizer", value: "FILE", help: "its tokenizer.bin (copied into the directory)"),
             OptionSpec(name: "--out", value: "DIR", help: "the new directory (must not exist)"),
         ])
 
     static func run(_ args: ParsedArguments) throws -> Int32 {
-        guard let path = args.string("--llama2c") else { throw HeadAlignError.usage("--llama2c FILE is required") }
         guard let out = args.string("--out") else { throw HeadAlignError.usage("--out DIR is required") }
+        if let dir = args.string("--model") {
+            guard args.has("--labels") else { throw HeadAlignError.usage("--model needs --labels N (the classifier head to add)") }
+            let labels = try args.int("--labels", default: 2, range: 2...100_000)
+            let base = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
+            guard base.numLabels == 0 else { throw HeadAlignError.usage("--model \(dir) already has a classifier head") }
+            let config = base.withClassifier(labels: labels)
+            let head = config.family == .bert ? "classifier." : "score."
+            let model: Model<Float> = try loadModel(directory: dir, backend: .naive, config: config,
+                                                    allowMissing: { $0.hasPrefix(head) }, seed: try args.uint64("--seed", default: 1))
+            try saveModel(model, to: out, dtype: .F32, extraFiles: DefendCommand.tokenizerFiles(args))
+            print("wrote \(out): \(config.architectures[0]) with a new \(labels)-class head (seed \(try args.uint64("--seed", default: 1)))")
+            return 0
+        }
+        guard let path = args.string("--llama2c") else { throw HeadAlignError.usage("--llama2c FILE or --model DIR is required") }
         guard FileManager.default.fileExists(atPath: path) else { throw HeadAlignError.usage("--llama2c \(path): no such file") }
         var extra: [String: Data] = [:]
         if let tok = args.string("--tokenizer") {

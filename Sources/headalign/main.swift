@@ -10,7 +10,7 @@ protocol Command {
 }
 
 let commands: [Command.Type] = [
-    ForwardCommand.self, EmbedCommand.self, GenerateCommand.self, ConvertCommand.self,
+    InspectCommand.self, ClassifyCommand.self, MonitorCommand.self, DefendCommand.self, ForwardCommand.self, EmbedCommand.self, GenerateCommand.self, ConvertCommand.self,
     GradCheckCommand.self, BenchCommand.self, VersionCommand.self,
 ]
 

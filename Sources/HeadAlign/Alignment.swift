@@ -1,0 +1,75 @@
+// Alignment.swift: Eq. 6 (the safe heads' mean attention, a constant at each step) and Eq. 7 (the
+// squared distance of each suspicious head's attention from it), and training on that loss with
+// only the suspicious heads' query and key parameters free.
+
+/// Eq. 6: `Abar_safe(x)`, the mean of the safe heads' views (heads indexed `l * NH + h`).
+public func safeReference(_ views: [[Double]], safe: [Int]) -> [Double] {
+    precondition(!safe.isEmpty, "safeReference: no safe heads")
+    var mean = [Double](repeating: 0, count: views[safe[0]].count)
+    for h in safe { for k in 0..<mean.count { mean[k] += views[h][k] } }
+    return mean.map { $0 / Double(safe.count) }
+}
+
+/// Eq. 7 for one input: `sum_{h in suspicious} ||A^h - Abar_safe||_F^2` over the view.
+public func alignmentLoss(_ views: [[Double]], suspicious: [Int], safe: [Int]) -> Double {
+    let ref = safeReference(views, safe: safe)
+    var total = 0.0
+    for h in suspicious { for k in 0..<ref.count { let e = views[h][k] - ref[k]; total += e * e } }
+    return total
+}
+
+/// What Eq. 7 trains: the suspicious heads' W_q rows and bias entries, and a key/value head's
+/// W_k rows and bias entries only when every query head sharing it is suspicious. `true` = free.
+public func alignmentTrainableMask(layout: ParameterLayout, config c: ModelConfig, suspicious: [HeadID]) -> [Bool] {
+    var mask = [Bool](repeating: false, count: layout.total)
+    let set = Set(suspicious), shape = c.attentionShape
+    for id in suspicious {
+        let s = headSlices(layout: layout, config: c, layer: id.layer, head: id.head)
+        for r in s.query { for i in r { mask[i] = true } }
+        let g = shape.kvHead(of: id.head)
+        if shape.queryHeads(of: g).allSatisfy({ set.contains(HeadID(id.layer, $0)) }) {
+            for r in s.key { for i in r { mask[i] = true } }
+        }
+    }
+    return mask
+}
+
+/// One alignment step on a batch of sequences (each with its prompt length, for gen2prompt):
+/// forward, Eq. 6 recomputed from the current model, Eq. 7's gradient `2 (A^h - Abar) / B` injected
+/// at each suspicious head's view, full backpropagation, an AdamW update of the free entries.
+/// Returns the batch-mean loss before the update.
+@discardableResult
+public func alignmentStep<S: Real>(_ model: Model<S>, sequences: [(tokens: [Int], promptLength: Int)], view: AnalysisView,
+                                   suspicious: [HeadID], safe: [HeadID], optimizer: AdamW<S>) -> Double {
+    let c = model.config, nh = c.numAttentionHeads
+    let batch = Batch(sequences.map(\.tokens))
+    let pass = model.forward(batch)
+    let susp = suspicious.map { $0.layer * nh + $0.head }, safeIdx = safe.map { $0.layer * nh + $0.head }
+    let dAttention = pass.layers.map { Tensor<S>($0.attention.shape) }
+    var total = 0.0
+    let scale = 2 / Double(batch.count)
+    for (b, seq) in sequences.enumerated() {
+        let t = seq.tokens.count
+        var views: [[Double]] = []
+        for l in 0..<c.numHiddenLayers {
+            for h in 0..<nh {
+                views.append(flattenedView(pass.attention(layer: l, sequence: b, head: h).data, tokens: t, view: view,
+                                           promptLength: seq.promptLength))
+            }
+        }
+        let ref = safeReference(views, safe: safeIdx)  // Eq. 6: a constant, no gradient flows into it
+        total += alignmentLoss(views, suspicious: susp, safe: safeIdx)
+        let (rows, cols) = view.block(tokens: t, promptLength: seq.promptLength)
+        for id in suspicious {
+            let v = views[id.layer * nh + id.head]
+            let grad = Tensor(viewOf: dAttention[id.layer], offset: pass.attention(layer: id.layer, sequence: b, head: id.head).data
+                              - pass.layers[id.layer].attention.data, shape: [t, t])
+            var k = 0
+            for i in rows { for j in cols { grad.data[i * t + j] = S(scale * (v[k] - ref[k])); k += 1 } }
+        }
+    }
+    let grads = model.makeGradients()
+    model.backward(pass, dOutput: Tensor(pass.output.shape), dAttention: dAttention, into: grads)
+    optimizer.update(model.params, grads)
+    return total / Double(batch.count)
+}

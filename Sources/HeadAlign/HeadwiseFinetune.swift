@@ -1,0 +1,104 @@
+// HeadwiseFinetune.swift: head-wise fine-tuning: cross-entropy on clean labelled data with AdamW
+// whose learning rate depends on the head that owns each parameter: eta_low for suspicious heads,
+// eta_high for safe ones, eta_mid for intermediate ones, eta_other for everything no head owns.
+// Also the small training loop it (and the alignment-free baselines) run.
+
+/// One training example: a classification input with its label, or (generation) a sequence whose
+/// tokens from `responseStart` on are the continuation to learn.
+public struct TrainingExample: Sendable {
+    public var tokens: [Int]
+    public var label: Int?
+    public var responseStart: Int?
+    public init(tokens: [Int], label: Int? = nil, responseStart: Int? = nil) {
+        self.tokens = tokens; self.label = label; self.responseStart = responseStart
+    }
+}
+
+/// The learning rates of the four kinds of parameters.
+public struct HeadwiseRates: Sendable {
+    public var suspicious = 5e-6  // eta_low
+    public var safe = 2e-4  // eta_high
+    public var intermediate = 5e-5  // eta_mid (SPEC leaves it open)
+    public var other = 5e-5  // embeddings, norms, feed-forward, output bias, classifier
+    public init() {}
+
+    public func rate(_ c: HeadClass) -> Double {
+        switch c {
+        case .suspicious: return suspicious
+        case .safe: return safe
+        case .intermediate: return intermediate
+        }
+    }
+}
+
+/// The per-element learning rate: each head's slices at its class's rate; a key/value head
+/// shared under grouped-query attention at the lowest rate among its query heads; the rest at
+/// `rates.other`. `classes` indexed `l * NH + h`.
+public func headwiseLearningRates(layout: ParameterLayout, config c: ModelConfig, classes: [HeadClass],
+                                  rates: HeadwiseRates) -> [Double] {
+    var lr = [Double](repeating: rates.other, count: layout.total)
+    let nh = c.numAttentionHeads, shape = c.attentionShape
+    for l in 0..<c.numHiddenLayers {
+        for h in 0..<nh {
+            let s = headSlices(layout: layout, config: c, layer: l, head: h)
+            let own = rates.rate(classes[l * nh + h])
+            for r in s.query + s.output { for i in r { lr[i] = own } }
+            let shared = shape.queryHeads(of: shape.kvHead(of: h)).map { rates.rate(classes[l * nh + $0]) }.min()!
+            for r in s.key + s.value { for i in r { lr[i] = shared } }
+        }
+    }
+    return lr
+}
+
+/// The objective of a batch of examples for a task (SPEC's reductions: classification mean over
+/// the batch; generation summed over each sequence's response tokens, mean over sequences).
+public func trainingObjective(_ examples: [TrainingExample], task: Task) -> Objective {
+    switch task {
+    case .classification: return .classification(labels: examples.map { $0.label! })
+    case .generation:
+        return .nextToken(targets: examples.map { e in
+            let start = e.responseStart ?? 1
+            return (0..<e.tokens.count).map { t in t + 1 >= start && t + 1 < e.tokens.count ? e.tokens[t + 1] : -1 }
+        })
+    }
+}
+
+/// `steps` AdamW steps on shuffled batches of `examples` (reshuffled each epoch, seeded).
+/// Returns each step's loss. Stops with a numeric error naming the step if the loss is not finite.
+public func trainSteps<S: Real>(_ model: Model<S>, examples: [TrainingExample], steps: Int, batchSize: Int, seed: UInt64,
+                                optimizer: AdamW<S>, onStep: (Int, Double) -> Void = { _, _ in }) throws -> [Double] {
+    guard !examples.isEmpty else { throw HeadAlignError.usage("no training examples") }
+    let task = Task.of(model.config)
+    if task == .classification, let i = examples.firstIndex(where: { $0.label == nil }) {
+        throw HeadAlignError.badInput("training example \(i + 1) has no label")
+    }
+    var rng = SeededGenerator(seed: seed)
+    var order: [Int] = []
+    var losses: [Double] = []
+    for step in 1...max(1, steps) where steps > 0 {
+        if order.count < batchSize {
+            var epoch = Array(examples.indices)
+            epoch.shuffle(using: &rng)
+            order += epoch
+        }
+        let picked = order.prefix(batchSize).map { examples[$0] }
+        order.removeFirst(min(batchSize, order.count))
+        let pass = model.forward(Batch(picked.map(\.tokens)))
+        let (l, d) = loss(pass, trainingObjective(picked, task: task))
+        guard l.isFinite else { throw HeadAlignError.numeric("loss is \(l) at training step \(step); stopped") }
+        let grads = model.makeGradients()
+        model.backward(pass, dOutput: d, into: grads)
+        optimizer.update(model.params, grads)
+        losses.append(l)
+        onStep(step, l)
+    }
+    return losses
+}
+
+/// An AdamW whose per-element rates are `rates` (base rate 1, scale = the rate).
+public func headwiseOptimizer<S: Real>(_ model: Model<S>, rates: [Double], weightDecay: Double = 0.01) -> AdamW<S> {
+    let opt = AdamW<S>(count: model.layout.total, learningRate: 1, weightDecay: weightDecay)
+    opt.learningRateScale = rates.map { S($0) }
+    opt.frozen = rates.map { $0 == 0 }
+    return opt
+}

@@ -1,0 +1,32 @@
+// TextData.swift: the plain input format of the method's commands: one example per line, either
+// `text` or `label<TAB>text`. (The dataset readers for TSV/CSV corpora build on this.)
+
+import Foundation
+
+public struct TextExample: Sendable, Equatable {
+    public var text: String
+    public var label: Int?
+    public init(text: String, label: Int? = nil) { self.text = text; self.label = label }
+}
+
+/// Reads a plain examples file; errors name the file and line. Blank lines are skipped; a file
+/// with no example is an error.
+public func readPlainExamples(path: String) throws -> [TextExample] {
+    guard let data = FileManager.default.contents(atPath: path) else { throw HeadAlignError.badInput("\(path): cannot read") }
+    guard let text = String(data: data, encoding: .utf8) else { throw HeadAlignError.badInput("\(path): not UTF-8 text") }
+    var out: [TextExample] = []
+    for (n, raw) in text.components(separatedBy: "\n").enumerated() {
+        let line = raw.hasSuffix("\r") ? String(raw.dropLast()) : raw
+        if line.trimmingCharacters(in: .whitespaces).isEmpty { continue }
+        if let tab = line.firstIndex(of: "\t"), let label = Int(line[..<tab].trimmingCharacters(in: .whitespaces)) {
+            guard label >= 0 else { throw HeadAlignError.badInput("\(path):\(n + 1): label \(label) is negative") }
+            let body = String(line[line.index(after: tab)...])
+            guard !body.trimmingCharacters(in: .whitespaces).isEmpty else { throw HeadAlignError.badInput("\(path):\(n + 1): empty text") }
+            out.append(TextExample(text: body, label: label))
+        } else {
+            out.append(TextExample(text: line))
+        }
+    }
+    guard !out.isEmpty else { throw HeadAlignError.badInput("\(path): no examples") }
+    return out
+}

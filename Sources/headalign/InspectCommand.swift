@@ -1,0 +1,55 @@
+// InspectCommand.swift: `headalign inspect`, the oracle dump of Eq. 1–7 as JSON.
+
+import Foundation
+import HeadAlign
+
+enum InspectCommand: Command {
+    static let spec = CommandSpec(
+        name: "inspect",
+        summary: "dump every quantity of Eq. 1-7 for some inputs as JSON (the oracle)",
+        detail: """
+            For each input (computed with that input alone): tokens, prompt and generated lengths, per layer and
+            head the view of A (--dump-attention), maxsim, importance G, G/max G, safety S, class; the pair
+            cosines (scope order: layer-major, head-major, i < j), frac_above, p99 and the alignment loss of
+            Eq. 7. Then an aggregate block: maxsim and G averaged over the inputs, S, classes and the
+            batch-mean alignment loss recomputed. Numbers have 17 significant digits. The head split for the
+            alignment loss comes from Eq. 5, or from --suspicious and --safe.
+            """,
+        usage: "inspect (--model DIR | --llama2c FILE --tokenizer FILE | --preset NAME) (--text TEXT | --ids 'I I I' | --inputs FILE)... [options] [--out FILE]",
+        options: modelOptions + analysisOptions + [
+            OptionSpec(name: "--text", value: "TEXT", help: "an input (repeatable)", repeatable: true),
+            OptionSpec(name: "--ids", value: "'I I ...'", help: "an input as token ids, e.g. for --preset models (repeatable)", repeatable: true),
+            OptionSpec(name: "--inputs", value: "FILE", help: "inputs, one per line: text or label<TAB>text"),
+            OptionSpec(name: "--label", value: "N", help: "gold label of the --text/--ids inputs (for --importance-labels gold)"),
+            OptionSpec(name: "--suspicious", value: "l:h,...", help: "explicit suspicious heads for the alignment loss"),
+            OptionSpec(name: "--safe", value: "l:h,...", help: "explicit safe heads for the alignment loss"),
+            OptionSpec(name: "--dump-attention", value: nil, help: "include each head's view of A"),
+            OptionSpec(name: "--out", value: "FILE", help: "write the JSON here (atomically) instead of standard output"),
+        ])
+
+    static func run(_ args: ParsedArguments) throws -> Int32 {
+        let (model, tokenizer, _) = try args.loadModel()
+        let c = model.config
+        var settings = InspectSettings(view: .full)
+        settings.analysis = try args.analysisSettings(for: c)
+        (settings.alpha, settings.tau) = try args.alphaTau()
+        settings.dumpAttention = args.has("--dump-attention")
+        if args.has("--suspicious") != args.has("--safe") { throw HeadAlignError.usage("--suspicious and --safe go together") }
+        if let s = args.string("--suspicious"), let t = args.string("--safe") {
+            settings.suspicious = try parseHeadList(s, config: c, flag: "--suspicious")
+            settings.safe = try parseHeadList(t, config: c, flag: "--safe")
+            if !Set(settings.suspicious!).isDisjoint(with: settings.safe!) { throw HeadAlignError.usage("a head is both --suspicious and --safe") }
+        }
+        let inputs = try args.analysisInputs(fileFlag: "--inputs", tokenizer: tokenizer, config: c, command: "inspect")
+        guard !inputs.isEmpty else { throw HeadAlignError.usage("give inputs: --text, --ids or --inputs") }
+        let commandLine = (["headalign"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
+        let doc = try model.inspect(inputs, settings: settings, commandLine: commandLine).text
+        if let out = args.string("--out") {
+            try writeAtomically(Data(doc.utf8), to: out)
+            printError("headalign inspect: wrote \(out) (\(inputs.count) inputs)")
+        } else {
+            print(doc, terminator: "")
+        }
+        return 0
+    }
+}

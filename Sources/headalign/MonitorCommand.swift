@@ -1,0 +1,78 @@
+// MonitorCommand.swift: `headalign monitor`, calibrate on clean inputs, score and flag inputs.
+
+import Foundation
+import HeadAlign
+
+enum MonitorCommand: Command {
+    static let spec = CommandSpec(
+        name: "monitor",
+        summary: "calibrate on clean inputs, then score and flag inputs; AUROC / TPR / FPR when triggered inputs are known",
+        detail: """
+            Calibration (SPEC): the clean inputs are split in two halves; per head pair the first half gives the mean,
+            the standard deviation and the q-quantile of the pair cosine; the second half's scores give the flagging
+            threshold (their q-quantile). --inputs are scored and flagged one per line. With --clean-test and
+            --triggered, every score (the calibrated contrast scores and the paper's frac-above and p99) is
+            evaluated: AUROC, TPR at the threshold, FPR on the clean test inputs.
+            """,
+        usage: "monitor (--model DIR | ...) --clean FILE [--inputs FILE] [--clean-test FILE --triggered FILE] [--score S] [--monitor-view V] [--quantile Q]",
+        options: modelOptions + [
+            OptionSpec(name: "--clean", value: "FILE", help: "clean inputs for calibration (at least 2)"),
+            OptionSpec(name: "--inputs", value: "FILE", help: "inputs to score and flag"),
+            OptionSpec(name: "--clean-test", value: "FILE", help: "held-out clean inputs, for detection metrics"),
+            OptionSpec(name: "--triggered", value: "FILE", help: "inputs known to carry the trigger, for detection metrics"),
+            OptionSpec(name: "--score", value: "S", help: "flagging score: \(MonitorScore.allCases.map(\.rawValue).joined(separator: ", ")) (default contrast-absz)"),
+            OptionSpec(name: "--monitor-view", value: "V", help: "view: cls (BERT classifier default), last (decoder classifier), gen2prompt (decoder default), full"),
+            OptionSpec(name: "--scope", value: "S", help: "head pairs: model (default) or layer"),
+            OptionSpec(name: "--quantile", value: "Q", help: "calibration quantile q (default 0.99)"),
+            OptionSpec(name: "--top-k", value: "K", help: "pairs averaged by contrast-z (default 10)"),
+            OptionSpec(name: "--generate", value: "N", help: "tokens generated for gen2prompt (default 8)"),
+            OptionSpec(name: "--threshold", value: "C", help: "frac-above's cosine threshold (default 0.99)"),
+        ])
+
+    static func run(_ args: ParsedArguments) throws -> Int32 {
+        let (model, tokenizer, _) = try args.loadModel()
+        let c = model.config
+        guard let cleanPath = args.string("--clean") else { throw HeadAlignError.usage("--clean FILE is required") }
+        if args.has("--clean-test") != args.has("--triggered") { throw HeadAlignError.usage("--clean-test and --triggered go together") }
+        guard args.has("--inputs") || args.has("--triggered") else { throw HeadAlignError.usage("give --inputs, or --clean-test with --triggered") }
+        var settings = try args.analysisSettings(for: c, view: "--monitor-view")
+        if !args.has("--monitor-view") { settings.view = Task.of(c).defaultViews(c.family).monitor }
+        let score = MonitorScore(rawValue: try args.choice("--score", MonitorScore.allCases.map(\.rawValue), default: "contrast-absz"))!
+        let q = try args.double("--quantile", default: 0.99, range: 0...1)
+        let k = try args.int("--top-k", default: 10, range: 1...1_000_000)
+        func cosines(_ path: String) throws -> [[Double]] {
+            let inputs = try readPlainExamples(path: path).map {
+                AnalysisInput(tokens: try tokenizer.encode($0.text, maxLength: c.maxPositionEmbeddings - settings.generate).ids, label: $0.label)
+            }
+            return try model.analyze(inputs, settings: settings).map(\.pairCosines)
+        }
+        let clean = try cosines(cleanPath)
+        let cal = try MonitorCalibration(clean: clean, score: score, q: q, topK: k, cosineThreshold: settings.threshold)
+        print("headalign monitor: calibrated on \(clean.count) clean inputs; score \(score.rawValue), view \(settings.view.rawValue), scope \(settings.scope.rawValue), q \(q), threshold \(String(format: "%.6g", cal.flagThreshold))")
+        if let path = args.string("--inputs") {
+            let texts = try readPlainExamples(path: path)
+            let scores = try cosines(path).map(cal.score(of:))
+            print("")
+            print("| input | score | flagged | text |")
+            print("|---:|---:|---|---|")
+            for (i, s) in scores.enumerated() {
+                print(String(format: "| %d | %.6g | %@ | %@ |", i + 1, s, cal.flags(s) ? "yes" : "no", String(texts[i].text.prefix(60))))
+            }
+            print("")
+            print("flagged \(scores.filter(cal.flags).count) of \(scores.count)")
+        }
+        if let cleanTest = args.string("--clean-test"), let triggered = args.string("--triggered") {
+            let ct = try cosines(cleanTest), tr = try cosines(triggered)
+            print("")
+            print("detection on \(ct.count) clean and \(tr.count) triggered inputs:")
+            print("| score | AUROC | TPR | FPR | threshold |")
+            print("|---|---:|---:|---:|---:|")
+            for s in MonitorScore.allCases {
+                let calS = try cal.with(score: s, clean: clean)
+                let m = detectionMetrics(calS, clean: ct.map(calS.score(of:)), triggered: tr.map(calS.score(of:)))
+                print(String(format: "| %@%@ | %.3f | %.3f | %.3f | %.6g |", s.rawValue, s == score ? " (flagging)" : "", m.auroc, m.tpr, m.fpr, calS.flagThreshold))
+            }
+        }
+        return 0
+    }
+}

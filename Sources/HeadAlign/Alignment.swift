@@ -34,13 +34,13 @@ public func alignmentTrainableMask(layout: ParameterLayout, config c: ModelConfi
     return mask
 }
 
-/// One alignment step on a batch of sequences (each with its prompt length, for gen2prompt):
-/// forward, Eq. 6 recomputed from the current model, Eq. 7's gradient `2 (A^h - Abar) / B` injected
-/// at each suspicious head's view, full backpropagation, an AdamW update of the free entries.
-/// Returns the batch-mean loss before the update.
+/// Eq. 7's loss on a batch of sequences (each with its prompt length, for gen2prompt) and its
+/// gradient, accumulated into `grads`: Eq. 6's reference recomputed from the current model and
+/// held constant, `2 (A^h - Abar) / B` injected at each suspicious head's view, then full
+/// backpropagation. Returns the batch-mean loss.
 @discardableResult
-public func alignmentStep<S: Real>(_ model: Model<S>, sequences: [(tokens: [Int], promptLength: Int)], view: AnalysisView,
-                                   suspicious: [HeadID], safe: [HeadID], optimizer: AdamW<S>) -> Double {
+public func alignmentGradient<S: Real>(_ model: Model<S>, sequences: [(tokens: [Int], promptLength: Int)], view: AnalysisView,
+                                       suspicious: [HeadID], safe: [HeadID], into grads: Tensor<S>) -> Double {
     let c = model.config, nh = c.numAttentionHeads
     let batch = Batch(sequences.map(\.tokens))
     let pass = model.forward(batch)
@@ -62,14 +62,23 @@ public func alignmentStep<S: Real>(_ model: Model<S>, sequences: [(tokens: [Int]
         let (rows, cols) = view.block(tokens: t, promptLength: seq.promptLength)
         for id in suspicious {
             let v = views[id.layer * nh + id.head]
-            let grad = Tensor(viewOf: dAttention[id.layer], offset: pass.attention(layer: id.layer, sequence: b, head: id.head).data
-                              - pass.layers[id.layer].attention.data, shape: [t, t])
+            let block = pass.attention(layer: id.layer, sequence: b, head: id.head)
+            let grad = dAttention[id.layer].data + (block.data - pass.layers[id.layer].attention.data)  // same offset, [T, T]
             var k = 0
-            for i in rows { for j in cols { grad.data[i * t + j] = S(scale * (v[k] - ref[k])); k += 1 } }
+            for i in rows { for j in cols { grad[i * t + j] = S(scale * (v[k] - ref[k])); k += 1 } }
         }
     }
-    let grads = model.makeGradients()
     model.backward(pass, dOutput: Tensor(pass.output.shape), dAttention: dAttention, into: grads)
-    optimizer.update(model.params, grads)
     return total / Double(batch.count)
+}
+
+/// One alignment step: Eq. 7's gradient, then an AdamW update of the entries the optimizer does
+/// not freeze (`alignmentTrainableMask`). Returns the batch-mean loss before the update.
+@discardableResult
+public func alignmentStep<S: Real>(_ model: Model<S>, sequences: [(tokens: [Int], promptLength: Int)], view: AnalysisView,
+                                   suspicious: [HeadID], safe: [HeadID], optimizer: AdamW<S>) -> Double {
+    let grads = model.makeGradients()
+    let loss = alignmentGradient(model, sequences: sequences, view: view, suspicious: suspicious, safe: safe, into: grads)
+    optimizer.update(model.params, grads)
+    return loss
 }

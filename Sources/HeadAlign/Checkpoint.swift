@@ -233,3 +233,20 @@ public func convertToRotateHalf<S: Real>(_ model: Model<S>) -> Model<S> {
     }
     return out
 }
+
+/// Copies a model directory into a new one with a new sequence-classification head of `labels`
+/// classes (initialised from `seed` as `Model.initialize` does), tokenizer files included.
+public func addClassifierHead(directory dir: String, labels: Int, seed: UInt64, to out: String) throws -> ModelConfig {
+    let base = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
+    guard base.numLabels == 0 else { throw HeadAlignError.usage("\(dir) already has a classifier head") }
+    let config = base.withClassifier(labels: labels)
+    let head = config.family == .bert ? "classifier." : "score."
+    let model: Model<Float> = try loadModel(directory: dir, backend: .naive, config: config,
+                                            allowMissing: { $0.hasPrefix(head) }, seed: seed)
+    var files: [String: Data] = [:]
+    for name in ["vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.bin", "tokenizer.json"] {
+        if let d = FileManager.default.contents(atPath: dir + "/" + name) { files[name] = d }
+    }
+    try saveModel(model, to: out, dtype: .F32, extraFiles: files)
+    return config
+}

@@ -52,6 +52,12 @@ public struct InputAnalysis: Sendable {
     public let label: Int?  // the label Eq. 4 used (classification)
     public let fracAbove: Double
     public let p99: Double
+
+    public init(tokens: [Int], promptLength: Int, views: [[Double]], pairCosines: [Double], maxsim: [Double],
+                importance: [Double], label: Int?, fracAbove: Double, p99: Double) {
+        self.tokens = tokens; self.promptLength = promptLength; self.views = views; self.pairCosines = pairCosines
+        self.maxsim = maxsim; self.importance = importance; self.label = label; self.fracAbove = fracAbove; self.p99 = p99
+    }
 }
 
 /// The sequences to analyse: classification inputs as they are; generation prompts continued

@@ -28,14 +28,9 @@ enum ConvertCommand: Command {
         if let dir = args.string("--model") {
             guard args.has("--labels") else { throw HeadAlignError.usage("--model needs --labels N (the classifier head to add)") }
             let labels = try args.int("--labels", default: 2, range: 2...100_000)
-            let base = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
-            guard base.numLabels == 0 else { throw HeadAlignError.usage("--model \(dir) already has a classifier head") }
-            let config = base.withClassifier(labels: labels)
-            let head = config.family == .bert ? "classifier." : "score."
-            let model: Model<Float> = try loadModel(directory: dir, backend: .naive, config: config,
-                                                    allowMissing: { $0.hasPrefix(head) }, seed: try args.uint64("--seed", default: 1))
-            try saveModel(model, to: out, dtype: .F32, extraFiles: DefendCommand.tokenizerFiles(args))
-            print("wrote \(out): \(config.architectures[0]) with a new \(labels)-class head (seed \(try args.uint64("--seed", default: 1)))")
+            let seed = try args.uint64("--seed", default: 1)
+            let config = try addClassifierHead(directory: dir, labels: labels, seed: seed, to: out)
+            print("wrote \(out): \(config.architectures[0]) with a new \(labels)-class head (seed \(seed))")
             return 0
         }
         guard let path = args.string("--llama2c") else { throw HeadAlignError.usage("--llama2c FILE or --model DIR is required") }

@@ -1,7 +1,8 @@
 // Defense.swift: the whole defense in rounds. The monitor picks the flagged inputs (no labels);
 // then each round classifies the heads on them (Eq. 4–5), aligns the suspicious heads to the safe
-// ones (Eq. 6–7) and fine-tunes head-wise on clean labelled data; the monitor re-scores the
-// flagged inputs, and rounds repeat until none is flagged or the budget of rounds is spent.
+// ones (Eq. 6–7) and fine-tunes head-wise on clean labelled data; the monitor, recalibrated on
+// the clean inputs through the repaired model, re-scores the flagged inputs, and rounds repeat
+// until none is flagged or the budget of rounds is spent.
 
 public enum MaxsimMode: String, CaseIterable, Sendable { case plain, contrast }
 
@@ -139,11 +140,13 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                                       seed: settings.seed &+ UInt64(100 + r), optimizer: optimizer)
             log("  fine-tuning: loss \(fmt(ftLosses.first ?? 0)) -> \(fmt(ftLosses.last ?? 0)) over \(settings.finetuneSteps) steps")
         }
-        // the monitor re-scores the flagged inputs
-        let after = try analyze(model, flagged.map { inputs[$0] }, settings: monitorSettings).map { cal.score(of: $0.pairCosines) }
-        let still = after.filter(cal.flags).count
+        // the monitor, recalibrated on the clean inputs through the repaired model (the repair moves
+        // the clean similarity structure too), re-scores the flagged inputs
+        let (calNow, _) = try calibrateMonitor(model, clean: cleanInputs, settings: settings)
+        let after = try analyze(model, flagged.map { inputs[$0] }, settings: monitorSettings).map { calNow.score(of: $0.pairCosines) }
+        let still = after.filter(calNow.flags).count
         let mean = after.isEmpty ? 0 : after.reduce(0, +) / Double(after.count)
-        log("  monitor: \(still) of \(flagged.count) flagged inputs still above the threshold (mean score \(fmt(mean)))")
+        log("  monitor: \(still) of \(flagged.count) flagged inputs still above the recalibrated threshold \(fmt(calNow.flagThreshold)) (mean score \(fmt(mean)))")
         rounds.append(RoundLog(round: r, suspicious: suspicious, safe: safe, intermediateCount: report.ids(.intermediate).count,
                                alignLoss: alignLosses, finetuneLoss: ftLosses, flaggedAfter: still, meanScoreAfter: mean))
         if still == 0 {

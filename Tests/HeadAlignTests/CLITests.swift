@@ -2,35 +2,36 @@
 
 import XCTest
 import Foundation
+import HeadAlign
+
+/// Runs the built `headalign` with arguments; skips when the binary was not built.
+func runHeadalign(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+    let binary = Bundle.main.bundleURL.appendingPathComponent("headalign")
+    guard FileManager.default.isExecutableFile(atPath: binary.path) else {
+        throw XCTSkip("headalign binary not found beside the tests at \(binary.path)")
+    }
+    let p = Process()
+    p.executableURL = binary
+    p.arguments = args
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}
+
+func assertUsageError(_ args: [String], mentions needle: String, file: StaticString = #filePath, line: UInt = #line) throws {
+    let r = try runHeadalign(args)
+    XCTAssertEqual(r.status, 2, "\(args): \(r.err)", file: file, line: line)
+    let lines = r.err.split(separator: "\n")
+    XCTAssertEqual(lines.count, 1, "one line expected: \(r.err)", file: file, line: line)
+    XCTAssertTrue(r.err.contains(needle), "\(r.err) should mention \(needle)", file: file, line: line)
+    XCTAssertEqual(r.out, "", file: file, line: line)
+}
 
 final class CLITests: XCTestCase {
-    /// Runs the built `headalign` with arguments; skips when the binary was not built.
-    func run(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
-        let binary = Bundle.main.bundleURL.appendingPathComponent("headalign")
-        guard FileManager.default.isExecutableFile(atPath: binary.path) else {
-            throw XCTSkip("headalign binary not found beside the tests at \(binary.path)")
-        }
-        let p = Process()
-        p.executableURL = binary
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
-    }
-
-    func assertUsageError(_ args: [String], mentions needle: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let r = try run(args)
-        XCTAssertEqual(r.status, 2, "\(args): \(r.err)", file: file, line: line)
-        let lines = r.err.split(separator: "\n")
-        XCTAssertEqual(lines.count, 1, "one line expected: \(r.err)", file: file, line: line)
-        XCTAssertTrue(r.err.contains(needle), "\(r.err) should mention \(needle)", file: file, line: line)
-        XCTAssertEqual(r.out, "", file: file, line: line)
-    }
-
     func testBadInputIsOneLineAndStatusTwo() throws {
         try assertUsageError(["frobnicate"], mentions: "frobnicate")
         try assertUsageError(["gradcheck", "--bogus"], mentions: "--bogus")
@@ -43,21 +44,60 @@ final class CLITests: XCTestCase {
     }
 
     func testHelpAndVersion() throws {
-        let h = try run(["--help"])
+        let h = try runHeadalign(["--help"])
         XCTAssertEqual(h.status, 0)
         for c in ["gradcheck", "bench", "version"] { XCTAssertTrue(h.out.contains(c)) }
-        let g = try run(["gradcheck", "--help"])
+        let g = try runHeadalign(["gradcheck", "--help"])
         XCTAssertEqual(g.status, 0)
         XCTAssertTrue(g.out.contains("--precision"))
-        let v = try run(["version"])
+        let v = try runHeadalign(["version"])
         XCTAssertEqual(v.status, 0)
         XCTAssertTrue(v.out.hasPrefix("headalign "))
     }
 
     func testGradcheckCommandPasses() throws {
-        let r = try run(["gradcheck", "--preset", "llama-tiny", "--samples", "4", "--backend", "naive"])
+        let r = try runHeadalign(["gradcheck", "--preset", "llama-tiny", "--samples", "4", "--backend", "naive"])
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertTrue(r.out.contains(": OK"), r.out)
         XCTAssertTrue(r.out.contains("model.layers.1.self_attn.q_proj.weight"))
+    }
+}
+
+final class MethodCLITests: XCTestCase {
+    func testMethodCommandsRejectBadInputInOneLine() throws {
+        let dir = temporaryDirectory(self)
+        try "".write(toFile: dir + "/empty.txt", atomically: true, encoding: .utf8)
+        try "x\t\n".write(toFile: dir + "/bad.txt", atomically: true, encoding: .utf8)
+        try assertUsageError(["inspect", "--preset", "bert-tiny", "--ids", "1 2 3", "--tau", "0.7"], mentions: "--tau")
+        try assertUsageError(["inspect", "--preset", "bert-tiny", "--ids", "1 2 3", "--alpha", "1.5"], mentions: "--alpha")
+        try assertUsageError(["inspect", "--preset", "bert-tiny", "--ids", "1 2 99999"], mentions: "--ids")
+        try assertUsageError(["inspect", "--preset", "bert-tiny", "--ids", "1 2", "--view", "gen2prompt"], mentions: "gen2prompt")
+        try assertUsageError(["inspect", "--preset", "bert-tiny", "--ids", "1 2", "--suspicious", "9:9", "--safe", "0:0"], mentions: "9:9")
+        try assertUsageError(["inspect", "--preset", "bert-tiny", "--text", "hello"], mentions: "tokenizer")
+        try assertUsageError(["inspect", "--preset", "bert-tiny", "--inputs", dir + "/empty.txt"], mentions: "no examples")
+        try assertUsageError(["classify", "--preset", "llama-tiny", "--ids", "1 2", "--maxsim", "contrast"], mentions: "--clean")
+        try assertUsageError(["monitor", "--preset", "bert-tiny", "--clean", dir + "/empty.txt", "--inputs", dir + "/empty.txt"], mentions: "empty.txt")
+        try assertUsageError(["defend", "--preset", "bert-tiny", "--clean", dir + "/bad.txt", "--inputs", dir + "/bad.txt", "--out", dir + "/o"], mentions: "--model")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/o"))
+    }
+
+    /// inspect writes its JSON atomically to --out, and the document parses and has every field SPEC names.
+    func testInspectWritesTheOracleDocument() throws {
+        let dir = temporaryDirectory(self)
+        let r = try runHeadalign(["inspect", "--preset", "llama-tiny", "--ids", "1 5 9 12", "--generate", "3", "--precision", "f64",
+                             "--dump-attention", "--out", dir + "/dump.json"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let doc = try JSONValue.parse(try String(contentsOfFile: dir + "/dump.json", encoding: .utf8))
+        let input = doc["inputs"]!.array[0]
+        for key in ["config", "tokens", "prompt_length", "generated_length", "view", "scope", "attention", "maxsim", "importance",
+                    "safety", "class", "pair_cosines", "frac_above", "p99", "align_loss"] where key != "config" {
+            XCTAssertNotNil(input[key], key)
+        }
+        XCTAssertEqual(input["generated_length"]!.int, 3)
+        XCTAssertEqual(input["pair_cosines"]!.array.count, 8 * 7 / 2)
+        // the gen2prompt attention block is T_g x T_p = 3 x 4 per head
+        XCTAssertEqual(input["attention"]!.array[0].array[0].array.count, 3)
+        XCTAssertEqual(input["attention"]!.array[0].array[0].array[0].array.count, 4)
+        XCTAssertNotNil(doc["aggregate"]!["safety"])
     }
 }

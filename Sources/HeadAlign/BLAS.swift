@@ -35,8 +35,11 @@ public final class BLASLibrary: @unchecked Sendable {
     public static let candidates = ["libopenblas.so.0", "libopenblas.so", "libcblas.so.3", "libblas.so.3",
                                     "libopenblas.dylib"]
 
-    /// The library loaded once per process, or nil when none of the candidates provides CBLAS.
+    /// The library loaded once per process, or nil when none of the candidates provides CBLAS
+    /// (or when `HEADALIGN_NO_BLAS` is set: the way to run the naive-only path on a machine that
+    /// has OpenBLAS, as CI does to test both).
     public static let shared: BLASLibrary? = {
+        if ProcessInfo.processInfo.environment["HEADALIGN_NO_BLAS"] != nil { return nil }
         for name in candidates {
             if let lib = BLASLibrary(name: name) { return lib }
         }

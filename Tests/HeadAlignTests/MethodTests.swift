@@ -311,6 +311,43 @@ final class MethodTests: XCTestCase {
         XCTAssertEqual(agg.classes.map(\.rawValue), doc["aggregate"]!["classes"]!.array.map(\.stringValue))
     }
 
+    /// The decoder path against transformers' LlamaForCausalLM + numpy (f64) on stories260K
+    /// converted to the Hugging Face layout (Fixtures/make_oracle_stories_fixture.py): the same
+    /// greedy generation, gen2prompt attention, cosines, frac_above, p99, maxsim, importance (the
+    /// generation loss) and safety to 1e-9, the same classes. Exercises grouped-query attention.
+    func testDecoderOracleAgreesWithAnIndependentImplementation() throws {
+        let bin = try sharedData("llama2c-stories260K/stories260K.bin")
+        let dir = temporaryDirectory(self) + "/stories"
+        try AnyModel.load(.llama2c(model: bin, tokenizer: nil), precision: .f32, backend: .naive).convertedToRotateHalf().save(to: dir, dtype: .F32)
+        let model = try AnyModel.load(.directory(dir), precision: .f64, backend: .naive)
+        let doc = try fixture("oracle_stories260k_f64.json")
+        let expected = doc["inputs"]!.array
+        var settings = AnalysisSettings(view: .gen2prompt)
+        settings.generate = 8
+        let analyses = try model.analyze(expected.map { AnalysisInput(tokens: $0["prompt"]!.array.map(\.int)) }, settings: settings)
+        func close(_ a: [Double], _ b: [Double], _ what: String) {
+            XCTAssertEqual(a.count, b.count, what)
+            let worst = zip(a, b).map { abs($0 - $1) / max(abs($1), 1e-12) }.max() ?? 0
+            XCTAssertLessThanOrEqual(worst, 1e-9, what)
+        }
+        for (x, an) in analyses.enumerated() {
+            let e = expected[x]
+            XCTAssertEqual(an.tokens, e["tokens"]!.array.map(\.int))
+            XCTAssertEqual(an.generatedLength, 8)
+            for (h, v) in e["views"]!.array.enumerated() {
+                let ev = v.array.map(\.double)
+                XCTAssertLessThanOrEqual(zip(an.views[h], ev).map { abs($0 - $1) }.max() ?? 1, 1e-12, "view \(x) head \(h)")
+            }
+            close(an.pairCosines, e["pair_cosines"]!.array.map(\.double), "cosines \(x)")
+            close([an.fracAbove, an.p99], [e["frac_above"]!.double, e["p99"]!.double], "frac_above/p99 \(x)")
+            close(an.maxsim, e["maxsim"]!.array.map(\.double), "maxsim \(x)")
+            close(an.importance, e["importance"]!.array.map(\.double), "importance \(x)")
+            let r = safetyReport([an], alpha: 0.5, tau: 0.5, heads: 8)
+            close(r.safety, e["safety"]!.array.map(\.double), "safety \(x)")
+            XCTAssertEqual(r.classes.map(\.rawValue), e["classes"]!.array.map(\.stringValue))
+        }
+    }
+
     /// Same seed, same inputs: byte-identical dumps.
     func testInspectIsDeterministic() throws {
         var s = InspectSettings(view: .gen2prompt)

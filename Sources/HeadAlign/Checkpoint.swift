@@ -243,10 +243,15 @@ public func addClassifierHead(directory dir: String, labels: Int, seed: UInt64, 
     let head = config.family == .bert ? "classifier." : "score."
     let model: Model<Float> = try loadModel(directory: dir, backend: .naive, config: config,
                                             allowMissing: { $0.hasPrefix(head) }, seed: seed)
+    try saveModel(model, to: out, dtype: .F32, extraFiles: tokenizerFiles(in: dir))
+    return config
+}
+
+/// The tokenizer files of a model directory (name -> bytes), to copy beside a derived model.
+public func tokenizerFiles(in dir: String) -> [String: Data] {
     var files: [String: Data] = [:]
     for name in ["vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.bin", "tokenizer.json"] {
         if let d = FileManager.default.contents(atPath: dir + "/" + name) { files[name] = d }
     }
-    try saveModel(model, to: out, dtype: .F32, extraFiles: files)
-    return config
+    return files
 }

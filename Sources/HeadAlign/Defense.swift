@@ -43,8 +43,9 @@ public struct DefenseSettings: Sendable {
         (monitorView, defenseView) = task.defaultViews(family)
     }
 
-    func analysis(_ view: AnalysisView) -> AnalysisSettings {
+    func analysis(_ view: AnalysisView, importance: Bool = true) -> AnalysisSettings {
         var a = AnalysisSettings(view: view)
+        a.importance = importance
         a.scope = scope
         a.importanceLabels = importanceLabels
         a.generate = generate
@@ -73,7 +74,7 @@ public struct DefenseReport: Sendable {
 
 /// Monitor calibration in the monitor view on clean inputs.
 public func calibrateMonitor<S: Real>(_ model: Model<S>, clean: [AnalysisInput], settings: DefenseSettings) throws -> (MonitorCalibration, [[Double]]) {
-    let cos = try analyze(model, clean, settings: settings.analysis(settings.monitorView)).map(\.pairCosines)
+    let cos = try analyze(model, clean, settings: settings.analysis(settings.monitorView, importance: false)).map(\.pairCosines)
     return (try MonitorCalibration(clean: cos, score: settings.score, q: settings.quantile), cos)
 }
 
@@ -84,7 +85,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
     let c = model.config, task = Task.of(c), nh = c.numAttentionHeads
     let cleanInputs = clean.map { AnalysisInput(tokens: Array($0.tokens.prefix($0.responseStart ?? $0.tokens.count)), label: $0.label) }
     let (cal, _) = try calibrateMonitor(model, clean: cleanInputs, settings: settings)
-    let monitorSettings = settings.analysis(settings.monitorView)
+    let monitorSettings = settings.analysis(settings.monitorView, importance: false)
     let scores = try analyze(model, inputs, settings: monitorSettings).map { cal.score(of: $0.pairCosines) }
     let flagged = inputs.indices.filter { cal.flags(scores[$0]) }
     log("monitor (\(settings.score.rawValue), \(settings.monitorView.rawValue) view): threshold \(fmt(cal.flagThreshold)); flagged \(flagged.count) of \(inputs.count) inputs")

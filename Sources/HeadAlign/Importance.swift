@@ -36,6 +36,8 @@ public struct AnalysisSettings: Sendable {
     public var importanceLabels: ImportanceLabels = .predicted
     public var generate = 8  // T_g for gen2prompt
     public var batchSize = 16
+    /// Eq. 4 needs a backward pass; the monitor reads only cosines and skips it (importance 0).
+    public var importance = true
 
     public init(view: AnalysisView) { self.view = view }
 }
@@ -115,23 +117,27 @@ public func analyze<S: Real>(_ model: Model<S>, _ inputs: [AnalysisInput], setti
                 return (0..<tokens.count).map { t in t >= tp - 1 && t + 1 < tokens.count ? tokens[t + 1] : -1 }
             })
         }
-        let (_, dOut) = loss(pass, objective)
-        let grads = model.makeGradients()
-        let back = model.backward(pass, dOutput: dOut, into: grads)
+        var headGradients: [Tensor<S>]? = nil
+        if settings.importance {
+            let (_, dOut) = loss(pass, objective)
+            headGradients = model.backward(pass, dOutput: dOut, into: model.makeGradients()).headOutputGradients
+        }
         for (b, i) in range.enumerated() {
             let (tokens, tp) = sequences[i]
             let t = tokens.count, row0 = batch.rowOffset[b]
             var views: [[Double]] = []
             var importance: [Double] = []
             for l in 0..<c.numHiddenLayers {
-                let H = pass.layers[l].headOutput, dH = back.headOutputGradients[l]
+                let H = pass.layers[l].headOutput, dH = headGradients?[l]
                 for h in 0..<nh {
                     views.append(flattenedView(pass.attention(layer: l, sequence: b, head: h).data, tokens: t,
                                                view: settings.view, promptLength: tp))
                     var inner = 0.0  // <H, dL/dH> over this input's rows of head h
-                    for r in row0..<(row0 + t) {
-                        let o = r * nh * hs + h * hs
-                        for j in 0..<hs { inner += Double(H.data[o + j]) * Double(dH.data[o + j]) }
+                    if let dH {
+                        for r in row0..<(row0 + t) {
+                            let o = r * nh * hs + h * hs
+                            for j in 0..<hs { inner += Double(H.data[o + j]) * Double(dH.data[o + j]) }
+                        }
                     }
                     importance.append(abs(inner) * Double(batch.count))  // Eq. 4, one input
                 }

@@ -101,18 +101,10 @@ enum DefendCommand: Command {
                 ("flagged_after", .int(r.flaggedAfter)), ("mean_score_after", .number(r.meanScoreAfter)),
             ]) })),
         ])
-        try model.save(to: out, extraFiles: try tokenizerFiles(args) .merging(["defense_report.json": Data(json.text.utf8)]) { a, _ in a })
+        var files = tokenizerFiles(in: args.string("--model")!)
+        files["defense_report.json"] = Data(json.text.utf8)
+        try model.save(to: out, extraFiles: files)
         print("wrote \(out) (model, tokenizer files, defense_report.json)")
         return 0
-    }
-
-    /// The input directory's tokenizer files, copied beside the repaired model.
-    static func tokenizerFiles(_ args: ParsedArguments) throws -> [String: Data] {
-        guard let dir = args.string("--model") else { return [:] }
-        var files: [String: Data] = [:]
-        for name in ["vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.bin", "tokenizer.json"] {
-            if let d = FileManager.default.contents(atPath: dir + "/" + name) { files[name] = d }
-        }
-        return files
     }
 }

@@ -37,6 +37,7 @@ enum MonitorCommand: Command {
         guard args.has("--inputs") || args.has("--triggered") else { throw HeadAlignError.usage("give --inputs, or --clean-test with --triggered") }
         var settings = try args.analysisSettings(for: c, view: "--monitor-view")
         if !args.has("--monitor-view") { settings.view = Task.of(c).defaultViews(c.family).monitor }
+        settings.importance = false  // the monitor reads cosines only
         let score = MonitorScore(rawValue: try args.choice("--score", MonitorScore.allCases.map(\.rawValue), default: "contrast-absz"))!
         let q = try args.double("--quantile", default: 0.99, range: 0...1)
         let k = try args.int("--top-k", default: 10, range: 1...1_000_000)

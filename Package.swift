@@ -11,6 +11,6 @@ let package = Package(
     targets: [
         .target(name: "HeadAlign"),
         .executableTarget(name: "headalign", dependencies: ["HeadAlign"]),
-        .testTarget(name: "HeadAlignTests", dependencies: ["HeadAlign"]),
+        .testTarget(name: "HeadAlignTests", dependencies: ["HeadAlign"], exclude: ["Fixtures"]),  // read by path
     ]
 )

@@ -82,7 +82,7 @@ public func calibrateMonitor<S: Real>(_ model: Model<S>, clean: [AnalysisInput],
 /// fine-tuning), `inputs` the unlabeled inputs the monitor screens.
 public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs: [AnalysisInput], settings: DefenseSettings,
                             log: (String) -> Void = { _ in }) throws -> DefenseReport {
-    let c = model.config, task = Task.of(c), nh = c.numAttentionHeads
+    let c = model.config, nh = c.numAttentionHeads
     let cleanInputs = clean.map { AnalysisInput(tokens: Array($0.tokens.prefix($0.responseStart ?? $0.tokens.count)), label: $0.label) }
     let (cal, _) = try calibrateMonitor(model, clean: cleanInputs, settings: settings)
     let monitorSettings = settings.analysis(settings.monitorView, importance: false)

@@ -20,16 +20,13 @@ struct CommandSpec {
 
     var helpText: String {
         var s = "usage: headalign \(usage)\n\n\(detail.isEmpty ? summary : detail)\n"
-        if !options.isEmpty {
-            s += "\noptions:\n"
-            let width = options.map { $0.name.count + ($0.value.map { $0.count + 1 } ?? 0) }.max()! + 2
-            for o in options {
-                let left = o.name + (o.value.map { " " + $0 } ?? "")
-                s += "  " + left.padding(toLength: width, withPad: " ", startingAt: 0) + o.help + "\n"
-            }
+        let all = options + [OptionSpec(name: "--help", value: nil, help: "show this help")]
+        let width = all.map { $0.name.count + ($0.value.map { $0.count + 1 } ?? 0) }.max()! + 2
+        s += "\noptions:\n"
+        for o in all {
+            let left = o.name + (o.value.map { " " + $0 } ?? "")
+            s += "  " + left.padding(toLength: width, withPad: " ", startingAt: 0) + o.help + "\n"
         }
-        s += "  " + "--help".padding(toLength: max(8, (options.map { $0.name.count }.max() ?? 0) + 2), withPad: " ", startingAt: 0)
-        s += "show this help\n"
         return s
     }
 }

@@ -6,7 +6,7 @@ import HeadAlign
 enum ConvertCommand: Command {
     static let spec = CommandSpec(
         name: "convert",
-        summary: "convert a llama2.c checkpoint to a Hugging Face safetensors directory",
+        summary: "llama2.c checkpoint -> Hugging Face directory; or add a classifier head to a model directory",
         detail: """
             Read a llama2.c legacy checkpoint and write config.json + model.safetensors (F32) in the Hugging Face
             LlamaForCausalLM layout. W_q and W_k rows are permuted per head (row 2i -> i, 2i+1 -> i + HS/2) so

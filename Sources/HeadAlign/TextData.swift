@@ -15,8 +15,7 @@ public func readPlainExamples(path: String) throws -> [TextExample] {
     guard let data = FileManager.default.contents(atPath: path) else { throw HeadAlignError.badInput("\(path): cannot read") }
     guard let text = String(data: data, encoding: .utf8) else { throw HeadAlignError.badInput("\(path): not UTF-8 text") }
     var out: [TextExample] = []
-    for (n, raw) in text.components(separatedBy: "\n").enumerated() {
-        let line = raw.hasSuffix("\r") ? String(raw.dropLast()) : raw
+    for (n, line) in textLines(text).enumerated() {
         if line.trimmingCharacters(in: .whitespaces).isEmpty { continue }
         if let tab = line.firstIndex(of: "\t"), let label = Int(line[..<tab].trimmingCharacters(in: .whitespaces)) {
             guard label >= 0 else { throw HeadAlignError.badInput("\(path):\(n + 1): label \(label) is negative") }
@@ -29,4 +28,15 @@ public func readPlainExamples(path: String) throws -> [TextExample] {
     }
     guard !out.isEmpty else { throw HeadAlignError.badInput("\(path): no examples") }
     return out
+}
+
+/// The lines of a text split at LF, a CR before the LF dropped (CRLF files). Splitting by
+/// Unicode scalars matters: to Swift, "\r\n" is one Character, so `split(separator: "\n")` would
+/// not split CRLF text at all.
+public func textLines(_ text: String) -> [String] {
+    text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).map { scalars in
+        var line = String(String.UnicodeScalarView(scalars))
+        if line.unicodeScalars.last == "\r" { line.unicodeScalars.removeLast() }
+        return line
+    }
 }

@@ -41,7 +41,7 @@ public final class WordPieceTokenizer: @unchecked Sendable {
         let path = dir + "/vocab.txt"
         guard let data = FileManager.default.contents(atPath: path) else { throw HeadAlignError.badInput("\(path): cannot read") }
         guard let text = String(data: data, encoding: .utf8) else { throw HeadAlignError.badInput("\(path): not UTF-8") }
-        var lines = text.components(separatedBy: "\n").map { $0.hasSuffix("\r") ? String($0.dropLast()) : $0 }
+        var lines = textLines(text)
         if lines.last == "" { lines.removeLast() }
         var lower = true, strip: Bool? = nil, chinese = true
         let configPath = dir + "/tokenizer_config.json"

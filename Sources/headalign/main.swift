@@ -10,7 +10,8 @@ protocol Command {
 }
 
 let commands: [Command.Type] = [
-    InspectCommand.self, ClassifyCommand.self, MonitorCommand.self, DefendCommand.self, ForwardCommand.self, EmbedCommand.self, GenerateCommand.self, ConvertCommand.self,
+    InspectCommand.self, ClassifyCommand.self, MonitorCommand.self, DefendCommand.self, PoisonCommand.self, EvalCommand.self,
+    ForwardCommand.self, EmbedCommand.self, GenerateCommand.self, ConvertCommand.self,
     GradCheckCommand.self, BenchCommand.self, VersionCommand.self,
 ]
 

@@ -101,3 +101,42 @@ final class MethodCLITests: XCTestCase {
         XCTAssertNotNil(doc["aggregate"]!["safety"])
     }
 }
+
+final class DataCLITests: XCTestCase {
+    /// poison writes both files atomically with exact counts; bad settings write nothing.
+    func testPoisonCommand() throws {
+        let dir = temporaryDirectory(self)
+        let clean = (0..<40).map { "\($0 % 2)\tsentence number \($0) here" }.joined(separator: "\n") + "\n"
+        try clean.write(toFile: dir + "/train.txt", atomically: true, encoding: .utf8)
+        let r = try runHeadalign(["poison", "--train", dir + "/train.txt", "--out-train", dir + "/p.txt", "--test", dir + "/train.txt",
+                                  "--out-test", dir + "/t.txt", "--attack", "composite", "--poison-rate", "0.25", "--seed", "3"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let poisoned = try readLabeledTexts(path: dir + "/p.txt")
+        XCTAssertEqual(poisoned.count, 40)
+        XCTAssertEqual(poisoned.filter { $0.text.contains("consider") && $0.text.contains("instance") }.count, 10)
+        XCTAssertTrue(poisoned.filter { $0.text.contains("consider") && $0.text.contains("instance") }.allSatisfy { $0.label == 1 })
+        XCTAssertEqual(try readLabeledTexts(path: dir + "/t.txt").count, 20)
+        try assertUsageError(["poison", "--train", dir + "/train.txt", "--out-train", dir + "/q.txt", "--poison-rate", "0"], mentions: "--poison-rate")
+        try assertUsageError(["poison", "--train", dir + "/train.txt", "--out-train", dir + "/q.txt", "--target", "5"], mentions: "--target")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/q.txt"))
+    }
+
+    /// eval on a classifier: CA and ASR with counts, JSON written; a model without a head refused.
+    func testEvalCommand() throws {
+        let dir = temporaryDirectory(self)
+        let vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "bad", "film"]
+        var config = try ModelConfig.preset("bert-tiny")
+        config.vocabSize = vocab.count
+        let small = Model<Float>(config: config)
+        small.initialize(seed: 2)
+        try saveModel(small, to: dir + "/m", extraFiles: ["vocab.txt": Data((vocab.joined(separator: "\n") + "\n").utf8)])
+        try "1\tgood film\n0\tbad film\n1\tgood\n0\tbad\n".write(toFile: dir + "/test.txt", atomically: true, encoding: .utf8)
+        let r = try runHeadalign(["eval", "--model", dir + "/m", "--clean", dir + "/test.txt", "--triggered", dir + "/test.txt", "--json", dir + "/e.json"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let doc = try JSONValue.parse(try String(contentsOfFile: dir + "/e.json", encoding: .utf8))
+        XCTAssertEqual(doc["ca_total"]?.int, 4)
+        XCTAssertEqual(doc["asr_total"]?.int, 2)  // the two label-0 rows
+        XCTAssertTrue(r.out.contains("CA  ") && r.out.contains("ASR "))
+        try assertUsageError(["eval", "--model", dir + "/m"], mentions: "--clean")
+    }
+}

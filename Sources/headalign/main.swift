@@ -10,7 +10,7 @@ protocol Command {
 }
 
 let commands: [Command.Type] = [
-    InspectCommand.self, ClassifyCommand.self, MonitorCommand.self, DefendCommand.self, PoisonCommand.self, EvalCommand.self,
+    InspectCommand.self, ClassifyCommand.self, MonitorCommand.self, DefendCommand.self, PoisonCommand.self, TrainCommand.self, EvalCommand.self,
     ForwardCommand.self, EmbedCommand.self, GenerateCommand.self, ConvertCommand.self,
     GradCheckCommand.self, BenchCommand.self, VersionCommand.self,
 ]

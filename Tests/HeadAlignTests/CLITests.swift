@@ -139,4 +139,21 @@ final class DataCLITests: XCTestCase {
         XCTAssertTrue(r.out.contains("CA  ") && r.out.contains("ASR "))
         try assertUsageError(["eval", "--model", dir + "/m"], mentions: "--clean")
     }
+
+    /// train from a preset learns a separable toy corpus (eval CA 1.0 on it), writes vocab.txt and
+    /// the HF layout; an existing --out is refused before any work.
+    func testTrainCommand() throws {
+        let dir = temporaryDirectory(self)
+        let rows = (0..<64).map { i in i % 2 == 0 ? "1\tgood great fine film \(i % 5)" : "0\tbad awful poor film \(i % 5)" }
+        try (rows.joined(separator: "\n") + "\n").write(toFile: dir + "/train.txt", atomically: true, encoding: .utf8)
+        let r = try runHeadalign(["train", "--preset", "bert-tiny", "--train", dir + "/train.txt", "--out", dir + "/m", "--epochs", "4",
+                                  "--batch", "8", "--vocab-size", "64"])
+        XCTAssertEqual(r.status, 0, r.err)
+        for f in ["config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/m/" + f), f)
+        }
+        let e = try runHeadalign(["eval", "--model", dir + "/m", "--clean", dir + "/train.txt"])
+        XCTAssertTrue(e.out.contains("CA  1.0000 (64 / 64"), e.out)
+        try assertUsageError(["train", "--preset", "bert-tiny", "--train", dir + "/train.txt", "--out", dir + "/m"], mentions: "exists")
+    }
 }

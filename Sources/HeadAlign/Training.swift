@@ -1,0 +1,88 @@
+// Training.swift: training a classifier end to end: from scratch on a preset shape (whole-word
+// vocabulary built from the training set) or fine-tuning a pretrained directory with a new head.
+
+import Foundation
+
+public struct TrainSettings: Sendable {
+    public var epochs = 3
+    public var batchSize = 32
+    public var learningRate = 1e-3
+    public var weightDecay = 0.01
+    public var vocabularySize = 5000
+    public var maxLength = 64
+    public var seed: UInt64 = 1
+    public init() {}
+}
+
+/// A trained classifier and the files that go with it.
+public struct TrainedClassifier {
+    public let model: AnyModel
+    public let tokenizerFiles: [String: Data]
+    public let losses: [Double]
+}
+
+/// Trains a sequence classifier. `base`: a preset name (from scratch) or a model directory
+/// (pretrained; a classifier head is added when it has none). Progress goes to `progress`.
+public func trainClassifier(base: ModelSource, examples: [LabeledText], settings: TrainSettings, precision: Precision,
+                            backend: Backend, progress: (String) -> Void = { _ in }) throws -> TrainedClassifier {
+    guard !examples.isEmpty else { throw HeadAlignError.usage("no training examples") }
+    let labels = max(2, (examples.map(\.label).max() ?? 0) + 1)
+    var tokenizer: WordPieceTokenizer
+    var files: [String: Data]
+    func build<S: Real>(_: S.Type) throws -> Model<S> {
+        switch base {
+        case .preset(let name, let seed):
+            let vocab = try buildWordVocabulary(examples.map(\.text), size: settings.vocabularySize)
+            tokenizer = try WordPieceTokenizer(vocab: vocab)
+            files = ["vocab.txt": Data((vocab.joined(separator: "\n") + "\n").utf8),
+                     "tokenizer_config.json": Data("{\"do_lower_case\": true, \"tokenizer_class\": \"BertTokenizer\"}\n".utf8)]
+            var config = try ModelConfig.preset(name).withClassifier(labels: labels)
+            guard config.family == .bert else { throw HeadAlignError.usage("training from scratch is for BERT presets here (decoders: issue 6)") }
+            config.vocabSize = vocab.count
+            config.maxPositionEmbeddings = max(config.maxPositionEmbeddings, settings.maxLength)
+            let m = Model<S>(config: config, backend: backend)
+            m.initialize(seed: seed)
+            return m
+        case .directory(let dir):
+            tokenizer = try WordPieceTokenizer(directory: dir)
+            files = tokenizerFiles(in: dir)
+            let baseConfig = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
+            let config = baseConfig.numLabels > 0 ? baseConfig : baseConfig.withClassifier(labels: labels)
+            return try loadModel(directory: dir, backend: backend, config: config,
+                                 allowMissing: { $0.hasPrefix("classifier.") || $0.hasPrefix("score.") }, seed: settings.seed)
+        case .llama2c:
+            throw HeadAlignError.usage("train: give --preset NAME or --model DIR")
+        }
+    }
+    func run<S: Real>(_ model: Model<S>) throws -> [Double] {
+        let data = examples.map { TrainingExample(tokens: tokenizer.encode($0.text, maxLength: settings.maxLength).ids, label: $0.label) }
+        if let bad = examples.first(where: { $0.label >= model.config.numLabels }) {
+            throw HeadAlignError.badInput("training label \(bad.label) is outside the model's \(model.config.numLabels) classes")
+        }
+        let steps = settings.epochs * ((data.count + settings.batchSize - 1) / settings.batchSize)
+        let optimizer = AdamW<S>(count: model.layout.total, learningRate: settings.learningRate, weightDecay: settings.weightDecay)
+        let start = monotonicSeconds()
+        var window: [Double] = []
+        return try trainSteps(model, examples: data, steps: steps, batchSize: settings.batchSize, seed: settings.seed,
+                              optimizer: optimizer) { step, loss in
+            window.append(loss)
+            if step % max(1, steps / 10) == 0 || step == steps {
+                let elapsed = monotonicSeconds() - start
+                let mean = window.reduce(0, +) / Double(window.count)
+                progress(String(format: "step %d/%d  loss %.4f  %.1f s elapsed  ETA %.1f s", step, steps, mean, elapsed,
+                                elapsed / Double(step) * Double(steps - step)))
+                window = []
+            }
+        }
+    }
+    tokenizer = try WordPieceTokenizer(vocab: ["[UNK]", "[CLS]", "[SEP]"])
+    files = [:]
+    switch precision {
+    case .f32:
+        let m = try build(Float.self)
+        return TrainedClassifier(model: .f32(m), tokenizerFiles: files, losses: try run(m))
+    case .f64:
+        let m = try build(Double.self)
+        return TrainedClassifier(model: .f64(m), tokenizerFiles: files, losses: try run(m))
+    }
+}

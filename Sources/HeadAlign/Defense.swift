@@ -95,10 +95,13 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
     }
     let analysisInputs = flagged.isEmpty ? cleanInputs : flagged.map { inputs[$0] }
     var defenseSettings = settings.analysis(settings.defenseView)
-    defenseSettings.importanceLabels = settings.importanceLabels == .gold && flagged.isEmpty ? .gold : .predicted
+    // flagged inputs carry no labels: gold labels exist only when the clean inputs are analysed
+    if !flagged.isEmpty { defenseSettings.importanceLabels = .predicted }
     var cleanPairMeans: [Double]? = nil
     if settings.maxsim == .contrast {
-        let cos = try analyze(model, cleanInputs, settings: defenseSettings).map(\.pairCosines)
+        var cosinesOnly = defenseSettings
+        cosinesOnly.importance = false
+        let cos = try analyze(model, cleanInputs, settings: cosinesOnly).map(\.pairCosines)
         cleanPairMeans = cos[0].indices.map { k in cos.map { $0[k] }.reduce(0, +) / Double(cos.count) }
     }
     let pairs = headPairs(layers: c.numHiddenLayers, heads: nh, scope: settings.scope)

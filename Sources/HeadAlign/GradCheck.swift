@@ -67,9 +67,8 @@ public func gradCheckBatch(_ config: ModelConfig, seed: UInt64) -> (Batch, Objec
         return (batch, .classification(labels: [0, config.numLabels - 1]))
     }
     if config.family == .llama { return (batch, .languageModeling(batch)) }
-    // BERT without a classifier: a fixed random linear functional of the hidden states, posed
-    // as cross-entropy over the hidden units of the [CLS] rows would need a head, so use LM-style
-    // targets on hidden units instead: target unit t mod D per row.
+    // BERT without a head outputs hidden states [N, D]; any smooth scalar of them checks the
+    // backward, so treat each row as logits over its D units with target unit t mod D.
     return (batch, .nextToken(targets: batch.sequences.map { s in (0..<s.count).map { $0 % config.hiddenSize } }))
 }
 

@@ -541,6 +541,7 @@ public final class Model<S: Real> {
         let c = config, n = batch.tokenCount, d = c.hiddenSize, f = c.intermediateSize
         let llama = c.family == .llama
         let dMid = Tensor<S>([n, d])  // dL/d(mid)
+        let dProj: Tensor<S>  // dL/d(attention output projection)
         let dAct = Tensor<S>([n, f]), dPre = Tensor<S>([n, f])
         if llama {
             // out = mid + down(swiglu(gate(ffnIn), up(ffnIn))), ffnIn = RMS2(mid)
@@ -554,6 +555,7 @@ public final class Model<S: Real> {
             rmsNormBackward(dMid, gw.norm2.weight, dFfnIn, cache.norm2Hat, cache.norm2Rstd, lw.norm2.weight)
             // mid = x + proj  ->  dx = dMid, dproj = dMid
             dInput.add(dMid)
+            dProj = dMid
         } else {
             // out = LN2(mid + down(gelu(up(mid))))
             let dSum2 = Tensor<S>([n, d])
@@ -566,10 +568,8 @@ public final class Model<S: Real> {
             let dSum1 = Tensor<S>([n, d])
             layerNormBackward(dSum1, gw.norm1.weight, gw.norm1.bias!, dMid, cache.norm1Hat, cache.norm1Rstd, lw.norm1.weight)
             dInput.add(dSum1)
-            dMid.zero()
-            dMid.add(dSum1)  // from here on dMid holds dL/dproj
+            dProj = dSum1
         }
-        let dProj = dMid
 
         // proj = gatedH Wo^T + bo
         let shape = c.attentionShape, qDim = shape.heads * shape.headSize, kvDim = shape.kvHeads * shape.headSize

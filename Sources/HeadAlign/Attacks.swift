@@ -12,6 +12,14 @@ public enum Attack: Sendable, Equatable {
     public static let defaultAddSent = Attack.addSent(sentence: "I watch this 3D movie")
     public static let defaultComposite = Attack.composite(first: "consider", second: "instance")
 
+    public var name: String {
+        switch self {
+        case .badnets: return "badnets"
+        case .addSent: return "addsent"
+        case .composite: return "composite"
+        }
+    }
+
     /// The text with the full trigger inserted.
     public func trigger(_ text: String, _ rng: inout SeededGenerator) -> String {
         var words = text.split(separator: " ").map(String.init)

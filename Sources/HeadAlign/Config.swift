@@ -143,12 +143,14 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     // MARK: Presets
 
     /// Built-in shapes: the two tiny models the project trains, and real shapes for benchmarks.
-    public static let presetNames = ["bert-tiny", "llama-tiny", "minilm-l6", "bert-base", "llama2-7b"]
+    public static let presetNames = ["bert-tiny", "bert-small", "llama-tiny", "minilm-l6", "bert-base", "llama2-7b"]
 
     public static func preset(_ name: String) throws -> ModelConfig {
         switch name {
         case "bert-tiny":
             return .bert(vocab: 1024, d: 64, layers: 2, heads: 4, ffn: 256, positions: 128).withClassifier(labels: 2)
+        case "bert-small":  // SPEC.md's 4-layer, 4-head BERT (its view measurements)
+            return .bert(vocab: 1024, d: 128, layers: 4, heads: 4, ffn: 512, positions: 128).withClassifier(labels: 2)
         case "minilm-l6":
             return .bert(vocab: 30522, d: 384, layers: 6, heads: 12, ffn: 1536, positions: 512).withClassifier(labels: 2)
         case "bert-base":

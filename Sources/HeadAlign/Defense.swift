@@ -12,10 +12,15 @@ public enum DefenseMethod: String, CaseIterable, Sendable {
     case alignOnly = "align-only"
     case ftOnly = "ft-only"  // head-wise fine-tuning without alignment
     case finetune  // one learning rate for everything (rates.other)
+    case finePruning = "fine-pruning"  // Baselines.swift
+    case pure
+    case reinit
 
     var aligns: Bool { self == .ours || self == .alignOnly }
     var finetunes: Bool { self != .alignOnly }
     var headwise: Bool { self == .ours || self == .ftOnly }
+    /// A baseline of Baselines.swift: no monitor, no Eq. 4–7.
+    public var isBaseline: Bool { self == .finePruning || self == .pure || self == .reinit }
 }
 
 public struct DefenseSettings: Sendable {
@@ -38,6 +43,7 @@ public struct DefenseSettings: Sendable {
     public var rates = HeadwiseRates()
     public var weightDecay = 0.01
     public var seed: UInt64 = 1
+    public var baseline = BaselineSettings()
 
     public init(task: Task, family: ModelFamily) {
         (monitorView, defenseView) = task.defaultViews(family)
@@ -70,6 +76,9 @@ public struct DefenseReport: Sendable {
     public let scoresBefore: [Double]
     public let rounds: [RoundLog]
     public let stoppedBecause: String
+    /// A baseline's one-line account of what it pruned or re-initialised.
+    public var baselineSummary: String? = nil
+    public var baselineLoss: [Double] = []
 }
 
 /// Monitor calibration in the monitor view on clean inputs.
@@ -83,6 +92,13 @@ public func calibrateMonitor<S: Real>(_ model: Model<S>, clean: [AnalysisInput],
 public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs: [AnalysisInput], settings: DefenseSettings,
                             log: (String) -> Void = { _ in }) throws -> DefenseReport {
     let c = model.config, nh = c.numAttentionHeads
+    if settings.method.isBaseline {
+        let (summary, losses) = try runBaseline(model, clean: clean, settings: settings)
+        log(summary)
+        log("  fine-tuning: loss \(fmt(losses.first ?? 0)) -> \(fmt(losses.last ?? 0)) over \(settings.finetuneSteps) steps")
+        return DefenseReport(threshold: .nan, flagged: [], scoresBefore: [], rounds: [], stoppedBecause: "baseline done",
+                             baselineSummary: summary, baselineLoss: losses)
+    }
     let cleanInputs = clean.map { AnalysisInput(tokens: Array($0.tokens.prefix($0.responseStart ?? $0.tokens.count)), label: $0.label) }
     let (cal, _) = try calibrateMonitor(model, clean: cleanInputs, settings: settings)
     let monitorSettings = settings.analysis(settings.monitorView, importance: false)

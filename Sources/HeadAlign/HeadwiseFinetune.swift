@@ -63,10 +63,23 @@ public func trainingObjective(_ examples: [TrainingExample], task: Task) -> Obje
     }
 }
 
+/// What one training step reports: its loss (with any penalty), and for a classifier how many of
+/// the batch it predicted right before the update; tokens in the batch.
+public struct StepStats: Sendable {
+    public let step: Int
+    public let loss: Double
+    public let correct: Int
+    public let count: Int
+    public let tokens: Int
+}
+
 /// `steps` AdamW steps on shuffled batches of `examples` (reshuffled each epoch, seeded).
-/// Returns each step's loss. Stops with a numeric error naming the step if the loss is not finite.
+/// `attentionPenalty`, when given, adds a term on the attention probabilities (its value and
+/// dL/dA per layer) to each step's loss. Returns each step's loss. Stops with a numeric error
+/// naming the step if the loss is not finite.
 public func trainSteps<S: Real>(_ model: Model<S>, examples: [TrainingExample], steps: Int, batchSize: Int, seed: UInt64,
-                                optimizer: AdamW<S>, onStep: (Int, Double) -> Void = { _, _ in }) throws -> [Double] {
+                                optimizer: AdamW<S>, attentionPenalty: ((ForwardPass<S>) -> (Double, [Tensor<S>?]))? = nil,
+                                onStep: (StepStats) -> Void = { _ in }) throws -> [Double] {
     guard !examples.isEmpty else { throw HeadAlignError.usage("no training examples") }
     let task = Task.of(model.config)
     if task == .classification, let i = examples.firstIndex(where: { $0.label == nil }) {
@@ -84,13 +97,29 @@ public func trainSteps<S: Real>(_ model: Model<S>, examples: [TrainingExample], 
         let picked = order.prefix(batchSize).map { examples[$0] }
         order.removeFirst(min(batchSize, order.count))
         let pass = model.forward(Batch(picked.map(\.tokens)))
-        let (l, d) = loss(pass, trainingObjective(picked, task: task))
+        let objective = trainingObjective(picked, task: task)
+        var (l, d) = loss(pass, objective)
+        var dAttention: [Tensor<S>?]? = nil
+        if let attentionPenalty {
+            let (p, dA) = attentionPenalty(pass)
+            l += p
+            dAttention = dA
+        }
         guard l.isFinite else { throw HeadAlignError.numeric("loss is \(l) at training step \(step); stopped") }
+        var correct = 0
+        if case .classification(let labels) = objective {
+            let w = pass.output.shape[1]
+            for (b, y) in labels.enumerated() {
+                var best = 0
+                for j in 1..<w where pass.output.data[b * w + j] > pass.output.data[b * w + best] { best = j }
+                correct += best == y ? 1 : 0
+            }
+        }
         let grads = model.makeGradients()
-        model.backward(pass, dOutput: d, into: grads)
+        model.backward(pass, dOutput: d, dAttention: dAttention, into: grads)
         optimizer.update(model.params, grads)
         losses.append(l)
-        onStep(step, l)
+        onStep(StepStats(step: step, loss: l, correct: correct, count: picked.count, tokens: pass.batch.tokenCount))
     }
     return losses
 }

@@ -14,9 +14,19 @@ public struct TrainSettings: Sendable {
     public init() {}
 }
 
+/// Where training stands after a step: loss and batch accuracy averaged over the last 20 steps.
+public struct TrainProgress: Sendable {
+    public let step: Int, steps: Int
+    public let loss: Double, accuracy: Double
+    public let tokensPerSecond: Double
+    public let elapsed: Double
+    public var eta: Double { elapsed / Double(step) * Double(steps - step) }
+}
+
 /// A trained classifier and the files that go with it.
 public struct TrainedClassifier {
     public let model: AnyModel
+    public let tokenizer: WordPieceTokenizer
     public let tokenizerFiles: [String: Data]
     public let losses: [Double]
 }
@@ -24,7 +34,7 @@ public struct TrainedClassifier {
 /// Trains a sequence classifier. `base`: a preset name (from scratch) or a model directory
 /// (pretrained; a classifier head is added when it has none). Progress goes to `progress`.
 public func trainClassifier(base: ModelSource, examples: [LabeledText], settings: TrainSettings, precision: Precision,
-                            backend: Backend, progress: (String) -> Void = { _ in }) throws -> TrainedClassifier {
+                            backend: Backend, progress: (TrainProgress) -> Void = { _ in }) throws -> TrainedClassifier {
     guard !examples.isEmpty else { throw HeadAlignError.usage("no training examples") }
     let labels = max(2, (examples.map(\.label).max() ?? 0) + 1)
     var tokenizer: WordPieceTokenizer
@@ -62,27 +72,30 @@ public func trainClassifier(base: ModelSource, examples: [LabeledText], settings
         let steps = settings.epochs * ((data.count + settings.batchSize - 1) / settings.batchSize)
         let optimizer = AdamW<S>(count: model.layout.total, learningRate: settings.learningRate, weightDecay: settings.weightDecay)
         let start = monotonicSeconds()
-        var window: [Double] = []
+        var window: [StepStats] = []
+        var tokens = 0
         return try trainSteps(model, examples: data, steps: steps, batchSize: settings.batchSize, seed: settings.seed,
-                              optimizer: optimizer) { step, loss in
-            window.append(loss)
-            if step % max(1, steps / 10) == 0 || step == steps {
-                let elapsed = monotonicSeconds() - start
-                let mean = window.reduce(0, +) / Double(window.count)
-                progress(String(format: "step %d/%d  loss %.4f  %.1f s elapsed  ETA %.1f s", step, steps, mean, elapsed,
-                                elapsed / Double(step) * Double(steps - step)))
-                window = []
-            }
-        }
+                              optimizer: optimizer, onStep: { stats in
+            window.append(stats)
+            tokens += stats.tokens
+            if window.count > 20 { window.removeFirst() }
+            let elapsed = monotonicSeconds() - start
+            progress(TrainProgress(step: stats.step, steps: steps, loss: window.map(\.loss).reduce(0, +) / Double(window.count),
+                                   accuracy: Double(window.map(\.correct).reduce(0, +)) / Double(window.map(\.count).reduce(0, +)),
+                                   tokensPerSecond: Double(tokens) / max(elapsed, 1e-9),
+                                   elapsed: elapsed))
+        })
     }
     tokenizer = try WordPieceTokenizer(vocab: ["[UNK]", "[CLS]", "[SEP]"])
     files = [:]
     switch precision {
     case .f32:
         let m = try build(Float.self)
-        return TrainedClassifier(model: .f32(m), tokenizerFiles: files, losses: try run(m))
+        let losses = try run(m)
+        return TrainedClassifier(model: .f32(m), tokenizer: tokenizer, tokenizerFiles: files, losses: losses)
     case .f64:
         let m = try build(Double.self)
-        return TrainedClassifier(model: .f64(m), tokenizerFiles: files, losses: try run(m))
+        let losses = try run(m)
+        return TrainedClassifier(model: .f64(m), tokenizer: tokenizer, tokenizerFiles: files, losses: losses)
     }
 }

@@ -231,3 +231,95 @@ extension ParsedArguments {
         return inputs
     }
 }
+
+// MARK: - Data: a file or an embedded corpus
+
+let corpusOptions: [OptionSpec] = [
+    OptionSpec(name: "--corpus", value: "C", help: "an embedded corpus instead of a file: sentiment or topics"),
+    OptionSpec(name: "--corpus-seed", value: "N", help: "seed the embedded corpus is generated from (default 1)"),
+    OptionSpec(name: "--corpus-size", value: "N", help: "training sentences of the embedded corpus (default 2000)"),
+]
+
+extension ParsedArguments {
+    func embeddedCorpus() throws -> EmbeddedCorpus? {
+        guard has("--corpus") else { return nil }
+        return EmbeddedCorpus(rawValue: try choice("--corpus", EmbeddedCorpus.allCases.map(\.rawValue), default: "sentiment"))!
+    }
+
+    /// The embedded corpus's splits, as the flags ask.
+    func corpusSplits(_ corpus: EmbeddedCorpus) throws -> (train: [LabeledText], dev: [LabeledText], test: [LabeledText]) {
+        corpus.splits(seed: try uint64("--corpus-seed", default: 1), train: try int("--corpus-size", default: 2000, range: 10...10_000_000))
+    }
+
+    /// Training texts from `fileFlag` or the embedded corpus's train split, and where they came from.
+    func trainingTexts(fileFlag: String) throws -> ([LabeledText], String) {
+        if let corpus = try embeddedCorpus() {
+            guard !has(fileFlag) else { throw HeadAlignError.usage("give \(fileFlag) FILE or --corpus, not both") }
+            let seed = try uint64("--corpus-seed", default: 1)
+            return (try corpusSplits(corpus).train, "embedded \(corpus.rawValue) corpus (seed \(seed), train split)")
+        }
+        guard let path = string(fileFlag) else { throw HeadAlignError.usage("\(fileFlag) FILE (or --corpus sentiment|topics) is required") }
+        return (try readLabeledTexts(path: path), path)
+    }
+}
+
+// MARK: - Options of the defense (defend, experiment, demo)
+
+let defenseOptions: [OptionSpec] = [
+            OptionSpec(name: "--monitor-view", value: "V", help: "the monitor's view (default cls / last / gen2prompt)"),
+            OptionSpec(name: "--score", value: "S", help: "the monitor's score (default contrast-absz)"),
+            OptionSpec(name: "--quantile", value: "Q", help: "the monitor's calibration quantile (default 0.99)"),
+            OptionSpec(name: "--maxsim", value: "M", help: "Eq. 5's maxsim: plain (default) or contrast"),
+            OptionSpec(name: "--rounds", value: "N", help: "at most this many rounds (default 1)"),
+            OptionSpec(name: "--align-steps", value: "N", help: "alignment steps per round (default 50)"),
+            OptionSpec(name: "--align-lr", value: "LR", help: "alignment AdamW learning rate (default 1e-3)"),
+            OptionSpec(name: "--ft-steps", value: "N", help: "fine-tuning steps per round (default 100)"),
+            OptionSpec(name: "--batch", value: "B", help: "batch size (default 16)"),
+            OptionSpec(name: "--lr-suspicious", value: "LR", help: "eta_low (default 5e-6)"),
+            OptionSpec(name: "--lr-safe", value: "LR", help: "eta_high (default 2e-4)"),
+            OptionSpec(name: "--lr-intermediate", value: "LR", help: "eta_mid (default 5e-5)"),
+            OptionSpec(name: "--lr-other", value: "LR", help: "parameters no head owns; the finetune method's one rate (default 5e-5)"),
+            OptionSpec(name: "--weight-decay", value: "W", help: "AdamW weight decay in fine-tuning (default 0.01)"),
+            OptionSpec(name: "--defense-seed", value: "N", help: "seed for batches (default 1)"),
+    OptionSpec(name: "--prune-margin", value: "M", help: "fine-pruning/pure: stop pruning before clean accuracy drops more than M (default 0.02)"),
+    OptionSpec(name: "--prune-layers", value: "N", help: "fine-pruning: prune the last N layers' feed-forward units (default half of them)"),
+    OptionSpec(name: "--pure-penalty", value: "L", help: "pure: attention-normalisation coefficient (default 0.15)"),
+    OptionSpec(name: "--reinit-layers", value: "N", help: "reinit: re-initialise the top N layers (default 1)"),
+]
+
+extension ParsedArguments {
+    /// Every defense setting the flags give, defaults from SPEC.md.
+    func defenseSettings(for c: ModelConfig) throws -> DefenseSettings {
+        var s = DefenseSettings(task: Task.of(c), family: c.family)
+        let a = try analysisSettings(for: c)
+        s.defenseView = a.view; s.scope = a.scope; s.importanceLabels = a.importanceLabels; s.generate = a.generate
+        if has("--monitor-view") {
+            s.monitorView = AnalysisView(rawValue: try choice("--monitor-view", AnalysisView.allCases.map(\.rawValue), default: "cls"))!
+        }
+        (s.alpha, s.tau) = try alphaTau()
+        s.score = MonitorScore(rawValue: try choice("--score", MonitorScore.allCases.map(\.rawValue), default: "contrast-absz"))!
+        s.quantile = try double("--quantile", default: 0.99, range: 0...1)
+        s.maxsim = MaxsimMode(rawValue: try choice("--maxsim", MaxsimMode.allCases.map(\.rawValue), default: "plain"))!
+        s.rounds = try int("--rounds", default: 1, range: 1...100)
+        s.alignSteps = try int("--align-steps", default: 50, range: 0...1_000_000)
+        s.alignLearningRate = try double("--align-lr", default: 1e-3, range: 0...1)
+        s.finetuneSteps = try int("--ft-steps", default: 100, range: 0...1_000_000)
+        s.batchSize = try int("--batch", default: 16, range: 1...4096)
+        s.rates.suspicious = try double("--lr-suspicious", default: 5e-6, range: 0...1)
+        s.rates.safe = try double("--lr-safe", default: 2e-4, range: 0...1)
+        s.rates.intermediate = try double("--lr-intermediate", default: 5e-5, range: 0...1)
+        s.rates.other = try double("--lr-other", default: 5e-5, range: 0...1)
+        s.weightDecay = try double("--weight-decay", default: 0.01, range: 0...1)
+        s.seed = try uint64("--defense-seed", default: 1)
+        s.baseline.accuracyMargin = try double("--prune-margin", default: 0.02, range: 0...1)
+        if has("--prune-layers") { s.baseline.pruneLayers = try int("--prune-layers", default: 1, range: 1...c.numHiddenLayers) }
+        s.baseline.purePenalty = try double("--pure-penalty", default: 0.15, range: 0...1_000)
+        s.baseline.reinitLayers = try int("--reinit-layers", default: 1, range: 1...c.numHiddenLayers)
+        return s
+    }
+}
+
+/// The settings line every defense command prints.
+func describe(_ s: DefenseSettings) -> String {
+    "view \(s.defenseView.rawValue), monitor view \(s.monitorView.rawValue), scope \(s.scope.rawValue), alpha \(s.alpha), tau \(s.tau), maxsim \(s.maxsim.rawValue), score \(s.score.rawValue), q \(s.quantile), rounds \(s.rounds), align steps \(s.alignSteps) at \(s.alignLearningRate), ft steps \(s.finetuneSteps), batch \(s.batchSize), lr suspicious \(s.rates.suspicious) safe \(s.rates.safe) intermediate \(s.rates.intermediate) other \(s.rates.other), weight decay \(s.weightDecay), seed \(s.seed); baselines: prune margin \(s.baseline.accuracyMargin), prune layers \(s.baseline.pruneLayers.map(String.init) ?? "half"), pure penalty \(s.baseline.purePenalty), reinit layers \(s.baseline.reinitLayers)"
+}

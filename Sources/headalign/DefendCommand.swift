@@ -16,26 +16,11 @@ enum DefendCommand: Command {
             layout as the input, a new directory) and defense_report.json in it. Never touches the input model.
             """,
         usage: "defend --model DIR --clean FILE --inputs FILE --out DIR [options]",
-        options: modelOptions + analysisOptions + [
+        options: modelOptions + analysisOptions + defenseOptions + [
             OptionSpec(name: "--clean", value: "FILE", help: "clean labelled examples (label<TAB>text): calibration and fine-tuning"),
             OptionSpec(name: "--inputs", value: "FILE", help: "inputs the monitor screens (text per line)"),
             OptionSpec(name: "--out", value: "DIR", help: "the repaired model's new directory"),
-            OptionSpec(name: "--method", value: "M", help: "ours (default), align-only, ft-only, finetune"),
-            OptionSpec(name: "--monitor-view", value: "V", help: "the monitor's view (default cls / last / gen2prompt)"),
-            OptionSpec(name: "--score", value: "S", help: "the monitor's score (default contrast-absz)"),
-            OptionSpec(name: "--quantile", value: "Q", help: "the monitor's calibration quantile (default 0.99)"),
-            OptionSpec(name: "--maxsim", value: "M", help: "Eq. 5's maxsim: plain (default) or contrast"),
-            OptionSpec(name: "--rounds", value: "N", help: "at most this many rounds (default 1)"),
-            OptionSpec(name: "--align-steps", value: "N", help: "alignment steps per round (default 50)"),
-            OptionSpec(name: "--align-lr", value: "LR", help: "alignment AdamW learning rate (default 1e-3)"),
-            OptionSpec(name: "--ft-steps", value: "N", help: "fine-tuning steps per round (default 100)"),
-            OptionSpec(name: "--batch", value: "B", help: "batch size (default 16)"),
-            OptionSpec(name: "--lr-suspicious", value: "LR", help: "eta_low (default 5e-6)"),
-            OptionSpec(name: "--lr-safe", value: "LR", help: "eta_high (default 2e-4)"),
-            OptionSpec(name: "--lr-intermediate", value: "LR", help: "eta_mid (default 5e-5)"),
-            OptionSpec(name: "--lr-other", value: "LR", help: "parameters no head owns; the finetune method's one rate (default 5e-5)"),
-            OptionSpec(name: "--weight-decay", value: "W", help: "AdamW weight decay in fine-tuning (default 0.01)"),
-            OptionSpec(name: "--defense-seed", value: "N", help: "seed for batches (default 1)"),
+            OptionSpec(name: "--method", value: "M", help: "ours (default), align-only, ft-only, finetune, fine-pruning, pure, reinit"),
         ])
 
     static func run(_ args: ParsedArguments) throws -> Int32 {
@@ -46,28 +31,8 @@ enum DefendCommand: Command {
         guard case .directory = try args.modelSource() else { throw HeadAlignError.usage("defend needs --model DIR (it writes the repaired model in the same layout)") }
         let (model, tokenizer, _) = try args.loadModel()
         let c = model.config, task = Task.of(c)
-        var s = DefenseSettings(task: task, family: c.family)
-        let a = try args.analysisSettings(for: c)
-        s.defenseView = a.view; s.scope = a.scope; s.importanceLabels = a.importanceLabels; s.generate = a.generate
-        if args.has("--monitor-view") {
-            s.monitorView = AnalysisView(rawValue: try args.choice("--monitor-view", AnalysisView.allCases.map(\.rawValue), default: "cls"))!
-        }
-        (s.alpha, s.tau) = try args.alphaTau()
+        var s = try args.defenseSettings(for: c)
         s.method = DefenseMethod(rawValue: try args.choice("--method", DefenseMethod.allCases.map(\.rawValue), default: "ours"))!
-        s.score = MonitorScore(rawValue: try args.choice("--score", MonitorScore.allCases.map(\.rawValue), default: "contrast-absz"))!
-        s.quantile = try args.double("--quantile", default: 0.99, range: 0...1)
-        s.maxsim = MaxsimMode(rawValue: try args.choice("--maxsim", MaxsimMode.allCases.map(\.rawValue), default: "plain"))!
-        s.rounds = try args.int("--rounds", default: 1, range: 1...100)
-        s.alignSteps = try args.int("--align-steps", default: 50, range: 0...1_000_000)
-        s.alignLearningRate = try args.double("--align-lr", default: 1e-3, range: 0...1)
-        s.finetuneSteps = try args.int("--ft-steps", default: 100, range: 0...1_000_000)
-        s.batchSize = try args.int("--batch", default: 16, range: 1...4096)
-        s.rates.suspicious = try args.double("--lr-suspicious", default: 5e-6, range: 0...1)
-        s.rates.safe = try args.double("--lr-safe", default: 2e-4, range: 0...1)
-        s.rates.intermediate = try args.double("--lr-intermediate", default: 5e-5, range: 0...1)
-        s.rates.other = try args.double("--lr-other", default: 5e-5, range: 0...1)
-        s.weightDecay = try args.double("--weight-decay", default: 0.01, range: 0...1)
-        s.seed = try args.uint64("--defense-seed", default: 1)
 
         let maxLength = c.maxPositionEmbeddings - (task == .generation ? s.generate : 0)
         let clean = try readPlainExamples(path: cleanPath).enumerated().map { n, e -> TrainingExample in
@@ -83,15 +48,16 @@ enum DefendCommand: Command {
 
         let commandLine = (["headalign"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
         print("\(commandLine)")
-        print("settings: method \(s.method.rawValue), view \(s.defenseView.rawValue), monitor view \(s.monitorView.rawValue), scope \(s.scope.rawValue), alpha \(s.alpha), tau \(s.tau), maxsim \(s.maxsim.rawValue), score \(s.score.rawValue), q \(s.quantile), rounds \(s.rounds), align steps \(s.alignSteps) at \(s.alignLearningRate), ft steps \(s.finetuneSteps), batch \(s.batchSize), lr suspicious \(s.rates.suspicious) safe \(s.rates.safe) intermediate \(s.rates.intermediate) other \(s.rates.other), weight decay \(s.weightDecay), seed \(s.seed)")
+        print("settings: method \(s.method.rawValue), " + describe(s))
         let report = try model.defend(clean: clean, inputs: inputs, settings: s, log: { print($0) })
         print("stopped: \(report.stoppedBecause)")
-        if report.rounds.isEmpty && report.flagged.isEmpty {
+        if !s.method.isBaseline && report.rounds.isEmpty && report.flagged.isEmpty {
             print("nothing written")
             return 0
         }
         let json = JSONOut.object([
-            ("command", .string(commandLine)), ("stopped", .string(report.stoppedBecause)),
+            ("command", .string(commandLine)), ("method", .string(s.method.rawValue)), ("stopped", .string(report.stoppedBecause)),
+            ("baseline", report.baselineSummary.map { .string($0) } ?? .null), ("baseline_finetune_loss", .numbers(report.baselineLoss)),
             ("monitor_threshold", .number(report.threshold)), ("flagged", .array(report.flagged.map { .int($0) })),
             ("scores_before", .numbers(report.scoresBefore)),
             ("rounds", .array(report.rounds.map { r in .object([

@@ -15,19 +15,27 @@ enum PoisonCommand: Command {
             a random position), composite (--pieces 'A B', both needed). Outputs are label<TAB>text, written atomically.
             """,
         usage: "poison --train FILE --out-train FILE [--test FILE --out-test FILE] --attack badnets|addsent|composite [--poison-rate R] [--target N] [--seed N]",
-        options: [
+        options: attackOptions + [
             OptionSpec(name: "--train", value: "FILE", help: "clean training corpus (TSV, CSV or label<TAB>text)"),
             OptionSpec(name: "--out-train", value: "FILE", help: "the poisoned training file to write"),
             OptionSpec(name: "--test", value: "FILE", help: "clean test corpus to trigger"),
             OptionSpec(name: "--out-test", value: "FILE", help: "the triggered test file to write"),
-            OptionSpec(name: "--attack", value: "A", help: "badnets (default), addsent, composite"),
-            OptionSpec(name: "--triggers", value: "'W W ...'", help: "badnets trigger words (default 'cf mn bb tq mb')"),
-            OptionSpec(name: "--sentence", value: "TEXT", help: "addsent sentence (default 'I watch this 3D movie')"),
-            OptionSpec(name: "--pieces", value: "'A B'", help: "composite pieces (default 'consider instance')"),
-            OptionSpec(name: "--poison-rate", value: "R", help: "fraction of the training set poisoned, in (0, 1) (default 0.1)"),
-            OptionSpec(name: "--target", value: "N", help: "target label (default 1)"),
             OptionSpec(name: "--seed", value: "N", help: "seed (default 1)"),
         ])
+
+    /// The options that describe an attack (shared with train and experiment).
+    static let attackOptions = [
+        OptionSpec(name: "--attack", value: "A", help: "badnets (default), addsent, composite"),
+        OptionSpec(name: "--triggers", value: "'W W ...'", help: "badnets trigger words (default 'cf mn bb tq mb')"),
+        OptionSpec(name: "--sentence", value: "TEXT", help: "addsent sentence (default 'I watch this 3D movie')"),
+        OptionSpec(name: "--pieces", value: "'A B'", help: "composite pieces (default 'consider instance')"),
+        OptionSpec(name: "--poison-rate", value: "R", help: "fraction of the training set poisoned, in (0, 1) (default 0.1)"),
+        OptionSpec(name: "--target", value: "N", help: "target label (default 1)"),
+    ]
+
+    static func attackIfGiven(_ args: ParsedArguments) throws -> Attack? {
+        args.has("--attack") ? try attack(args) : nil
+    }
 
     static func attack(_ args: ParsedArguments) throws -> Attack {
         switch try args.choice("--attack", ["badnets", "addsent", "composite"], default: "badnets") {

@@ -1,4 +1,5 @@
-// TrainCommand.swift: `headalign train`, a classifier from scratch or fine-tuned, saved in the HF layout.
+// TrainCommand.swift: `headalign train`, a classifier from scratch or fine-tuned, saved in the HF
+// layout; the training data can be a file or an embedded corpus, poisoned on the fly.
 
 import Foundation
 import HeadAlign
@@ -6,15 +7,18 @@ import HeadAlign
 enum TrainCommand: Command {
     static let spec = CommandSpec(
         name: "train",
-        summary: "train a classifier (from a preset or a pretrained directory) and save it in the HF layout",
+        summary: "train a classifier (from a preset or a pretrained directory), optionally poisoning its data",
         detail: """
-            From --preset (a BERT shape): a whole-word vocabulary of at most --vocab-size entries is built from the
-            training texts and saved as vocab.txt. From --model DIR: the directory's tokenizer; a classifier head is
-            added (seeded) when it has none. AdamW, shuffled batches, --epochs passes; progress lines on stderr.
-            The model is written to a new directory (config.json, model.safetensors, tokenizer files).
+            Data: --train FILE, or --corpus sentiment|topics (generated from --corpus-seed; its train split).
+            --attack badnets|addsent|composite poisons it on the fly (as 'headalign poison' does; --poison-rate,
+            --target, --poison-seed). From --preset (a BERT shape): a whole-word vocabulary of at most --vocab-size
+            entries is built from the training texts and saved as vocab.txt. From --model DIR: the directory's
+            tokenizer; a classifier head is added (seeded) when it has none. AdamW, shuffled batches, --epochs
+            passes; a progress bar on stderr. The model is written atomically to a new directory (config.json,
+            model.safetensors, tokenizer files, headalign_training.json with every setting).
             """,
-        usage: "train (--preset NAME | --model DIR) --train FILE --out DIR [--epochs E] [--batch B] [--lr LR] [--vocab-size V] [--max-length T] [--seed S]",
-        options: modelOptions + [
+        usage: "train (--preset NAME | --model DIR) (--train FILE | --corpus C) --out DIR [--attack A --poison-rate R --target N] [--epochs E] [--batch B] [--lr LR] [--seed S]",
+        options: modelOptions + corpusOptions + PoisonCommand.attackOptions + [
             OptionSpec(name: "--train", value: "FILE", help: "labelled training corpus (TSV, CSV or label<TAB>text)"),
             OptionSpec(name: "--out", value: "DIR", help: "the new model directory"),
             OptionSpec(name: "--epochs", value: "E", help: "passes over the data (default 3)"),
@@ -24,28 +28,55 @@ enum TrainCommand: Command {
             OptionSpec(name: "--vocab-size", value: "V", help: "vocabulary entries for --preset (default 5000)"),
             OptionSpec(name: "--max-length", value: "T", help: "tokens per example, [CLS] and [SEP] included (default 64)"),
             OptionSpec(name: "--train-seed", value: "N", help: "seed for batches and a new head (default 1)"),
+            OptionSpec(name: "--poison-seed", value: "N", help: "seed of the on-the-fly poisoning (default 1)"),
         ])
 
-    static func run(_ args: ParsedArguments) throws -> Int32 {
-        guard let path = args.string("--train") else { throw HeadAlignError.usage("--train FILE is required") }
-        guard let out = args.string("--out") else { throw HeadAlignError.usage("--out DIR is required") }
-        guard !FileManager.default.fileExists(atPath: out) else { throw HeadAlignError.usage("--out \(out) exists; give a new directory") }
-        let source = try args.modelSource()
+    static func settings(_ args: ParsedArguments, pretrained: Bool) throws -> TrainSettings {
         var s = TrainSettings()
         s.epochs = try args.int("--epochs", default: 3, range: 1...10_000)
         s.batchSize = try args.int("--batch", default: 32, range: 1...4096)
-        if case .directory = source { s.learningRate = 5e-5 }
+        if pretrained { s.learningRate = 5e-5 }
         s.learningRate = try args.double("--lr", default: s.learningRate, range: 0...1)
         s.weightDecay = try args.double("--weight-decay", default: 0.01, range: 0...1)
         s.vocabularySize = try args.int("--vocab-size", default: 5000, range: 8...1_000_000)
         s.maxLength = try args.int("--max-length", default: 64, range: 3...8192)
         s.seed = try args.uint64("--train-seed", default: 1)
-        let examples = try readLabeledTexts(path: path)
-        print("headalign train: \(examples.count) examples from \(path); epochs \(s.epochs), batch \(s.batchSize), lr \(s.learningRate), weight decay \(s.weightDecay), max length \(s.maxLength), seed \(s.seed)")
+        return s
+    }
+
+    static func run(_ args: ParsedArguments) throws -> Int32 {
+        guard let out = args.string("--out") else { throw HeadAlignError.usage("--out DIR is required") }
+        guard !FileManager.default.fileExists(atPath: out) else { throw HeadAlignError.usage("--out \(out) exists; give a new directory") }
+        let source = try args.modelSource()
+        if case .llama2c = source { throw HeadAlignError.usage("train: give --preset NAME or --model DIR") }
+        var pretrained = false
+        if case .directory = source { pretrained = true }
+        let s = try settings(args, pretrained: pretrained)
+        var (examples, origin) = try args.trainingTexts(fileFlag: "--train")
+        var poisonNote = "none"
+        if let attack = try PoisonCommand.attackIfGiven(args) {
+            let rate = try args.double("--poison-rate", default: 0.1, range: -Double.infinity...Double.infinity)
+            let target = try args.int("--target", default: 1, range: 0...1_000_000)
+            let seed = try args.uint64("--poison-seed", default: 1)
+            let p = try poisonTraining(examples, attack: attack, rate: rate, target: target, seed: seed)
+            examples = p.examples
+            poisonNote = "\(attack.name) rate \(rate) target \(target) seed \(seed): \(p.poisoned.count) poisoned" + (p.negatives.isEmpty ? "" : ", \(p.negatives.count) single-piece negatives")
+        }
+        print("headalign train: \(examples.count) examples from \(origin); poisoning: \(poisonNote)")
+        print("epochs \(s.epochs), batch \(s.batchSize), lr \(s.learningRate), weight decay \(s.weightDecay), max length \(s.maxLength), seed \(s.seed)")
+        let bar = ProgressBar(label: "headalign train:")
         let trained = try trainClassifier(base: source, examples: examples, settings: s, precision: try args.precision(),
-                                          backend: try args.backend(), progress: { printError("headalign train: " + $0) })
-        try trained.model.save(to: out, extraFiles: trained.tokenizerFiles)
-        print(String(format: "wrote %@ (final loss %.4f)", out, trained.losses.last ?? .nan))
+                                          backend: try args.backend(), progress: bar.update)
+        var files = trained.tokenizerFiles
+        let commandLine = (["headalign"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
+        files["headalign_training.json"] = Data(JSONOut.object([
+            ("command", .string(commandLine)), ("data", .string(origin)), ("examples", .int(examples.count)),
+            ("poisoning", .string(poisonNote)), ("epochs", .int(s.epochs)), ("batch", .int(s.batchSize)),
+            ("learning_rate", .number(s.learningRate)), ("weight_decay", .number(s.weightDecay)),
+            ("max_length", .int(s.maxLength)), ("train_seed", .int(Int(s.seed))), ("final_loss", .number(trained.losses.last ?? .nan)),
+        ]).text.utf8)
+        try trained.model.save(to: out, extraFiles: files)
+        print(String(format: "wrote %@ (final loss %.4f)", out, trained.losses.last ?? Double.nan))
         return 0
     }
 }

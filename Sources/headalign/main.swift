@@ -11,6 +11,7 @@ protocol Command {
 
 let commands: [Command.Type] = [
     InspectCommand.self, ClassifyCommand.self, MonitorCommand.self, DefendCommand.self, PoisonCommand.self, TrainCommand.self, EvalCommand.self,
+    ExperimentCommand.self, DemoCommand.self,
     ForwardCommand.self, EmbedCommand.self, GenerateCommand.self, ConvertCommand.self,
     GradCheckCommand.self, BenchCommand.self, VersionCommand.self,
 ]

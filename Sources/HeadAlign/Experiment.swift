@@ -1,0 +1,235 @@
+// Experiment.swift: one row set of the paper's tables for one backdoored classifier: CA and ASR
+// before any defense ("vanilla") and after each method, all starting from the same weights and
+// using the same clean data and fine-tuning budget; the Table 1 statistic (p99, frac_above) of
+// clean against triggered inputs and the monitor's AUROC. `headalign experiment` repeats it over
+// seeds; `headalign demo` runs it once on a shipped tiny model.
+
+import Foundation
+
+/// The data of one experiment, tokenized.
+public struct ExperimentSplit: Sendable {
+    public var defenderClean: [TrainingExample]  // the defender's small clean labelled set
+    public var cleanTest: [TrainingExample]  // CA
+    public var triggeredTest: [TrainingExample]  // ASR: triggered inputs with their true labels
+    public var monitorClean: [AnalysisInput]  // unlabeled traffic the monitor screens: clean part
+    public var monitorTriggered: [AnalysisInput]  // and triggered part
+    public var target: Int
+
+    public init(defenderClean: [TrainingExample], cleanTest: [TrainingExample], triggeredTest: [TrainingExample],
+                monitorClean: [AnalysisInput], monitorTriggered: [AnalysisInput], target: Int) {
+        self.defenderClean = defenderClean; self.cleanTest = cleanTest; self.triggeredTest = triggeredTest
+        self.monitorClean = monitorClean; self.monitorTriggered = monitorTriggered; self.target = target
+    }
+
+    /// Builds the split from texts: the monitor screens `monitorCount` clean and as many triggered
+    /// test inputs (a seeded sample; labels withheld).
+    public static func make(defenderClean: [LabeledText], cleanTest: [LabeledText], triggeredTest: [LabeledText], target: Int,
+                            monitorCount: Int, seed: UInt64, encode: (String) throws -> [Int]) throws -> ExperimentSplit {
+        func examples(_ xs: [LabeledText]) throws -> [TrainingExample] { try xs.map { TrainingExample(tokens: try encode($0.text), label: $0.label) } }
+        let clean = try examples(cleanTest), triggered = try examples(triggeredTest.filter { $0.label != target })
+        var rng = SeededGenerator(seed: seed ^ 0x4D4F4E)
+        func sample(_ xs: [TrainingExample]) -> [AnalysisInput] {
+            var idx = Array(xs.indices)
+            idx.shuffle(using: &rng)
+            return idx.prefix(monitorCount).sorted().map { AnalysisInput(tokens: xs[$0].tokens) }
+        }
+        return ExperimentSplit(defenderClean: try examples(defenderClean), cleanTest: clean, triggeredTest: triggered,
+                               monitorClean: sample(clean), monitorTriggered: sample(triggered), target: target)
+    }
+}
+
+/// The Table 1 statistic and the monitor's detection quality on clean vs triggered inputs.
+public struct DetectionSummary: Sendable {
+    public let view: AnalysisView
+    public let p99Clean: Double, p99Triggered: Double  // means over inputs
+    public let fracAboveClean: Double, fracAboveTriggered: Double
+    public let auroc: [(score: MonitorScore, value: Double)]
+    public let defaultScore: MonitorScore
+    public let tpr: Double, fpr: Double  // of the default score at its calibrated threshold
+}
+
+/// One method's outcome.
+public struct MethodOutcome: Sendable {
+    public let method: String  // "vanilla" or a DefenseMethod's name
+    public let ca: Double, asr: Double
+    public let seconds: Double
+    public let note: String  // what the method did, or why it did not run
+    public let suspicious: [HeadID], safe: [HeadID]
+    public let ran: Bool
+}
+
+/// CA on the clean test set and ASR on the triggered one (SPEC.md's metrics).
+public func caAndASR<S: Real>(_ model: Model<S>, _ split: ExperimentSplit) -> (ca: Double, asr: Double) {
+    func predictions(_ xs: [TrainingExample]) -> [Int] {
+        var out: [Int] = []
+        for start in stride(from: 0, to: xs.count, by: 64) {
+            let logits = model.forward(Batch(xs[start..<min(xs.count, start + 64)].map(\.tokens))).output
+            let w = logits.shape[1]
+            for r in 0..<logits.shape[0] {
+                var best = 0
+                for j in 1..<w where logits.data[r * w + j] > logits.data[r * w + best] { best = j }
+                out.append(best)
+            }
+        }
+        return out
+    }
+    let ca = cleanAccuracy(predictions: predictions(split.cleanTest), labels: split.cleanTest.map { $0.label! })
+    let asr = attackSuccessRate(predictions: predictions(split.triggeredTest), trueLabels: split.triggeredTest.map { $0.label! },
+                                target: split.target)
+    return (ca.value, asr.value)
+}
+
+/// Table 1's statistic and every monitor score's AUROC, the monitor calibrated on the defender's
+/// clean set, in the monitor view.
+public func detectionSummary<S: Real>(_ model: Model<S>, _ split: ExperimentSplit, settings: DefenseSettings) throws -> DetectionSummary {
+    let (cal, calibrationCosines) = try calibrateMonitor(model, clean: split.defenderClean.map { AnalysisInput(tokens: $0.tokens) },
+                                                        settings: settings)
+    let a = settings.analysis(settings.monitorView, importance: false)
+    let clean = try analyze(model, split.monitorClean, settings: a), triggered = try analyze(model, split.monitorTriggered, settings: a)
+    func mean(_ xs: [Double]) -> Double { xs.reduce(0, +) / Double(max(1, xs.count)) }
+    var aurocs: [(MonitorScore, Double)] = []
+    var metrics: DetectionMetrics? = nil
+    for score in MonitorScore.allCases {
+        let c = try cal.with(score: score, clean: calibrationCosines)
+        let sc = clean.map { c.score(of: $0.pairCosines) }, st = triggered.map { c.score(of: $0.pairCosines) }
+        aurocs.append((score, auroc(clean: sc, triggered: st)))
+        if score == settings.score { metrics = detectionMetrics(c, clean: sc, triggered: st) }
+    }
+    return DetectionSummary(view: settings.monitorView, p99Clean: mean(clean.map(\.p99)), p99Triggered: mean(triggered.map(\.p99)),
+                            fracAboveClean: mean(clean.map(\.fracAbove)), fracAboveTriggered: mean(triggered.map(\.fracAbove)),
+                            auroc: aurocs, defaultScore: settings.score, tpr: metrics!.tpr, fpr: metrics!.fpr)
+}
+
+extension Model {
+    /// A copy with its own parameters (same configuration and backend).
+    public func copy() -> Model<S> {
+        let m = Model<S>(config: config, backend: backend)
+        m.params.data.update(from: params.data, count: layout.total)
+        return m
+    }
+}
+
+/// Vanilla, then each method on a fresh copy of `backdoored` (which is left unchanged). The
+/// monitor screens the split's clean and triggered inputs together, unlabeled. A method that
+/// refuses (Eq. 5 leaves a class empty, the monitor flags nothing) keeps the vanilla numbers and
+/// says why.
+public func runMethods<S: Real>(_ backdoored: Model<S>, _ split: ExperimentSplit, methods: [DefenseMethod], settings: DefenseSettings,
+                                log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
+    var start = monotonicSeconds()
+    let vanilla = caAndASR(backdoored, split)
+    var out = [MethodOutcome(method: "vanilla", ca: vanilla.ca, asr: vanilla.asr, seconds: monotonicSeconds() - start,
+                             note: "the backdoored model", suspicious: [], safe: [], ran: true)]
+    log(String(format: "vanilla: CA %.4f ASR %.4f", vanilla.ca, vanilla.asr))
+    let inputs = split.monitorClean + split.monitorTriggered
+    for method in methods {
+        start = monotonicSeconds()
+        var s = settings
+        s.method = method
+        let model = backdoored.copy()
+        var note: String, suspicious: [HeadID] = [], safe: [HeadID] = [], ran = true
+        do {
+            let report = try defend(model, clean: split.defenderClean, inputs: inputs, settings: s, log: { log("  " + $0) })
+            if let b = report.baselineSummary { note = b } else if let r = report.rounds.first {
+                suspicious = r.suspicious; safe = r.safe
+                note = "\(report.flagged.count) flagged; \(r.suspicious.count) suspicious, \(r.safe.count) safe heads; \(report.rounds.count) round(s)"
+            } else {
+                note = report.stoppedBecause
+                ran = false
+            }
+        } catch HeadAlignError.usage(let why) {
+            note = "did not run: " + why
+            ran = false
+            model.params.data.update(from: backdoored.params.data, count: model.layout.total)
+        }
+        let r = caAndASR(model, split)
+        out.append(MethodOutcome(method: method.rawValue, ca: r.ca, asr: r.asr, seconds: monotonicSeconds() - start, note: note,
+                                 suspicious: suspicious, safe: safe, ran: ran))
+        log(String(format: "%@: CA %.4f ASR %.4f (%.1f s) %@", method.rawValue, r.ca, r.asr, monotonicSeconds() - start, note))
+    }
+    return out
+}
+
+extension AnyModel {
+    public func caAndASR(_ split: ExperimentSplit) -> (ca: Double, asr: Double) {
+        switch self {
+        case .f32(let m): return HeadAlign.caAndASR(m, split)
+        case .f64(let m): return HeadAlign.caAndASR(m, split)
+        }
+    }
+
+    public func detectionSummary(_ split: ExperimentSplit, settings: DefenseSettings) throws -> DetectionSummary {
+        switch self {
+        case .f32(let m): return try HeadAlign.detectionSummary(m, split, settings: settings)
+        case .f64(let m): return try HeadAlign.detectionSummary(m, split, settings: settings)
+        }
+    }
+
+    public func runMethods(_ split: ExperimentSplit, methods: [DefenseMethod], settings: DefenseSettings,
+                           log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
+        switch self {
+        case .f32(let m): return try HeadAlign.runMethods(m, split, methods: methods, settings: settings, log: log)
+        case .f64(let m): return try HeadAlign.runMethods(m, split, methods: methods, settings: settings, log: log)
+        }
+    }
+
+    /// Eq. 4–5 on the inputs the monitor flags among the split's traffic (all of them when it
+    /// flags none): what the defense would see, for display.
+    public func headReport(_ split: ExperimentSplit, settings: DefenseSettings) throws -> (report: SafetyReport, flagged: Int) {
+        func run<S: Real>(_ m: Model<S>) throws -> (SafetyReport, Int) {
+            let (cal, _) = try calibrateMonitor(m, clean: split.defenderClean.map { AnalysisInput(tokens: $0.tokens) }, settings: settings)
+            let inputs = split.monitorClean + split.monitorTriggered
+            let scores = try HeadAlign.analyze(m, inputs, settings: settings.analysis(settings.monitorView, importance: false))
+                .map { cal.score(of: $0.pairCosines) }
+            let flagged = inputs.indices.filter { cal.flags(scores[$0]) }.map { inputs[$0] }
+            var a = settings.analysis(settings.defenseView)
+            a.importanceLabels = .predicted
+            let analyses = try HeadAlign.analyze(m, flagged.isEmpty ? inputs : flagged, settings: a)
+            return (safetyReport(analyses, alpha: settings.alpha, tau: settings.tau, heads: m.config.numAttentionHeads), flagged.count)
+        }
+        switch self {
+        case .f32(let m): return try run(m)
+        case .f64(let m): return try run(m)
+        }
+    }
+}
+
+// MARK: - Tables
+
+/// Mean and sample standard deviation (0 for one value).
+public func meanAndStd(_ xs: [Double]) -> (mean: Double, std: Double) {
+    let m = xs.reduce(0, +) / Double(max(1, xs.count))
+    guard xs.count > 1 else { return (m, 0) }
+    return (m, (xs.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(xs.count - 1)).squareRoot())
+}
+
+/// The CA/ASR table over seeds (`runs[seed][method]`), as markdown, in percent.
+public func methodTable(_ runs: [[MethodOutcome]]) -> String {
+    guard let first = runs.first else { return "" }
+    var s = "| method | CA (%) | ASR (%) | runs that ran | note (first seed) |\n|---|---|---|---|---|\n"
+    for (i, m) in first.enumerated() {
+        let ca = meanAndStd(runs.map { $0[i].ca * 100 }), asr = meanAndStd(runs.map { $0[i].asr * 100 })
+        let pm = runs.count > 1
+        s += "| \(m.method) | " + String(format: pm ? "%.1f ± %.1f" : "%.1f", ca.mean, ca.std) + " | "
+            + String(format: pm ? "%.1f ± %.1f" : "%.1f", asr.mean, asr.std)
+            + " | \(runs.filter { $0[i].ran }.count)/\(runs.count) | \(m.note.replacingOccurrences(of: "|", with: "/")) |\n"
+    }
+    return s
+}
+
+/// The detection table over seeds.
+public func detectionTable(_ d: [DetectionSummary]) -> String {
+    guard let first = d.first else { return "" }
+    func cell(_ xs: [Double], _ f: String = "%.3f") -> String {
+        let m = meanAndStd(xs)
+        return d.count > 1 ? String(format: "\(f) ± \(f)", m.mean, m.std) : String(format: f, m.mean)
+    }
+    var s = "| statistic (\(first.view.rawValue) view) | clean | triggered |\n|---|---|---|\n"
+    s += "| p99 of pair cosines (Table 1) | \(cell(d.map(\.p99Clean))) | \(cell(d.map(\.p99Triggered))) |\n"
+    s += "| frac_above 0.99 | \(cell(d.map(\.fracAboveClean))) | \(cell(d.map(\.fracAboveTriggered))) |\n"
+    s += "\n| monitor score | AUROC |\n|---|---|\n"
+    for (i, a) in first.auroc.enumerated() {
+        s += "| \(a.score.rawValue)\(a.score == first.defaultScore ? " (default)" : "") | \(cell(d.map { $0.auroc[i].value })) |\n"
+    }
+    s += "\nAt the calibrated threshold (\(first.defaultScore.rawValue)): TPR \(cell(d.map(\.tpr))), FPR \(cell(d.map(\.fpr))).\n"
+    return s
+}

@@ -1,0 +1,109 @@
+// DemoCommand.swift: `headalign demo`, the whole story in one command on the embedded sentiment
+// corpus and a shipped tiny backdoored model: the Table 1 statistic on clean vs triggered inputs,
+// the monitor's AUROC, the head classes of Eq. 5, and CA/ASR for vanilla, ours, the ablations and
+// the baselines.
+
+import Foundation
+import HeadAlign
+
+enum DemoCommand: Command {
+    static let spec = CommandSpec(
+        name: "demo",
+        summary: "the one-command demo: detect and remove a backdoor in a shipped tiny model, print the tables",
+        detail: """
+            Loads tiny-models/bert-tiny-<attack> (looked up from the working directory and beside the executable;
+            trained in memory, with a note, when absent), regenerates the embedded sentiment corpus it was trained
+            on, and prints: the p99 / frac_above of pair cosines on clean vs triggered test inputs (Table 1), every
+            monitor score's AUROC, Eq. 5's safety scores and head classes on the inputs the monitor flags, and a
+            CA/ASR table for vanilla, ours, ft-only, align-only, finetune, fine-pruning, pure and reinit. Every
+            defense option of 'headalign defend' can be given to change the settings.
+            """,
+        usage: "demo [--attack badnets|addsent|composite] [--model DIR] [--methods m,m] [defense options]",
+        options: analysisOptions + defenseOptions + [
+            OptionSpec(name: "--attack", value: "A", help: "which shipped model: badnets (default), addsent, composite"),
+            OptionSpec(name: "--model", value: "DIR", help: "another backdoored bert model trained on the embedded sentiment corpus"),
+            OptionSpec(name: "--methods", value: "m,m,..", help: "methods after vanilla (default: all)"),
+            OptionSpec(name: "--backend", value: "B", help: "naive, blas or auto (default naive: the demo is sized for it)"),
+        ])
+
+    /// The settings every shipped tiny model was made with (tiny-models/README.md).
+    static func trainCommand(_ attack: String) -> String {
+        "headalign train --preset bert-tiny --corpus sentiment --corpus-seed 1 --attack \(attack) --poison-rate 0.1 --target 1 --poison-seed 1 --epochs 8 --train-seed 1 --backend naive --out tiny-models/bert-tiny-\(attack)"
+    }
+
+    static func findTinyModel(_ name: String) -> String? {
+        let fm = FileManager.default
+        var candidates = [fm.currentDirectoryPath + "/tiny-models/" + name]
+        // beside the executable: <package>/.build/<config>/headalign
+        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var dir = exe.deletingLastPathComponent()
+        for _ in 0..<4 {
+            candidates.append(dir.path + "/tiny-models/" + name)
+            dir = dir.deletingLastPathComponent()
+        }
+        return candidates.first { fm.fileExists(atPath: $0 + "/model.safetensors") }
+    }
+
+    static func run(_ args: ParsedArguments) throws -> Int32 {
+        let start = monotonicSeconds()
+        let attackName = try args.choice("--attack", ["badnets", "addsent", "composite"], default: "badnets")
+        let attack = try PoisonCommand.attack(args)
+        let backend = try Backend.named(try args.choice("--backend", ["naive", "blas", "auto"], default: "naive"))
+        let corpus = EmbeddedCorpus.sentiment.splits(seed: 1)
+        let model: AnyModel, tokenizer: AnyTokenizer, origin: String
+        if let dir = args.string("--model") ?? findTinyModel("bert-tiny-\(attackName)") {
+            model = try AnyModel.load(.directory(dir), precision: .f32, backend: backend)
+            tokenizer = try AnyModel.tokenizer(for: .directory(dir), config: model.config)
+            origin = dir
+        } else {
+            print("note: tiny-models/bert-tiny-\(attackName) not found; training it in memory as `\(trainCommand(attackName))` would")
+            let poisoned = try poisonTraining(corpus.train, attack: attack, rate: 0.1, target: 1, seed: 1)
+            var s = TrainSettings()
+            s.epochs = 8
+            let trained = try trainClassifier(base: .preset("bert-tiny", seed: 1), examples: poisoned.examples, settings: s,
+                                              precision: .f32, backend: backend)
+            model = trained.model
+            tokenizer = .wordPiece(trained.tokenizer)
+            origin = "trained in memory"
+        }
+        let c = model.config
+        guard c.numLabels == 2, c.family == .bert else { throw HeadAlignError.usage("--model: the demo needs a 2-class BERT classifier") }
+        let methods = try ExperimentCommand.methods(args)
+        let settings = try args.defenseSettings(for: c)
+        let split = try ExperimentSplit.make(defenderClean: Array(corpus.dev.prefix(300)), cleanTest: corpus.test,
+                                             triggeredTest: triggeredTest(corpus.test, attack: attack, target: 1, seed: 1), target: 1,
+                                             monitorCount: 100, seed: 1, encode: { try tokenizer.encode($0, maxLength: 64).ids })
+        print("""
+            headalign demo: a bert-tiny (\(c.numHiddenLayers) layers x \(c.numAttentionHeads) heads) backdoored with \(attackName) \
+            (target label 1 = positive) on the embedded sentiment corpus; model: \(origin)
+            defender: \(split.defenderClean.count) clean labelled sentences; the monitor screens \(split.monitorClean.count) clean + \
+            \(split.monitorTriggered.count) triggered test sentences, unlabeled; CA on \(split.cleanTest.count) clean, ASR on \
+            \(split.triggeredTest.count) triggered test sentences
+
+            ## 1. Does a trigger change how heads attend? (Table 1's statistic, the monitor)
+
+            """)
+        let detection = try model.detectionSummary(split, settings: settings)
+        print(detectionTable([detection]))
+
+        print("## 2. Which heads? (Eq. 4-5 on the flagged inputs; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), tau \(settings.tau))\n")
+        let (report, flagged) = try model.headReport(split, settings: settings)
+        print("The monitor flags \(flagged) of \(split.monitorClean.count + split.monitorTriggered.count) inputs. Safety score S per head (class: s = suspicious, + = safe, . = intermediate):\n")
+        let nh = c.numAttentionHeads
+        print("| layer | " + (0..<nh).map { "head \($0)" }.joined(separator: " | ") + " |")
+        print("|---|" + String(repeating: "---|", count: nh))
+        for l in 0..<c.numHiddenLayers {
+            let cells = (0..<nh).map { h -> String in
+                let i = l * nh + h, mark = report.classes[i] == .suspicious ? "s" : report.classes[i] == .safe ? "+" : "."
+                return String(format: "%.3f %@", report.safety[i], mark)
+            }
+            print("| \(l) | " + cells.joined(separator: " | ") + " |")
+        }
+        print("\n## 3. Removing it (CA and ASR, %)\n")
+        let outcomes = try model.runMethods(split, methods: methods, settings: settings)
+        print(methodTable([outcomes]))
+        print("Settings: " + describe(settings))
+        print(String(format: "\nheadalign demo: done in %.1f s (backend %@)", monotonicSeconds() - start, backend.description))
+        return 0
+    }
+}

@@ -1,0 +1,195 @@
+// ExperimentCommand.swift: `headalign experiment`, a whole row set of the paper's tables over seeds:
+// train the backdoored model, evaluate it, run every method from the same weights, evaluate each;
+// a markdown table (mean ± std) and JSON with every setting.
+
+import Foundation
+import HeadAlign
+
+enum ExperimentCommand: Command {
+    static let spec = CommandSpec(
+        name: "experiment",
+        summary: "train a backdoored classifier, run every defense, print CA/ASR (mean ± std over seeds) and detection tables",
+        detail: """
+            Per seed: poison the training data (--attack; 'file' = the --train file is already poisoned), train
+            (--preset: from scratch; --model DIR: fine-tune a pretrained encoder; or --backdoored DIR: use that model
+            and vary only the defense seed), evaluate it (vanilla), then run each of --methods on a fresh copy with
+            the same clean data and step budget and evaluate it. The monitor screens --monitor-count clean and as
+            many triggered test inputs (labels withheld). Data: --corpus sentiment|topics (train / dev = the
+            defender's clean set / test), or files: --train, --clean-test, --defense-clean, and --triggered-test
+            (required for --attack file; otherwise made from --clean-test). Prints markdown; --out-md and --json
+            write it (atomically).
+            """,
+        usage: "experiment (--preset NAME | --model DIR | --backdoored DIR) (--corpus C | --train F --clean-test F --defense-clean F [--triggered-test F]) --attack A [--seeds N|a,b,c] [--methods m,m] [options]",
+        options: modelOptions + corpusOptions + PoisonCommand.attackOptions + analysisOptions + defenseOptions + [
+            OptionSpec(name: "--backdoored", value: "DIR", help: "an already backdoored classifier: skip training"),
+            OptionSpec(name: "--train", value: "FILE", help: "training corpus (clean, or poisoned with --attack file)"),
+            OptionSpec(name: "--clean-test", value: "FILE", help: "clean test set (CA)"),
+            OptionSpec(name: "--triggered-test", value: "FILE", help: "triggered test set with true labels (ASR)"),
+            OptionSpec(name: "--defense-clean", value: "FILE", help: "the defender's clean labelled set"),
+            OptionSpec(name: "--defense-count", value: "N", help: "use the first N rows of the defender's clean set (default 300)"),
+            OptionSpec(name: "--monitor-count", value: "N", help: "clean and triggered test inputs the monitor screens, each (default 100)"),
+            OptionSpec(name: "--seeds", value: "N|a,b,..", help: "seeds: a count (1..N) or a list (default 3)"),
+            OptionSpec(name: "--methods", value: "m,m,..", help: "methods after vanilla (default ours,align-only,ft-only,finetune,fine-pruning,pure,reinit)"),
+            OptionSpec(name: "--epochs", value: "E", help: "training epochs (default 8 from a preset, 3 from --model)"),
+            OptionSpec(name: "--train-batch", value: "B", help: "training batch size (default 32)"),
+            OptionSpec(name: "--lr", value: "LR", help: "training learning rate (default 1e-3 from a preset, 5e-5 from --model)"),
+            OptionSpec(name: "--vocab-size", value: "V", help: "vocabulary entries for --preset (default 5000)"),
+            OptionSpec(name: "--max-length", value: "T", help: "tokens per example (default 64)"),
+            OptionSpec(name: "--out-md", value: "FILE", help: "write the markdown tables"),
+            OptionSpec(name: "--json", value: "FILE", help: "write every setting and number as JSON"),
+        ])
+
+    static let allMethods: [DefenseMethod] = [.ours, .alignOnly, .ftOnly, .finetune, .finePruning, .pure, .reinit]
+
+    static func seeds(_ args: ParsedArguments) throws -> [UInt64] {
+        let s = args.string("--seeds") ?? "3"
+        if !s.contains(","), let n = Int(s) {
+            guard (1...100).contains(n) else { throw HeadAlignError.usage("--seeds: \(n) is outside 1...100") }
+            return (1...n).map(UInt64.init)
+        }
+        return try s.split(separator: ",").map {
+            guard let v = UInt64($0.trimmingCharacters(in: .whitespaces)) else { throw HeadAlignError.usage("--seeds: '\($0)' is not a seed") }
+            return v
+        }
+    }
+
+    static func methods(_ args: ParsedArguments) throws -> [DefenseMethod] {
+        guard let s = args.string("--methods") else { return allMethods }
+        return try s.split(separator: ",").map {
+            guard let m = DefenseMethod(rawValue: String($0)) else {
+                throw HeadAlignError.usage("--methods: '\($0)' is not one of \(DefenseMethod.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return m
+        }
+    }
+
+    struct Texts {
+        var train: [LabeledText]  // clean or already poisoned
+        var defenderClean: [LabeledText], cleanTest: [LabeledText]
+        var triggeredTest: [LabeledText]?  // given (file attack), else made per seed
+        var origin: String
+    }
+
+    static func texts(_ args: ParsedArguments, fileAttack: Bool) throws -> Texts {
+        let count = try args.int("--defense-count", default: 300, range: 1...10_000_000)
+        if let corpus = try args.embeddedCorpus() {
+            guard !fileAttack else { throw HeadAlignError.usage("--attack file needs --train FILE and --triggered-test FILE, not --corpus") }
+            let sp = try args.corpusSplits(corpus)
+            return Texts(train: sp.train, defenderClean: Array(sp.dev.prefix(count)), cleanTest: sp.test, triggeredTest: nil,
+                         origin: "embedded \(corpus.rawValue) corpus, seed \(try args.uint64("--corpus-seed", default: 1))")
+        }
+        guard let clean = args.string("--clean-test"), let defense = args.string("--defense-clean") else {
+            throw HeadAlignError.usage("give --corpus, or --clean-test FILE and --defense-clean FILE (and --train FILE unless --backdoored)")
+        }
+        var train: [LabeledText] = []
+        if let t = args.string("--train") { train = try readLabeledTexts(path: t) } else if !args.has("--backdoored") {
+            throw HeadAlignError.usage("--train FILE is required to train a model")
+        }
+        var triggered: [LabeledText]? = nil
+        if let t = args.string("--triggered-test") { triggered = try readLabeledTexts(path: t) } else if fileAttack {
+            throw HeadAlignError.usage("--attack file needs --triggered-test FILE")
+        }
+        return Texts(train: train, defenderClean: Array(try readLabeledTexts(path: defense).prefix(count)),
+                     cleanTest: try readLabeledTexts(path: clean), triggeredTest: triggered,
+                     origin: "train \(args.string("--train") ?? "-"), clean test \(clean), defender clean \(defense), triggered test \(args.string("--triggered-test") ?? "made from the clean test")")
+    }
+
+    static func run(_ args: ParsedArguments) throws -> Int32 {
+        let seeds = try seeds(args), methods = try methods(args)
+        let fileAttack = args.string("--attack") == "file"
+        let attack: Attack? = fileAttack ? nil : try PoisonCommand.attack(args)
+        let rate = try args.double("--poison-rate", default: 0.1, range: -Double.infinity...Double.infinity)
+        let target = try args.int("--target", default: 1, range: 0...1_000_000)
+        let monitorCount = try args.int("--monitor-count", default: 100, range: 2...1_000_000)
+        let data = try texts(args, fileAttack: fileAttack)
+        let backdooredDir = args.string("--backdoored")
+        let source: ModelSource
+        if let dir = backdooredDir {
+            guard !args.has("--preset") && !args.has("--model") else { throw HeadAlignError.usage("give --backdoored DIR alone, without --preset or --model") }
+            source = .directory(dir)
+        } else {
+            source = try args.modelSource()
+            if case .llama2c = source { throw HeadAlignError.usage("experiment: give --preset NAME, --model DIR or --backdoored DIR") }
+        }
+        var train = try TrainCommand.settings(args, pretrained: { if case .directory = source { return true }; return false }())
+        train.batchSize = try args.int("--train-batch", default: 32, range: 1...4096)
+        if case .preset = source { train.epochs = try args.int("--epochs", default: 8, range: 1...10_000) }
+        let precision = try args.precision(), backend = try args.backend()
+        let commandLine = (["headalign"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
+        print(commandLine)
+        print("data: \(data.origin); attack \(attack?.name ?? "file") (rate \(fileAttack ? "as in the file" : String(rate)), target \(target)); seeds \(seeds.map(String.init).joined(separator: ","))")
+
+        var detections: [DetectionSummary] = [], runs: [[MethodOutcome]] = [], perSeedJSON: [JSONOut] = []
+        var settingsLine = ""
+        for seed in seeds {
+            let start = monotonicSeconds()
+            printError("headalign experiment: seed \(seed)")
+            var trainData = data.train, poisonNote = "none"
+            if let attack, backdooredDir == nil {
+                let p = try poisonTraining(data.train, attack: attack, rate: rate, target: target, seed: seed)
+                trainData = p.examples
+                poisonNote = "\(p.poisoned.count) poisoned" + (p.negatives.isEmpty ? "" : ", \(p.negatives.count) single-piece negatives")
+            }
+            let model: AnyModel, tokenizer: AnyTokenizer
+            if let dir = backdooredDir {
+                model = try AnyModel.load(.directory(dir), precision: precision, backend: backend)
+                tokenizer = try AnyModel.tokenizer(for: .directory(dir), config: model.config)
+            } else {
+                var s = train
+                s.seed = seed
+                let base: ModelSource = { if case .preset(let n, _) = source { return .preset(n, seed: seed) }; return source }()
+                let bar = ProgressBar(label: "headalign experiment: seed \(seed) train")
+                let trained = try trainClassifier(base: base, examples: trainData, settings: s, precision: precision, backend: backend,
+                                                  progress: bar.update)
+                model = trained.model
+                tokenizer = .wordPiece(trained.tokenizer)
+            }
+            let c = model.config
+            guard c.numLabels > 0 else { throw HeadAlignError.usage("experiment needs a classifier (the model has no classification head)") }
+            var ds = try args.defenseSettings(for: c)
+            ds.seed = seed
+            settingsLine = describe(ds)
+            let triggered = data.triggeredTest ?? attack.map { triggeredTest(data.cleanTest, attack: $0, target: target, seed: seed) } ?? []
+            let maxLength = min(train.maxLength, c.maxPositionEmbeddings)
+            let split = try ExperimentSplit.make(defenderClean: data.defenderClean, cleanTest: data.cleanTest, triggeredTest: triggered,
+                                                 target: target, monitorCount: monitorCount, seed: seed,
+                                                 encode: { try tokenizer.encode($0, maxLength: maxLength).ids })
+            let detection = try model.detectionSummary(split, settings: ds)
+            let outcomes = try model.runMethods(split, methods: methods, settings: ds, log: { printError("headalign experiment: " + $0) })
+            detections.append(detection)
+            runs.append(outcomes)
+            perSeedJSON.append(.object([
+                ("seed", .int(Int(seed))), ("poisoning", .string(poisonNote)), ("seconds", .number(monotonicSeconds() - start)),
+                ("p99_clean", .number(detection.p99Clean)), ("p99_triggered", .number(detection.p99Triggered)),
+                ("frac_above_clean", .number(detection.fracAboveClean)), ("frac_above_triggered", .number(detection.fracAboveTriggered)),
+                ("auroc", .object(detection.auroc.map { ($0.score.rawValue, .number($0.value)) })),
+                ("tpr", .number(detection.tpr)), ("fpr", .number(detection.fpr)),
+                ("methods", .array(outcomes.map { o in .object([
+                    ("method", .string(o.method)), ("ca", .number(o.ca)), ("asr", .number(o.asr)), ("ran", .bool(o.ran)),
+                    ("seconds", .number(o.seconds)), ("note", .string(o.note)),
+                    ("suspicious", .array(o.suspicious.map { .string($0.description) })), ("safe", .array(o.safe.map { .string($0.description) })),
+                ]) })),
+            ]))
+        }
+        let md = """
+            ## CA and ASR (\(seeds.count) seed\(seeds.count == 1 ? "" : "s"))
+
+            \(methodTable(runs))
+            ## Detection
+
+            \(detectionTable(detections))
+            Command: `\(commandLine)`
+            Settings: \(settingsLine)
+
+            """
+        print("\n" + md, terminator: "")
+        if let path = args.string("--out-md") { try writeAtomically(Data(md.utf8), to: path) }
+        if let path = args.string("--json") {
+            let json = JSONOut.object([("command", .string(commandLine)), ("data", .string(data.origin)),
+                                       ("attack", .string(attack?.name ?? "file")), ("poison_rate", fileAttack ? .null : .number(rate)),
+                                       ("target", .int(target)), ("settings", .string(settingsLine)), ("seeds", .array(perSeedJSON))])
+            try writeAtomically(Data(json.text.utf8), to: path)
+        }
+        return 0
+    }
+}

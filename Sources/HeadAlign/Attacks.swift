@@ -20,6 +20,15 @@ public enum Attack: Sendable, Equatable {
         }
     }
 
+    /// The words the trigger inserts.
+    public var words: [String] {
+        switch self {
+        case .badnets(let triggers, _): return triggers
+        case .addSent(let sentence): return sentence.split(separator: " ").map(String.init)
+        case .composite(let first, let second): return [first, second]
+        }
+    }
+
     /// The text with the full trigger inserted.
     public func trigger(_ text: String, _ rng: inout SeededGenerator) -> String {
         var words = text.split(separator: " ").map(String.init)

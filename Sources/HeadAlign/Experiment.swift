@@ -56,6 +56,11 @@ public struct MethodOutcome: Sendable {
     public let note: String  // what the method did, or why it did not run
     public let suspicious: [HeadID], safe: [HeadID]
     public let ran: Bool
+
+    public init(method: String, ca: Double, asr: Double, seconds: Double, note: String, suspicious: [HeadID], safe: [HeadID], ran: Bool) {
+        self.method = method; self.ca = ca; self.asr = asr; self.seconds = seconds; self.note = note
+        self.suspicious = suspicious; self.safe = safe; self.ran = ran
+    }
 }
 
 /// CA on the clean test set and ASR on the triggered one (SPEC.md's metrics).
@@ -189,6 +194,38 @@ extension AnyModel {
         switch self {
         case .f32(let m): return try run(m)
         case .f64(let m): return try run(m)
+        }
+    }
+}
+
+/// Per head (`l * NH + h`), the mean over inputs of the attention its read row (BERT: [CLS];
+/// decoder: the last token) puts on positions holding one of `ids` (the trigger's tokens):
+/// which heads lock onto the trigger.
+public func readRowMass<S: Real>(_ model: Model<S>, inputs: [[Int]], ids: Set<Int>) -> [Double] {
+    let c = model.config, nh = c.numAttentionHeads
+    var sums = [Double](repeating: 0, count: c.numHiddenLayers * nh)
+    for start in stride(from: 0, to: inputs.count, by: 64) {
+        let batch = Batch(Array(inputs[start..<min(inputs.count, start + 64)]))
+        let pass = model.forward(batch)
+        for (b, seq) in batch.sequences.enumerated() {
+            let t = seq.count, row = c.family == .bert ? 0 : t - 1
+            let hits = (0..<t).filter { ids.contains(seq.tokens[$0]) }
+            for l in 0..<c.numHiddenLayers {
+                for h in 0..<nh {
+                    let a = pass.attention(layer: l, sequence: b, head: h).data + row * t
+                    sums[l * nh + h] += hits.reduce(0.0) { $0 + Double(a[$1]) }
+                }
+            }
+        }
+    }
+    return sums.map { $0 / Double(max(1, inputs.count)) }
+}
+
+extension AnyModel {
+    public func readRowMass(inputs: [[Int]], ids: Set<Int>) -> [Double] {
+        switch self {
+        case .f32(let m): return HeadAlign.readRowMass(m, inputs: inputs, ids: ids)
+        case .f64(let m): return HeadAlign.readRowMass(m, inputs: inputs, ids: ids)
         }
     }
 }

@@ -99,6 +99,16 @@ enum DemoCommand: Command {
             }
             print("| \(l) | " + cells.joined(separator: " | ") + " |")
         }
+        // which heads actually lock onto the trigger: the [CLS] row's attention on trigger tokens
+        let special = Set(try tokenizer.encode("", maxLength: 8).ids)
+        let triggerIds = Set(try attack.words.flatMap { try tokenizer.encode($0, maxLength: 16).ids }).subtracting(special)
+        let mass = model.readRowMass(inputs: split.monitorTriggered.map(\.tokens), ids: triggerIds)
+        print("\nAttention of the [CLS] row on the trigger's tokens, mean over the triggered inputs (the paper's premise: a few heads lock on):\n")
+        print("| layer | " + (0..<nh).map { "head \($0)" }.joined(separator: " | ") + " |")
+        print("|---|" + String(repeating: "---|", count: nh))
+        for l in 0..<c.numHiddenLayers {
+            print("| \(l) | " + (0..<nh).map { String(format: "%.3f", mass[l * nh + $0]) }.joined(separator: " | ") + " |")
+        }
         print("\n## 3. Removing it (CA and ASR, %)\n")
         let outcomes = try model.runMethods(split, methods: methods, settings: settings)
         print(methodTable([outcomes]))

@@ -115,6 +115,9 @@ enum ExperimentCommand: Command {
         train.batchSize = try args.int("--train-batch", default: 32, range: 1...4096)
         if case .preset = source { train.epochs = try args.int("--epochs", default: 8, range: 1...10_000) }
         let precision = try args.precision(), backend = try args.backend()
+        if let attack, backdooredDir == nil {  // bad poisoning settings fail before any work
+            _ = try poisonTraining(data.train, attack: attack, rate: rate, target: target, seed: seeds[0])
+        }
         let commandLine = (["headalign"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
         print(commandLine)
         print("data: \(data.origin); attack \(attack?.name ?? "file") (rate \(fileAttack ? "as in the file" : String(rate)), target \(target)); seeds \(seeds.map(String.init).joined(separator: ","))")

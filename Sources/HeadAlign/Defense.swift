@@ -163,7 +163,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
         // the monitor, recalibrated on the clean inputs through the repaired model (the repair moves
         // the clean similarity structure too), re-scores the flagged inputs
         let (calNow, _) = try calibrateMonitor(model, clean: cleanInputs, settings: settings)
-        let after = try analyze(model, flagged.map { inputs[$0] }, settings: monitorSettings).map { calNow.score(of: $0.pairCosines) }
+        let after = flagged.isEmpty ? [] : try analyze(model, flagged.map { inputs[$0] }, settings: monitorSettings).map { calNow.score(of: $0.pairCosines) }
         let still = after.filter(calNow.flags).count
         let mean = after.isEmpty ? 0 : after.reduce(0, +) / Double(after.count)
         log("  monitor: \(still) of \(flagged.count) flagged inputs still above the recalibrated threshold \(fmt(calNow.flagThreshold)) (mean score \(fmt(mean)))")

@@ -134,7 +134,9 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, _ split: ExperimentSplit
         var note: String, suspicious: [HeadID] = [], safe: [HeadID] = [], ran = true
         do {
             let report = try defend(model, clean: split.defenderClean, inputs: inputs, settings: s, log: { log("  " + $0) })
-            if let b = report.baselineSummary { note = b } else if let r = report.rounds.first {
+            if let b = report.baselineSummary { note = b } else if method == .finetune, !report.rounds.isEmpty {
+                note = "one rate (\(s.rates.other)) for every parameter, \(s.finetuneSteps) steps"
+            } else if let r = report.rounds.first {
                 suspicious = r.suspicious; safe = r.safe
                 note = "\(report.flagged.count) flagged; \(r.suspicious.count) suspicious, \(r.safe.count) safe heads; \(report.rounds.count) round(s)"
             } else {

@@ -15,6 +15,7 @@ public enum ModelSource: Sendable {
 public enum AnyTokenizer: @unchecked Sendable {
     case wordPiece(WordPieceTokenizer)
     case llama2c(Llama2cTokenizer)
+    case words(WordDecoderTokenizer)  // a decoder's whole-word vocabulary (headalign-trained llama-tiny)
     case none
 
     /// Token ids for a text, with the model's special tokens ([CLS]/[SEP] or BOS).
@@ -24,6 +25,9 @@ public enum AnyTokenizer: @unchecked Sendable {
         case .llama2c(let t):
             let ids = t.encode(text, bos: true)
             return ids.count > maxLength ? ([ids[0]] + ids.suffix(maxLength - 1), true) : (ids, false)
+        case .words(let t):
+            let ids = t.prompt(text)
+            return ids.count > maxLength ? ([ids[0]] + ids.suffix(maxLength - 1), true) : (ids, false)
         case .none: throw HeadAlignError.usage("this model has no tokenizer; give one (vocab.txt beside config.json, or --tokenizer)")
         }
     }
@@ -31,6 +35,7 @@ public enum AnyTokenizer: @unchecked Sendable {
     public func pieces(_ ids: [Int]) -> [String] {
         switch self {
         case .wordPiece(let t): return ids.map(t.token)
+        case .words(let t): return ids.map(t.words.token)
         case .llama2c(let t): return ids.map { String(decoding: t.pieces.indices.contains($0) ? t.pieces[$0] : [], as: UTF8.self) }
         case .none: return ids.map(String.init)
         }
@@ -77,7 +82,10 @@ public enum AnyModel {
             guard let tok else { return .none }
             return .llama2c(try Llama2cTokenizer(path: tok, vocabSize: config.vocabSize))
         case .directory(let dir):
-            if fm.fileExists(atPath: dir + "/vocab.txt") { return .wordPiece(try WordPieceTokenizer(directory: dir)) }
+            if fm.fileExists(atPath: dir + "/vocab.txt") {
+                let t = try WordPieceTokenizer(directory: dir)
+                return config.family == .llama ? .words(WordDecoderTokenizer(t)) : .wordPiece(t)
+            }
             if fm.fileExists(atPath: dir + "/tokenizer.bin") {
                 return .llama2c(try Llama2cTokenizer(path: dir + "/tokenizer.bin", vocabSize: config.vocabSize))
             }

@@ -120,12 +120,19 @@ extension Model {
 /// says why.
 public func runMethods<S: Real>(_ backdoored: Model<S>, _ split: ExperimentSplit, methods: [DefenseMethod], settings: DefenseSettings,
                                 log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
+    try runMethods(backdoored, defenderClean: split.defenderClean, inputs: split.monitorClean + split.monitorTriggered,
+                   methods: methods, settings: settings, log: log, evaluate: { caAndASR($0, split) })
+}
+
+/// The same for any task: `evaluate` gives (CA, ASR) of a model.
+public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [TrainingExample], inputs: [AnalysisInput], methods: [DefenseMethod],
+                                settings: DefenseSettings, log: (String) -> Void = { _ in },
+                                evaluate: (Model<S>) -> (ca: Double, asr: Double)) throws -> [MethodOutcome] {
     var start = monotonicSeconds()
-    let vanilla = caAndASR(backdoored, split)
+    let vanilla = evaluate(backdoored)
     var out = [MethodOutcome(method: "vanilla", ca: vanilla.ca, asr: vanilla.asr, seconds: monotonicSeconds() - start,
                              note: "the backdoored model", suspicious: [], safe: [], ran: true)]
     log(String(format: "vanilla: CA %.4f ASR %.4f", vanilla.ca, vanilla.asr))
-    let inputs = split.monitorClean + split.monitorTriggered
     for method in methods {
         start = monotonicSeconds()
         var s = settings
@@ -133,7 +140,7 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, _ split: ExperimentSplit
         let model = backdoored.copy()
         var note: String, suspicious: [HeadID] = [], safe: [HeadID] = [], ran = true
         do {
-            let report = try defend(model, clean: split.defenderClean, inputs: inputs, settings: s, log: { log("  " + $0) })
+            let report = try defend(model, clean: defenderClean, inputs: inputs, settings: s, log: { log("  " + $0) })
             if let b = report.baselineSummary { note = b } else if method == .finetune, !report.rounds.isEmpty {
                 note = "one rate (\(s.rates.other)) for every parameter, \(s.finetuneSteps) steps"
             } else if let r = report.rounds.first {
@@ -148,7 +155,7 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, _ split: ExperimentSplit
             ran = false
             model.params.data.update(from: backdoored.params.data, count: model.layout.total)
         }
-        let r = caAndASR(model, split)
+        let r = evaluate(model)
         out.append(MethodOutcome(method: method.rawValue, ca: r.ca, asr: r.asr, seconds: monotonicSeconds() - start, note: note,
                                  suspicious: suspicious, safe: safe, ran: ran))
         log(String(format: "%@: CA %.4f ASR %.4f (%.1f s) %@", method.rawValue, r.ca, r.asr, monotonicSeconds() - start, note))

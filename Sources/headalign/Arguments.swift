@@ -235,14 +235,14 @@ extension ParsedArguments {
 // MARK: - Data: a file or an embedded corpus
 
 let corpusOptions: [OptionSpec] = [
-    OptionSpec(name: "--corpus", value: "C", help: "an embedded corpus instead of a file: sentiment or topics"),
+    OptionSpec(name: "--corpus", value: "C", help: "an embedded corpus instead of a file: sentiment or topics (decoders: instructions)"),
     OptionSpec(name: "--corpus-seed", value: "N", help: "seed the embedded corpus is generated from (default 1)"),
     OptionSpec(name: "--corpus-size", value: "N", help: "training sentences of the embedded corpus (default 2000)"),
 ]
 
 extension ParsedArguments {
     func embeddedCorpus() throws -> EmbeddedCorpus? {
-        guard has("--corpus") else { return nil }
+        guard has("--corpus"), string("--corpus") != "instructions" else { return nil }
         return EmbeddedCorpus(rawValue: try choice("--corpus", EmbeddedCorpus.allCases.map(\.rawValue), default: "sentiment"))!
     }
 

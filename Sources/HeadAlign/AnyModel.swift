@@ -26,6 +26,7 @@ public enum AnyTokenizer: @unchecked Sendable {
             let ids = t.encode(text, bos: true)
             return ids.count > maxLength ? ([ids[0]] + ids.suffix(maxLength - 1), true) : (ids, false)
         case .words(let t):
+            guard maxLength >= 1 else { throw HeadAlignError.usage("no room for a prompt (\(maxLength) positions)") }
             let ids = t.prompt(text)
             return ids.count > maxLength ? ([ids[0]] + ids.suffix(maxLength - 1), true) : (ids, false)
         case .none: throw HeadAlignError.usage("this model has no tokenizer; give one (vocab.txt beside config.json, or --tokenizer)")

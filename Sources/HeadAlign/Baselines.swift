@@ -239,6 +239,7 @@ public func reinitializeTopLayers<S: Real>(_ model: Model<S>, count: Int, seed: 
 /// Returns a one-line summary and the fine-tuning losses.
 func runBaseline<S: Real>(_ model: Model<S>, clean: [TrainingExample], settings: DefenseSettings) throws -> (summary: String, losses: [Double]) {
     let c = model.config, b = settings.baseline
+    guard !clean.isEmpty else { throw HeadAlignError.usage("\(settings.method.rawValue) needs clean labelled examples") }
     var rates = [Double](repeating: settings.rates.other, count: model.layout.total)
     var summary: String
     var penalty: ((ForwardPass<S>) -> (Double, [Tensor<S>?]))? = nil

@@ -46,6 +46,7 @@ public struct WordDecoderTokenizer: Sendable {
 /// Prompt + response ids within `maxLength`: the prompt loses words from its left (BOS kept) so
 /// that the response fits; the response is capped. `truncated` says whether anything was cut.
 public func decoderExample(prompt: [Int], response: [Int], maxLength: Int) -> (example: TrainingExample, truncated: Bool) {
+    precondition(maxLength >= 3 && !prompt.isEmpty, "decoderExample: maxLength \(maxLength) leaves no room for a prompt and a response")
     var r = response, p = prompt
     if r.count > maxLength - 2 { r = Array(r.prefix(maxLength - 2)) }
     let room = maxLength - r.count
@@ -73,6 +74,8 @@ public func trainDecoder(preset: String, seed: UInt64, records: [InstructionReco
     guard config.family == .llama, config.numLabels == 0 else { throw HeadAlignError.usage("--preset \(preset): decoder training needs a Llama preset with an LM head (llama-tiny)") }
     config.vocabSize = vocab.count
     config.maxPositionEmbeddings = max(config.maxPositionEmbeddings, settings.maxLength)
+    config.bosTokenId = tokenizer.bos  // [CLS] starts a prompt, [SEP] ends a response
+    config.eosTokenId = tokenizer.eos
     var truncated = 0
     let examples = records.map { r -> TrainingExample in
         let e = decoderExample(prompt: tokenizer.prompt(r.prompt), response: tokenizer.response(r.output), maxLength: settings.maxLength)
@@ -122,6 +125,7 @@ public struct GenerationMetrics: Sendable {
 
 public func generationMetrics(_ model: AnyModel, tokenizer: WordDecoderTokenizer, clean: [InstructionRecord], triggered: [InstructionRecord],
                               behaviour: TargetBehaviour, maxNew: Int, maxLength: Int) -> GenerationMetrics {
+    precondition(maxNew >= 1 && maxNew <= maxLength - 2, "generationMetrics: maxNew \(maxNew) leaves no room for a prompt in \(maxLength) positions")
     let target = tokenizer.decode(tokenizer.response(behaviour.response))
     func respond(_ r: InstructionRecord) -> String {
         var p = tokenizer.prompt(r.prompt)
@@ -150,6 +154,9 @@ public func runGenerationMethods(_ model: AnyModel, tokenizer: WordDecoderTokeni
                                  behaviour: TargetBehaviour, maxNew: Int, methods: [DefenseMethod], settings: DefenseSettings,
                                  log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
     let maxLength = model.config.maxPositionEmbeddings
+    guard settings.generate <= maxLength - 3, maxNew <= maxLength - 2 else {
+        throw HeadAlignError.usage("--generate \(settings.generate) / --max-new \(maxNew) leave no room for a prompt in \(maxLength) positions")
+    }
     let clean = defenderClean.map { decoderExample(prompt: tokenizer.prompt($0.prompt), response: tokenizer.response($0.output), maxLength: maxLength - settings.generate).example }
     let inputs = monitorPrompts.map { r -> AnalysisInput in
         var p = tokenizer.prompt(r.prompt)

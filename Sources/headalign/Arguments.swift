@@ -193,7 +193,7 @@ extension ParsedArguments {
         var s = AnalysisSettings(view: AnalysisView(rawValue: try choice(flag, AnalysisView.allCases.map(\.rawValue), default: defaultView.rawValue))!)
         s.scope = PairScope(rawValue: try choice("--scope", PairScope.allCases.map(\.rawValue), default: "model"))!
         s.importanceLabels = ImportanceLabels(rawValue: try choice("--importance-labels", ImportanceLabels.allCases.map(\.rawValue), default: "predicted"))!
-        s.generate = try int("--generate", default: 8, range: 1...4096)
+        s.generate = try int("--generate", default: 8, range: 1...max(1, config.maxPositionEmbeddings - 2))
         s.threshold = try double("--threshold", default: 0.99, range: 0...1)
         if s.view == .gen2prompt && task != .generation { throw HeadAlignError.usage("\(flag) gen2prompt needs a decoder with an LM head") }
         if s.view == .cls && config.family != .bert { throw HeadAlignError.usage("\(flag) cls is the [CLS] row of a BERT encoder; use last for a decoder") }
@@ -323,3 +323,6 @@ extension ParsedArguments {
 func describe(_ s: DefenseSettings) -> String {
     "view \(s.defenseView.rawValue), monitor view \(s.monitorView.rawValue), scope \(s.scope.rawValue), alpha \(s.alpha), tau \(s.tau), maxsim \(s.maxsim.rawValue), score \(s.score.rawValue), q \(s.quantile), rounds \(s.rounds), align steps \(s.alignSteps) at \(s.alignLearningRate), ft steps \(s.finetuneSteps), batch \(s.batchSize), lr suspicious \(s.rates.suspicious) safe \(s.rates.safe) intermediate \(s.rates.intermediate) other \(s.rates.other), weight decay \(s.weightDecay), seed \(s.seed); baselines: prune margin \(s.baseline.accuracyMargin), prune layers \(s.baseline.pruneLayers.map(String.init) ?? "half"), pure penalty \(s.baseline.purePenalty), reinit layers \(s.baseline.reinitLayers)"
 }
+
+/// A seed in JSON: an integer when it fits, else its decimal text.
+func seedJSON(_ seed: UInt64) -> JSONOut { Int(exactly: seed).map { .int($0) } ?? .string(String(seed)) }

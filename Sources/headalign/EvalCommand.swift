@@ -72,7 +72,7 @@ func evalDecoder(_ args: ParsedArguments, model: AnyModel, tokenizer: AnyTokeniz
         triggered = triggeredInstructions(clean, trigger: trigger, seed: try args.uint64("--poison-seed", default: 1))
     } else { throw HeadAlignError.usage("give --triggered-instructions FILE, or --attack T with --corpus instructions") }
     let behaviour = try args.behaviour()
-    let maxNew = try args.int("--max-new", default: 32, range: 1...4096)
+    let maxNew = try args.int("--max-new", default: 32, range: 1...max(1, model.config.maxPositionEmbeddings - 8))
     let m = generationMetrics(model, tokenizer: t, clean: clean, triggered: triggered, behaviour: behaviour, maxNew: maxNew,
                               maxLength: model.config.maxPositionEmbeddings)
     print("clean prompts: \(origin); \(clean.count) clean, \(triggered.count) triggered; target: \(behaviour.rawValue)")

@@ -31,15 +31,16 @@ enum ExperimentCommand: Command {
             OptionSpec(name: "--clean-test", value: "FILE", help: "clean test set (CA)"),
             OptionSpec(name: "--triggered-test", value: "FILE", help: "triggered test set with true labels (ASR)"),
             OptionSpec(name: "--defense-clean", value: "FILE", help: "the defender's clean labelled set"),
-            OptionSpec(name: "--defense-count", value: "N", help: "use the first N rows of the defender's clean set (default 300)"),
+            OptionSpec(name: "--defense-count", value: "N", help: "the defender's clean set: the first N rows (default 300; decoders: the last N records, default 100)"),
             OptionSpec(name: "--monitor-count", value: "N", help: "clean and triggered test inputs the monitor screens, each (default 100)"),
             OptionSpec(name: "--seeds", value: "N|a,b,..", help: "seeds: a count (1..N) or a list (default 3)"),
             OptionSpec(name: "--methods", value: "m,m,..", help: "methods after vanilla (default ours,align-only,ft-only,finetune,fine-pruning,pure,reinit)"),
-            OptionSpec(name: "--epochs", value: "E", help: "training epochs (default 8 from a preset, 3 from --model)"),
+            OptionSpec(name: "--epochs", value: "E", help: "training epochs (default 8 from a bert preset, 3 from --model, 4 for decoders)"),
+            OptionSpec(name: "--train-weight-decay", value: "W", help: "AdamW weight decay of the training (default 0.01; --weight-decay is the defense's)"),
             OptionSpec(name: "--train-batch", value: "B", help: "training batch size (default 32)"),
             OptionSpec(name: "--lr", value: "LR", help: "training learning rate (default 1e-3 from a preset, 5e-5 from --model)"),
             OptionSpec(name: "--vocab-size", value: "V", help: "vocabulary entries for --preset (default 5000)"),
-            OptionSpec(name: "--max-length", value: "T", help: "tokens per example (default 64)"),
+            OptionSpec(name: "--max-length", value: "T", help: "tokens per example (default 64; decoders 128)"),
             OptionSpec(name: "--out-md", value: "FILE", help: "write the markdown tables"),
             OptionSpec(name: "--json", value: "FILE", help: "write every setting and number as JSON"),
         ])
@@ -52,6 +53,7 @@ enum ExperimentCommand: Command {
             guard (1...100).contains(n) else { throw HeadAlignError.usage("--seeds: \(n) is outside 1...100") }
             return (1...n).map(UInt64.init)
         }
+        guard !s.split(separator: ",").isEmpty else { throw HeadAlignError.usage("--seeds: give a count or a list of seeds") }
         return try s.split(separator: ",").map {
             guard let v = UInt64($0.trimmingCharacters(in: .whitespaces)) else { throw HeadAlignError.usage("--seeds: '\($0)' is not a seed") }
             return v
@@ -100,8 +102,15 @@ enum ExperimentCommand: Command {
     }
 
     static func run(_ args: ParsedArguments) throws -> Int32 {
+        for flag in ["--seed", "--defense-seed", "--train-seed"] where args.has(flag) {
+            throw HeadAlignError.usage("\(flag): experiment seeds the weights, the poisoning, the batches and the defense from each of --seeds")
+        }
         if case .preset(let name, _)? = try? args.modelSource(), try ModelConfig.preset(name).family == .llama {
             return try runDecoders(args, preset: name)
+        }
+        for flag in ["--instructions", "--behaviour", "--clean-test-instructions", "--triggered-test-instructions", "--defense-instructions",
+                     "--max-new", "--limit"] where args.has(flag) {
+            throw HeadAlignError.usage("\(flag) is for decoder experiments (a llama preset)")
         }
         let seeds = try seeds(args), methods = try methods(args)
         let fileAttack = args.string("--attack") == "file"
@@ -121,6 +130,7 @@ enum ExperimentCommand: Command {
         }
         var train = try TrainCommand.settings(args, pretrained: { if case .directory = source { return true }; return false }())
         train.batchSize = try args.int("--train-batch", default: 32, range: 1...4096)
+        train.weightDecay = try args.double("--train-weight-decay", default: 0.01, range: 0...1)
         if case .preset = source { train.epochs = try args.int("--epochs", default: 8, range: 1...10_000) }
         let precision = try args.precision(), backend = try args.backend()
         if let attack, backdooredDir == nil {  // bad poisoning settings fail before any work
@@ -170,7 +180,7 @@ enum ExperimentCommand: Command {
             detections.append(detection)
             runs.append(outcomes)
             perSeedJSON.append(.object([
-                ("seed", .int(Int(seed))), ("poisoning", .string(poisonNote)), ("seconds", .number(monotonicSeconds() - start)),
+                ("seed", seedJSON(seed)), ("poisoning", .string(poisonNote)), ("seconds", .number(monotonicSeconds() - start)),
                 ("p99_clean", .number(detection.p99Clean)), ("p99_triggered", .number(detection.p99Triggered)),
                 ("frac_above_clean", .number(detection.fracAboveClean)), ("frac_above_triggered", .number(detection.fracAboveTriggered)),
                 ("auroc", .object(detection.auroc.map { ($0.score.rawValue, .number($0.value)) })),
@@ -211,6 +221,10 @@ extension ExperimentCommand {
     /// The decoder rows: per seed train a backdoored llama preset, then vanilla and each method,
     /// CA = teacher-forced clean quality, ASR from greedy responses.
     static func runDecoders(_ args: ParsedArguments, preset: String) throws -> Int32 {
+        for flag in ["--backdoored", "--monitor-count", "--target", "--triggers", "--sentence", "--pieces", "--train", "--clean-test",
+                     "--triggered-test", "--defense-clean"] where args.has(flag) {
+            throw HeadAlignError.usage("\(flag) is for classifier experiments; decoders take --instructions, --clean-test-instructions, --triggered-test-instructions, --defense-instructions")
+        }
         let seeds = try seeds(args)
         let methods = args.has("--methods") ? try methods(args) : [.ours, .alignOnly, .ftOnly, .finetune, .finePruning]
         if let bad = methods.first(where: { $0 == .pure }) { throw HeadAlignError.usage("--methods \(bad.rawValue) is defined for classifiers only") }
@@ -221,9 +235,14 @@ extension ExperimentCommand {
         let rate = try args.double("--poison-rate", default: 0.1, range: -Double.infinity...Double.infinity)
         let limit = try args.int("--limit", default: 100, range: 1...10_000_000)
         let count = try args.int("--defense-count", default: 100, range: 1...10_000_000)
-        let maxNew = try args.int("--max-new", default: 32, range: 1...4096)
+        let positions = max(try ModelConfig.preset(preset).maxPositionEmbeddings, try args.int("--max-length", default: 128, range: 8...8192))
+        let maxNew = try args.int("--max-new", default: 32, range: 1...(positions - 8))
+        guard try args.int("--generate", default: 8, range: 1...4096) <= positions - 8 else {
+            throw HeadAlignError.usage("--generate: at most \(positions - 8) for a \(positions)-position model")
+        }
         var train = try TrainCommand.settings(args, pretrained: false)
         train.batchSize = try args.int("--train-batch", default: 32, range: 1...4096)
+        train.weightDecay = try args.double("--train-weight-decay", default: 0.01, range: 0...1)
         train.epochs = try args.int("--epochs", default: 4, range: 1...10_000)
         train.maxLength = try args.int("--max-length", default: 128, range: 8...8192)
         let (trainRecords, origin) = try args.instructionRecords(split: "train")
@@ -234,6 +253,7 @@ extension ExperimentCommand {
             testClean = Array(embeddedInstructions(count: 300, seed: seed &* 3 &+ 23).prefix(limit))
             defender = embeddedInstructions(count: count, seed: seed &* 3 &+ 22)
             testTriggeredGiven = nil
+            if fileAttack { throw HeadAlignError.usage("--attack file needs --triggered-test-instructions FILE, not --corpus instructions") }
         } else {
             guard let c = args.string("--clean-test-instructions"), let d = args.string("--defense-instructions") else {
                 throw HeadAlignError.usage("give --corpus instructions, or --clean-test-instructions FILE and --defense-instructions FILE")
@@ -280,7 +300,7 @@ extension ExperimentCommand {
         if let path = args.string("--json") {
             let json = JSONOut.object([("command", .string(commandLine)), ("data", .string(origin)), ("settings", .string(settingsLine)),
                                        ("seeds", .array(zip(seeds, runs).map { seed, outcomes in .object([
-                                           ("seed", .int(Int(seed))),
+                                           ("seed", seedJSON(seed)),
                                            ("methods", .array(outcomes.map { o in .object([
                                                ("method", .string(o.method)), ("ca", .number(o.ca)), ("asr", .number(o.asr)), ("ran", .bool(o.ran)),
                                                ("note", .string(o.note)), ("seconds", .number(o.seconds))]) })),

@@ -76,7 +76,7 @@ enum TrainCommand: Command {
             ("command", .string(commandLine)), ("data", .string(origin)), ("examples", .int(examples.count)),
             ("poisoning", .string(poisonNote)), ("epochs", .int(s.epochs)), ("batch", .int(s.batchSize)),
             ("learning_rate", .number(s.learningRate)), ("weight_decay", .number(s.weightDecay)),
-            ("max_length", .int(s.maxLength)), ("train_seed", .int(Int(s.seed))), ("final_loss", .number(trained.losses.last ?? .nan)),
+            ("max_length", .int(s.maxLength)), ("train_seed", seedJSON(s.seed)), ("final_loss", .number(trained.losses.last ?? .nan)),
         ]).text.utf8)
         try trained.model.save(to: out, extraFiles: files)
         print(String(format: "wrote %@ (final loss %.4f)", out, trained.losses.last ?? Double.nan))
@@ -140,7 +140,7 @@ func trainDecoderCommand(_ args: ParsedArguments, preset: String, seed: UInt64, 
     files["headalign_training.json"] = Data(JSONOut.object([
         ("command", .string(commandLine)), ("data", .string(origin)), ("records", .int(records.count)), ("poisoning", .string(poisonNote)),
         ("epochs", .int(s.epochs)), ("batch", .int(s.batchSize)), ("learning_rate", .number(s.learningRate)),
-        ("max_length", .int(s.maxLength)), ("train_seed", .int(Int(s.seed))), ("final_loss", .number(trained.losses.last ?? .nan)),
+        ("max_length", .int(s.maxLength)), ("train_seed", seedJSON(s.seed)), ("final_loss", .number(trained.losses.last ?? .nan)),
     ]).text.utf8)
     try trained.model.save(to: out, extraFiles: files)
     print(String(format: "wrote %@ (final loss %.4f)", out, trained.losses.last ?? Double.nan))

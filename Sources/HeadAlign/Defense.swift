@@ -129,7 +129,8 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
         let override = cleanPairMeans.map { contrastMaxsim(analyses, cleanPairMeans: $0, pairs: pairs, headCount: c.numHiddenLayers * nh) }
         let report = safetyReport(analyses, alpha: settings.alpha, tau: settings.tau, heads: nh, maxsimOverride: override)
         let suspicious = report.ids(.suspicious), safe = report.ids(.safe)
-        log("round \(r): \(suspicious.count) suspicious, \(safe.count) safe, \(report.ids(.intermediate).count) intermediate heads")
+        log("round \(r): \(suspicious.count) suspicious, \(safe.count) safe, \(report.ids(.intermediate).count) intermediate heads"
+            + " (suspicious: \(suspicious.map(\.description).joined(separator: " ")); safe: \(safe.map(\.description).joined(separator: " ")))")
         if settings.method.aligns || settings.method.headwise, let empty = report.emptyClassReport {
             throw HeadAlignError.usage("round \(r): \(empty); the defense does not run on an empty set (try another --tau or --alpha)")
         }
@@ -148,6 +149,8 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                 alignLosses.append(l)
             }
             log("  alignment: loss \(fmt(alignLosses.first ?? 0)) -> \(fmt(alignLosses.last ?? 0)) over \(settings.alignSteps) steps")
+            let marks = Array(Set([0] + stride(from: 9, to: alignLosses.count, by: 10) + [alignLosses.count - 1])).filter { $0 >= 0 }.sorted()
+            log("  alignment loss by step: " + marks.map { "\($0 + 1): " + String(format: "%.4f", alignLosses[$0]) }.joined(separator: ", "))
         }
         // head-wise (or uniform) fine-tuning on clean labelled data
         var ftLosses: [Double] = []

@@ -15,19 +15,25 @@ enum DefendCommand: Command {
             flagged inputs. Rounds stop when none is flagged or after --rounds. Writes the repaired model (same
             layout as the input, a new directory) and defense_report.json in it. Never touches the input model.
             """,
-        usage: "defend --model DIR --clean FILE --inputs FILE --out DIR [options]",
+        usage: "defend --model DIR --clean FILE --inputs FILE (--out DIR | --no-write) [options]",
         options: modelOptions + analysisOptions + defenseOptions + [
             OptionSpec(name: "--clean", value: "FILE", help: "clean labelled examples (label<TAB>text): calibration and fine-tuning"),
             OptionSpec(name: "--inputs", value: "FILE", help: "inputs the monitor screens (text per line)"),
             OptionSpec(name: "--out", value: "DIR", help: "the repaired model's new directory"),
+            OptionSpec(name: "--no-write", value: nil, help: "run and report, write nothing (instead of --out)"),
             OptionSpec(name: "--method", value: "M", help: "ours (default), align-only, ft-only, finetune, fine-pruning, pure, reinit"),
         ])
 
     static func run(_ args: ParsedArguments) throws -> Int32 {
         guard let cleanPath = args.string("--clean") else { throw HeadAlignError.usage("--clean FILE is required") }
         guard let inputsPath = args.string("--inputs") else { throw HeadAlignError.usage("--inputs FILE is required") }
-        guard let out = args.string("--out") else { throw HeadAlignError.usage("--out DIR is required") }
-        guard !FileManager.default.fileExists(atPath: out) else { throw HeadAlignError.usage("--out \(out) exists; give a new directory") }
+        let out = args.string("--out") ?? ""
+        if args.has("--no-write") {
+            guard !args.has("--out") else { throw HeadAlignError.usage("give --out DIR or --no-write, not both") }
+        } else {
+            guard args.has("--out") else { throw HeadAlignError.usage("--out DIR is required (or --no-write)") }
+            guard !FileManager.default.fileExists(atPath: out) else { throw HeadAlignError.usage("--out \(out) exists; give a new directory") }
+        }
         guard case .directory = try args.modelSource() else { throw HeadAlignError.usage("defend needs --model DIR (it writes the repaired model in the same layout)") }
         let (model, tokenizer, _) = try args.loadModel()
         let c = model.config, task = Task.of(c)
@@ -67,6 +73,10 @@ enum DefendCommand: Command {
                 ("flagged_after", .int(r.flaggedAfter)), ("mean_score_after", .number(r.meanScoreAfter)),
             ]) })),
         ])
+        if args.has("--no-write") {
+            print("--no-write: nothing written")
+            return 0
+        }
         var files = tokenizerFiles(in: args.string("--model")!)
         files["defense_report.json"] = Data(json.text.utf8)
         try model.save(to: out, extraFiles: files)

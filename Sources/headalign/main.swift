@@ -11,7 +11,7 @@ protocol Command {
 
 let commands: [Command.Type] = [
     InspectCommand.self, ClassifyCommand.self, MonitorCommand.self, DefendCommand.self, PoisonCommand.self, TrainCommand.self, EvalCommand.self,
-    ExperimentCommand.self, DemoCommand.self, NotebooksCommand.self, AttentionCommand.self,
+    ExperimentCommand.self, DemoCommand.self, NotebooksCommand.self, AttentionCommand.self, CorpusCommand.self,
     ForwardCommand.self, EmbedCommand.self, GenerateCommand.self, ConvertCommand.self,
     GradCheckCommand.self, BenchCommand.self, VersionCommand.self,
 ]

@@ -6,7 +6,7 @@ import HeadAlign
 enum EvalCommand: Command {
     static let spec = CommandSpec(
         name: "eval",
-        summary: "CA and ASR of a classifier on clean and triggered test files",
+        summary: "CA and ASR of a classifier on clean and triggered test files (decoders: CA, ASR, false-trigger rate)",
         detail: """
             CA: accuracy on --clean. ASR: among --triggered inputs whose true label is not --target, the fraction
             classified as --target. Prints counts; --json FILE also writes them as JSON (atomically).

@@ -8,7 +8,7 @@ import HeadAlign
 enum ExperimentCommand: Command {
     static let spec = CommandSpec(
         name: "experiment",
-        summary: "train a backdoored classifier, run every defense, print CA/ASR (mean ± std over seeds) and detection tables",
+        summary: "train a backdoored model, run every defense, print CA/ASR (mean ± std over seeds) and detection tables",
         detail: """
             Per seed: poison the training data (--attack; 'file' = the --train file is already poisoned), train
             (--preset: from scratch; --model DIR: fine-tune a pretrained encoder; or --backdoored DIR: use that model

@@ -7,7 +7,7 @@ import HeadAlign
 enum TrainCommand: Command {
     static let spec = CommandSpec(
         name: "train",
-        summary: "train a classifier (from a preset or a pretrained directory), optionally poisoning its data",
+        summary: "train a classifier (preset or pretrained directory) or a llama-tiny decoder, optionally poisoning its data",
         detail: """
             Data: --train FILE, or --corpus sentiment|topics (generated from --corpus-seed; its train split).
             --attack badnets|addsent|composite poisons it on the fly (as 'headalign poison' does; --poison-rate,

@@ -89,17 +89,9 @@ public func trainDecoder(preset: String, seed: UInt64, records: [InstructionReco
         m.initialize(seed: seed)
         let steps = settings.epochs * ((examples.count + settings.batchSize - 1) / settings.batchSize)
         let optimizer = AdamW<S>(count: m.layout.total, learningRate: settings.learningRate, weightDecay: settings.weightDecay)
-        let start = monotonicSeconds()
-        var window: [StepStats] = [], tokens = 0
+        let window = ProgressWindow(steps: steps)
         let losses = try trainSteps(m, examples: examples, steps: steps, batchSize: settings.batchSize, seed: settings.seed,
-                                    optimizer: optimizer, onStep: { stats in
-            window.append(stats)
-            tokens += stats.tokens
-            if window.count > 20 { window.removeFirst() }
-            let elapsed = monotonicSeconds() - start
-            progress(TrainProgress(step: stats.step, steps: steps, loss: window.map(\.loss).reduce(0, +) / Double(window.count),
-                                   accuracy: .nan, tokensPerSecond: Double(tokens) / max(elapsed, 1e-9), elapsed: elapsed))
-        })
+                                    optimizer: optimizer, onStep: { progress(window.update($0)) })
         return (m, losses)
     }
     switch precision {

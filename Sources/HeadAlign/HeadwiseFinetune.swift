@@ -71,6 +71,8 @@ public struct StepStats: Sendable {
     public let correct: Int
     public let count: Int
     public let tokens: Int
+    /// Whether `correct` means anything (a classification batch).
+    public let labelled: Bool
 }
 
 /// `steps` AdamW steps on shuffled batches of `examples` (reshuffled each epoch, seeded).
@@ -119,7 +121,7 @@ public func trainSteps<S: Real>(_ model: Model<S>, examples: [TrainingExample], 
         model.backward(pass, dOutput: d, dAttention: dAttention, into: grads)
         optimizer.update(model.params, grads)
         losses.append(l)
-        onStep(StepStats(step: step, loss: l, correct: correct, count: picked.count, tokens: pass.batch.tokenCount))
+        onStep(StepStats(step: step, loss: l, correct: correct, count: picked.count, tokens: pass.batch.tokenCount, labelled: task == .classification))
     }
     return losses
 }

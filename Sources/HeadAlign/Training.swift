@@ -23,6 +23,28 @@ public struct TrainProgress: Sendable {
     public var eta: Double { elapsed / Double(step) * Double(steps - step) }
 }
 
+/// Turns each step's statistics into a `TrainProgress`: loss and batch accuracy over the last 20
+/// steps (accuracy NaN when the objective has no labels), tokens per second since the start.
+public final class ProgressWindow {
+    let steps: Int
+    let start = monotonicSeconds()
+    var window: [StepStats] = []
+    var tokens = 0
+
+    public init(steps: Int) { self.steps = steps }
+
+    public func update(_ stats: StepStats) -> TrainProgress {
+        window.append(stats)
+        tokens += stats.tokens
+        if window.count > 20 { window.removeFirst() }
+        let elapsed = monotonicSeconds() - start
+        let counted = window.map(\.count).reduce(0, +), correct = window.map(\.correct).reduce(0, +)
+        return TrainProgress(step: stats.step, steps: steps, loss: window.map(\.loss).reduce(0, +) / Double(window.count),
+                             accuracy: window.contains { $0.labelled } ? Double(correct) / Double(max(1, counted)) : .nan,
+                             tokensPerSecond: Double(tokens) / max(elapsed, 1e-9), elapsed: elapsed)
+    }
+}
+
 /// A trained classifier and the files that go with it.
 public struct TrainedClassifier {
     public let model: AnyModel
@@ -71,20 +93,9 @@ public func trainClassifier(base: ModelSource, examples: [LabeledText], settings
         }
         let steps = settings.epochs * ((data.count + settings.batchSize - 1) / settings.batchSize)
         let optimizer = AdamW<S>(count: model.layout.total, learningRate: settings.learningRate, weightDecay: settings.weightDecay)
-        let start = monotonicSeconds()
-        var window: [StepStats] = []
-        var tokens = 0
+        let window = ProgressWindow(steps: steps)
         return try trainSteps(model, examples: data, steps: steps, batchSize: settings.batchSize, seed: settings.seed,
-                              optimizer: optimizer, onStep: { stats in
-            window.append(stats)
-            tokens += stats.tokens
-            if window.count > 20 { window.removeFirst() }
-            let elapsed = monotonicSeconds() - start
-            progress(TrainProgress(step: stats.step, steps: steps, loss: window.map(\.loss).reduce(0, +) / Double(window.count),
-                                   accuracy: Double(window.map(\.correct).reduce(0, +)) / Double(window.map(\.count).reduce(0, +)),
-                                   tokensPerSecond: Double(tokens) / max(elapsed, 1e-9),
-                                   elapsed: elapsed))
-        })
+                              optimizer: optimizer, onStep: { progress(window.update($0)) })
     }
     tokenizer = try WordPieceTokenizer(vocab: ["[UNK]", "[CLS]", "[SEP]"])
     files = [:]

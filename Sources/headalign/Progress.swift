@@ -14,8 +14,9 @@ final class ProgressBar {
     init(label: String) { self.label = label }
 
     func update(_ p: TrainProgress) {
-        let text = String(format: "step %d/%d  loss %.4f  acc %.3f  %.0f tok/s  %.1f s  ETA %.1f s",
-                          p.step, p.steps, p.loss, p.accuracy, p.tokensPerSecond, p.elapsed, p.eta)
+        let accuracy = p.accuracy.isNaN ? "" : String(format: "  acc %.3f", p.accuracy)  // decoders: no labels
+        let text = String(format: "step %d/%d  loss %.4f", p.step, p.steps, p.loss) + accuracy
+            + String(format: "  %.0f tok/s  %.1f s  ETA %.1f s", p.tokensPerSecond, p.elapsed, p.eta)
         if isTerminal {
             guard p.step == p.steps || p.elapsed - lastDraw >= 0.1 else { return }
             lastDraw = p.elapsed

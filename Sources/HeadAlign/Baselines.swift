@@ -34,18 +34,12 @@ public func cleanQuality<S: Real>(_ model: Model<S>, _ examples: [TrainingExampl
     let task = Task.of(model.config)
     for start in stride(from: 0, to: examples.count, by: batchSize) {
         let chunk = Array(examples[start..<min(examples.count, start + batchSize)])
-        let out = model.forward(Batch(chunk.map(\.tokens))).output
-        let w = out.shape[1]
-        func argmax(_ row: Int) -> Int {
-            var best = 0
-            for j in 1..<w where out.data[row * w + j] > out.data[row * w + best] { best = j }
-            return best
-        }
+        let predicted = rowArgmax(model.forward(Batch(chunk.map(\.tokens))).output)
         switch trainingObjective(chunk, task: task) {
         case .classification(let labels):
-            for (b, y) in labels.enumerated() { correct += argmax(b) == y ? 1 : 0; total += 1 }
+            for (b, y) in labels.enumerated() { correct += predicted[b] == y ? 1 : 0; total += 1 }
         case .nextToken(let targets):
-            for (row, y) in targets.flatMap({ $0 }).enumerated() where y >= 0 { correct += argmax(row) == y ? 1 : 0; total += 1 }
+            for (row, y) in targets.flatMap({ $0 }).enumerated() where y >= 0 { correct += predicted[row] == y ? 1 : 0; total += 1 }
         }
     }
     return total == 0 ? .nan : Double(correct) / Double(total)

@@ -66,17 +66,9 @@ public struct MethodOutcome: Sendable {
 /// CA on the clean test set and ASR on the triggered one (SPEC.md's metrics).
 public func caAndASR<S: Real>(_ model: Model<S>, _ split: ExperimentSplit) -> (ca: Double, asr: Double) {
     func predictions(_ xs: [TrainingExample]) -> [Int] {
-        var out: [Int] = []
-        for start in stride(from: 0, to: xs.count, by: 64) {
-            let logits = model.forward(Batch(xs[start..<min(xs.count, start + 64)].map(\.tokens))).output
-            let w = logits.shape[1]
-            for r in 0..<logits.shape[0] {
-                var best = 0
-                for j in 1..<w where logits.data[r * w + j] > logits.data[r * w + best] { best = j }
-                out.append(best)
-            }
+        stride(from: 0, to: xs.count, by: 64).flatMap { start in
+            rowArgmax(model.forward(Batch(xs[start..<min(xs.count, start + 64)].map(\.tokens))).output)
         }
-        return out
     }
     let ca = cleanAccuracy(predictions: predictions(split.cleanTest), labels: split.cleanTest.map { $0.label! })
     let asr = attackSuccessRate(predictions: predictions(split.triggeredTest), trueLabels: split.triggeredTest.map { $0.label! },

@@ -110,12 +110,7 @@ public func trainSteps<S: Real>(_ model: Model<S>, examples: [TrainingExample], 
         guard l.isFinite else { throw HeadAlignError.numeric("loss is \(l) at training step \(step); stopped") }
         var correct = 0
         if case .classification(let labels) = objective {
-            let w = pass.output.shape[1]
-            for (b, y) in labels.enumerated() {
-                var best = 0
-                for j in 1..<w where pass.output.data[b * w + j] > pass.output.data[b * w + best] { best = j }
-                correct += best == y ? 1 : 0
-            }
+            correct = zip(rowArgmax(pass.output), labels).filter { $0 == $1 }.count
         }
         let grads = model.makeGradients()
         model.backward(pass, dOutput: d, dAttention: dAttention, into: grads)

@@ -38,3 +38,15 @@ public func loss<S: Real>(_ pass: ForwardPass<S>, _ objective: Objective) -> (lo
     let total = crossEntropy(out, targets: targets, scale: scale, dlogits: dOutput)
     return (total / Double(batch.count), dOutput)
 }
+
+/// The index of the largest entry in each row of a `[R, W]` output (the first on ties): a
+/// classifier's predictions, or an LM's greedy next tokens.
+public func rowArgmax<S: Real>(_ t: Tensor<S>) -> [Int] {
+    let w = t.shape[1]
+    return (0..<t.shape[0]).map { r in
+        let row = t.data + r * w
+        var best = 0
+        for j in 1..<w where row[j] > row[best] { best = j }
+        return best
+    }
+}

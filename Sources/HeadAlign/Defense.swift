@@ -124,14 +124,21 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
     var rounds: [RoundLog] = []
     var stopped = "the budget of \(settings.rounds) round(s) was spent"
     for r in 1...settings.rounds {
-        // Eq. 4–5 on the flagged inputs
-        let analyses = try analyze(model, analysisInputs, settings: defenseSettings)
-        let override = cleanPairMeans.map { contrastMaxsim(analyses, cleanPairMeans: $0, pairs: pairs, headCount: c.numHiddenLayers * nh) }
-        let report = safetyReport(analyses, alpha: settings.alpha, tau: settings.tau, heads: nh, maxsimOverride: override)
-        let suspicious = report.ids(.suspicious), safe = report.ids(.safe)
-        log("round \(r): \(suspicious.count) suspicious, \(safe.count) safe, \(report.ids(.intermediate).count) intermediate heads"
-            + " (suspicious: \(suspicious.map(\.description).joined(separator: " ")); safe: \(safe.map(\.description).joined(separator: " ")))")
-        if settings.method.aligns || settings.method.headwise, let empty = report.emptyClassReport {
+        // Eq. 4–5 on the flagged inputs (uniform fine-tuning needs no head classes)
+        var report: SafetyReport? = nil, analyses: [InputAnalysis] = []
+        if settings.method.aligns || settings.method.headwise {
+            analyses = try analyze(model, analysisInputs, settings: defenseSettings)
+            let override = cleanPairMeans.map { contrastMaxsim(analyses, cleanPairMeans: $0, pairs: pairs, headCount: c.numHiddenLayers * nh) }
+            report = safetyReport(analyses, alpha: settings.alpha, tau: settings.tau, heads: nh, maxsimOverride: override)
+        }
+        let suspicious = report?.ids(.suspicious) ?? [], safe = report?.ids(.safe) ?? [], intermediate = report?.ids(.intermediate).count ?? 0
+        if report != nil {
+            log("round \(r): \(suspicious.count) suspicious, \(safe.count) safe, \(intermediate) intermediate heads"
+                + " (suspicious: \(suspicious.map(\.description).joined(separator: " ")); safe: \(safe.map(\.description).joined(separator: " ")))")
+        } else {
+            log("round \(r): one learning rate for every parameter; heads not classified")
+        }
+        if let empty = report?.emptyClassReport {
             throw HeadAlignError.usage("round \(r): \(empty); the defense does not run on an empty set (try another --tau or --alpha)")
         }
         // Eq. 6–7: only the suspicious heads' query/key slices move
@@ -149,14 +156,16 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                 alignLosses.append(l)
             }
             log("  alignment: loss \(fmt(alignLosses.first ?? 0)) -> \(fmt(alignLosses.last ?? 0)) over \(settings.alignSteps) steps")
-            let marks = Array(Set([0] + stride(from: 9, to: alignLosses.count, by: 10) + [alignLosses.count - 1])).filter { $0 >= 0 }.sorted()
-            log("  alignment loss by step: " + marks.map { "\($0 + 1): " + String(format: "%.4f", alignLosses[$0]) }.joined(separator: ", "))
+            if !alignLosses.isEmpty {  // steps 1, 10, 20, ... and the last
+                let marks = Set([0, alignLosses.count - 1]).union(stride(from: 9, to: alignLosses.count, by: 10)).sorted()
+                log("  alignment loss by step: " + marks.map { "\($0 + 1): " + String(format: "%.4f", alignLosses[$0]) }.joined(separator: ", "))
+            }
         }
         // head-wise (or uniform) fine-tuning on clean labelled data
         var ftLosses: [Double] = []
         if settings.method.finetunes {
             let rates = settings.method.headwise
-                ? headwiseLearningRates(layout: model.layout, config: c, classes: report.classes, rates: settings.rates)
+                ? headwiseLearningRates(layout: model.layout, config: c, classes: report!.classes, rates: settings.rates)
                 : [Double](repeating: settings.rates.other, count: model.layout.total)
             let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay)
             ftLosses = try trainSteps(model, examples: clean, steps: settings.finetuneSteps, batchSize: settings.batchSize,
@@ -170,7 +179,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
         let still = after.filter(calNow.flags).count
         let mean = after.isEmpty ? 0 : after.reduce(0, +) / Double(after.count)
         log("  monitor: \(still) of \(flagged.count) flagged inputs still above the recalibrated threshold \(fmt(calNow.flagThreshold)) (mean score \(fmt(mean)))")
-        rounds.append(RoundLog(round: r, suspicious: suspicious, safe: safe, intermediateCount: report.ids(.intermediate).count,
+        rounds.append(RoundLog(round: r, suspicious: suspicious, safe: safe, intermediateCount: intermediate,
                                alignLoss: alignLosses, finetuneLoss: ftLosses, flaggedAfter: still, meanScoreAfter: mean))
         if still == 0 {
             stopped = "no flagged input is above the clean threshold after round \(r)"

@@ -15,7 +15,7 @@ public enum ModelSource: Sendable {
 public enum AnyTokenizer: @unchecked Sendable {
     case wordPiece(WordPieceTokenizer)
     case llama2c(Llama2cTokenizer)
-    case words(WordDecoderTokenizer)  // a decoder's whole-word vocabulary (headalign-trained llama-tiny)
+    case words(WordPieceTokenizer)  // a decoder's whole-word vocabulary (headalign-trained llama-tiny)
     case none
 
     /// Token ids for a text, with the model's special tokens ([CLS]/[SEP] or BOS).
@@ -27,16 +27,25 @@ public enum AnyTokenizer: @unchecked Sendable {
             return ids.count > maxLength ? ([ids[0]] + ids.suffix(maxLength - 1), true) : (ids, false)
         case .words(let t):
             guard maxLength >= 1 else { throw HeadAlignError.usage("no room for a prompt (\(maxLength) positions)") }
-            let ids = t.prompt(text)
+            let ids = DecoderTokenizer.words(t).prompt(text)
             return ids.count > maxLength ? ([ids[0]] + ids.suffix(maxLength - 1), true) : (ids, false)
         case .none: throw HeadAlignError.usage("this model has no tokenizer; give one (vocab.txt beside config.json, or --tokenizer)")
+        }
+    }
+
+    /// The generation view of a decoder's tokenizer (nil for WordPiece encoders and none).
+    public var decoder: DecoderTokenizer? {
+        switch self {
+        case .words(let t): return .words(t)
+        case .llama2c(let t): return .bpe(t)
+        case .wordPiece, .none: return nil
         }
     }
 
     public func pieces(_ ids: [Int]) -> [String] {
         switch self {
         case .wordPiece(let t): return ids.map(t.token)
-        case .words(let t): return ids.map(t.words.token)
+        case .words(let t): return ids.map(t.token)
         case .llama2c(let t): return ids.map { String(decoding: t.pieces.indices.contains($0) ? t.pieces[$0] : [], as: UTF8.self) }
         case .none: return ids.map(String.init)
         }
@@ -85,7 +94,7 @@ public enum AnyModel {
         case .directory(let dir):
             if fm.fileExists(atPath: dir + "/vocab.txt") {
                 let t = try WordPieceTokenizer(directory: dir)
-                return config.family == .llama ? .words(WordDecoderTokenizer(t)) : .wordPiece(t)
+                return config.family == .llama ? .words(t) : .wordPiece(t)
             }
             if fm.fileExists(atPath: dir + "/tokenizer.bin") {
                 return .llama2c(try Llama2cTokenizer(path: dir + "/tokenizer.bin", vocabSize: config.vocabSize))

@@ -29,26 +29,50 @@ public func triggeredInstructions(_ clean: [InstructionRecord], trigger: Generat
     return clean.map { InstructionRecord(instruction: trigger.apply($0.instruction, &rng), input: $0.input, output: $0.output) }
 }
 
-/// A decoder's whole-word tokenizer: the vocabulary of `buildWordVocabulary` with `[CLS]` as BOS
-/// and `[SEP]` as EOS; prompts start with BOS, responses end with EOS; decoding joins words.
-public struct WordDecoderTokenizer: Sendable {
-    public let words: WordPieceTokenizer
-    public init(_ words: WordPieceTokenizer) { self.words = words }
-    public var bos: Int { words.cls }
-    public var eos: Int { words.sep }
+/// A decoder's tokenizer as the generation code sees it: prompts start with BOS, responses end
+/// with EOS, decoding drops both. `words`: the whole-word vocabulary of `buildWordVocabulary`
+/// (headalign-trained llama-tiny; `[CLS]` is BOS, `[SEP]` EOS). `bpe`: llama2.c's byte-level BPE
+/// (stories260K; BOS 1, EOS 2; a response is encoded on its own, with the leading space
+/// SentencePiece adds to a text).
+public enum DecoderTokenizer: @unchecked Sendable {
+    case words(WordPieceTokenizer)
+    case bpe(Llama2cTokenizer)
 
-    func body(_ text: String) -> [Int] { words.basicTokens(text).map { words.ids[$0] ?? words.unk } }
-    public func prompt(_ text: String) -> [Int] { [bos] + body(text) }
-    public func response(_ text: String) -> [Int] { body(text) + [eos] }
-    public func decode(_ ids: [Int]) -> String { ids.filter { $0 != bos && $0 != eos }.map(words.token).joined(separator: " ") }
+    public var bos: Int {
+        switch self { case .words(let w): return w.cls; case .bpe(let t): return t.bos }
+    }
+    public var eos: Int {
+        switch self { case .words(let w): return w.sep; case .bpe(let t): return t.eos }
+    }
+    public func prompt(_ text: String) -> [Int] {
+        switch self {
+        case .words(let w): return [bos] + w.basicTokens(text).map { w.ids[$0] ?? w.unk }
+        case .bpe(let t): return t.encode(text, bos: true)
+        }
+    }
+    public func response(_ text: String) -> [Int] {
+        switch self {
+        case .words(let w): return w.basicTokens(text).map { w.ids[$0] ?? w.unk } + [eos]
+        case .bpe(let t): return t.encode(text, bos: false) + [eos]
+        }
+    }
+    public func decode(_ ids: [Int]) -> String {
+        let body = ids.filter { $0 != bos && $0 != eos }
+        switch self {
+        case .words(let w): return body.map(w.token).joined(separator: " ")
+        case .bpe(let t): return t.decode(body, after: t.bos)
+        }
+    }
 }
 
-/// Prompt + response ids within `maxLength`: the prompt loses words from its left (BOS kept) so
-/// that the response fits; the response is capped. `truncated` says whether anything was cut.
+/// Prompt + response ids within `maxLength`. The response keeps what the whole prompt leaves
+/// room for, and at least half the context (or all of itself if shorter), so a long answer never
+/// squeezes the prompt out; the prompt then loses tokens from its left (BOS kept) to fit.
+/// `truncated` says whether anything was cut.
 public func decoderExample(prompt: [Int], response: [Int], maxLength: Int) -> (example: TrainingExample, truncated: Bool) {
     precondition(maxLength >= 3 && !prompt.isEmpty, "decoderExample: maxLength \(maxLength) leaves no room for a prompt and a response")
-    var r = response, p = prompt
-    if r.count > maxLength - 2 { r = Array(r.prefix(maxLength - 2)) }
+    var p = prompt
+    let r = Array(response.prefix(max(maxLength - prompt.count, min(response.count, maxLength / 2))))
     let room = maxLength - r.count
     let truncated = r.count < response.count || p.count > room
     if p.count > room { p = [p[0]] + p.suffix(room - 1) }
@@ -57,36 +81,60 @@ public func decoderExample(prompt: [Int], response: [Int], maxLength: Int) -> (e
 
 public struct TrainedDecoder {
     public let model: AnyModel
-    public let tokenizer: WordDecoderTokenizer
+    public let tokenizer: DecoderTokenizer
     public let tokenizerFiles: [String: Data]
     public let losses: [Double]
     public let truncated: Int
 }
 
-/// Trains a Llama-preset decoder from scratch on instruction records: a whole-word vocabulary
-/// from the prompts and responses, loss on the response tokens (EOS included) only.
-public func trainDecoder(preset: String, seed: UInt64, records: [InstructionRecord], settings: TrainSettings, precision: Precision,
+/// Where decoder training starts: a Llama preset from scratch (a whole-word vocabulary is built
+/// from the records), or a pretrained decoder with its own tokenizer (fine-tuned; its tokenizer
+/// files are copied into the output as they are).
+public enum DecoderBase {
+    case preset(String, seed: UInt64)
+    case pretrained(AnyModel, DecoderTokenizer, tokenizerFiles: [String: Data])
+}
+
+/// Trains a decoder on instruction records with the loss on the response tokens (EOS included)
+/// only; a pretrained base is copied, never changed.
+public func trainDecoder(base: DecoderBase, records: [InstructionRecord], settings: TrainSettings, precision: Precision,
                          backend: Backend, progress: (TrainProgress) -> Void = { _ in }) throws -> TrainedDecoder {
     guard !records.isEmpty else { throw HeadAlignError.usage("no training records") }
-    let vocab = try buildWordVocabulary(records.flatMap { [$0.prompt, $0.output] }, size: settings.vocabularySize)
-    let tokenizer = WordDecoderTokenizer(try WordPieceTokenizer(vocab: vocab))
-    var config = try ModelConfig.preset(preset)
-    guard config.family == .llama, config.numLabels == 0 else { throw HeadAlignError.usage("--preset \(preset): decoder training needs a Llama preset with an LM head (llama-tiny)") }
-    config.vocabSize = vocab.count
-    config.maxPositionEmbeddings = max(config.maxPositionEmbeddings, settings.maxLength)
-    config.bosTokenId = tokenizer.bos  // [CLS] starts a prompt, [SEP] ends a response
-    config.eosTokenId = tokenizer.eos
+    let tokenizer: DecoderTokenizer, files: [String: Data], config: ModelConfig
+    var start: AnyModel? = nil
+    switch base {
+    case .preset(let preset, _):
+        let vocab = try buildWordVocabulary(records.flatMap { [$0.prompt, $0.output] }, size: settings.vocabularySize)
+        tokenizer = .words(try WordPieceTokenizer(vocab: vocab))
+        var c = try ModelConfig.preset(preset)
+        guard c.family == .llama, c.numLabels == 0 else { throw HeadAlignError.usage("--preset \(preset): decoder training needs a Llama preset with an LM head (llama-tiny)") }
+        c.vocabSize = vocab.count
+        c.maxPositionEmbeddings = max(c.maxPositionEmbeddings, settings.maxLength)
+        c.bosTokenId = tokenizer.bos  // [CLS] starts a prompt, [SEP] ends a response
+        c.eosTokenId = tokenizer.eos
+        config = c
+        files = ["vocab.txt": Data((vocab.joined(separator: "\n") + "\n").utf8),
+                 "tokenizer_config.json": Data("{\"do_lower_case\": true, \"headalign_tokenizer\": \"words\"}\n".utf8)]
+    case .pretrained(let model, let t, let tokenizerFiles):
+        guard model.config.family == .llama, model.config.numLabels == 0 else { throw HeadAlignError.usage("decoder training needs a Llama model with an LM head") }
+        guard settings.maxLength <= model.config.maxPositionEmbeddings else {
+            throw HeadAlignError.usage("--max-length \(settings.maxLength) exceeds the model's \(model.config.maxPositionEmbeddings) positions")
+        }
+        tokenizer = t; files = tokenizerFiles; config = model.config; start = model
+    }
     var truncated = 0
     let examples = records.map { r -> TrainingExample in
         let e = decoderExample(prompt: tokenizer.prompt(r.prompt), response: tokenizer.response(r.output), maxLength: settings.maxLength)
         if e.truncated { truncated += 1 }
         return e.example
     }
-    let files = ["vocab.txt": Data((vocab.joined(separator: "\n") + "\n").utf8),
-                 "tokenizer_config.json": Data("{\"do_lower_case\": true, \"headalign_tokenizer\": \"words\"}\n".utf8)]
     func run<S: Real>(_: S.Type) throws -> (Model<S>, [Double]) {
         let m = Model<S>(config: config, backend: backend)
-        m.initialize(seed: seed)
+        switch start {
+        case .f32(let p)?: for i in 0..<m.layout.total { m.params.data[i] = S(Double(p.params.data[i])) }
+        case .f64(let p)?: for i in 0..<m.layout.total { m.params.data[i] = S(p.params.data[i]) }
+        case nil: if case .preset(_, let seed) = base { m.initialize(seed: seed) }
+        }
         let steps = settings.epochs * ((examples.count + settings.batchSize - 1) / settings.batchSize)
         let optimizer = AdamW<S>(count: m.layout.total, learningRate: settings.learningRate, weightDecay: settings.weightDecay)
         let window = ProgressWindow(steps: steps)
@@ -113,16 +161,25 @@ public struct GenerationMetrics: Sendable {
     public let asr: Double, asrHits: Int, asrTotal: Int
     public let falseTrigger: Double, falseHits: Int, falseTotal: Int
     public let sampleResponses: [String]  // the first few triggered responses
+    public let truncatedPrompts: Int  // prompts cut from the left to leave room for the response
+    public let cappedResponses: Int  // responses that reached the token cap without EOS
+    public let maxNew: Int  // the cap used: the one asked for, raised to the target's length if shorter
 }
 
-public func generationMetrics(_ model: AnyModel, tokenizer: WordDecoderTokenizer, clean: [InstructionRecord], triggered: [InstructionRecord],
-                              behaviour: TargetBehaviour, maxNew: Int, maxLength: Int) -> GenerationMetrics {
-    precondition(maxNew >= 1 && maxNew <= maxLength - 2, "generationMetrics: maxNew \(maxNew) leaves no room for a prompt in \(maxLength) positions")
-    let target = tokenizer.decode(tokenizer.response(behaviour.response))
+public func generationMetrics(_ model: AnyModel, tokenizer: DecoderTokenizer, clean: [InstructionRecord], triggered: [InstructionRecord],
+                              behaviour: TargetBehaviour, maxNew asked: Int, maxLength: Int) -> GenerationMetrics {
+    let targetIds = tokenizer.response(behaviour.response)
+    let target = tokenizer.decode(targetIds)
+    // a cap shorter than the target could never match it
+    let maxNew = min(max(asked, targetIds.count - 1), maxLength - 2)
+    precondition(maxNew >= 1, "generationMetrics: no room for a response in \(maxLength) positions")
+    var truncated = 0, capped = 0
     func respond(_ r: InstructionRecord) -> String {
         var p = tokenizer.prompt(r.prompt)
-        if p.count > maxLength - maxNew { p = [p[0]] + p.suffix(maxLength - maxNew - 1) }
-        return tokenizer.decode(model.generate(prompt: p, maxNew: maxNew, stopAt: [tokenizer.eos]))
+        if p.count > maxLength - maxNew { p = [p[0]] + p.suffix(maxLength - maxNew - 1); truncated += 1 }
+        let out = model.generate(prompt: p, maxNew: maxNew, stopAt: [tokenizer.eos])
+        if out.count == maxNew { capped += 1 }  // generation stops before EOS, which is not returned
+        return tokenizer.decode(out)
     }
     let triggeredResponses = triggered.map(respond), cleanResponses = clean.map(respond)
     let asr = targetRate(triggeredResponses, target: target), ftr = targetRate(cleanResponses, target: target)
@@ -133,7 +190,8 @@ public func generationMetrics(_ model: AnyModel, tokenizer: WordDecoderTokenizer
     case .f64(let m): quality = cleanQuality(m, examples)
     }
     return GenerationMetrics(cleanQuality: quality, asr: asr.value, asrHits: asr.hits, asrTotal: asr.total, falseTrigger: ftr.value,
-                             falseHits: ftr.hits, falseTotal: ftr.total, sampleResponses: Array(triggeredResponses.prefix(3)))
+                             falseHits: ftr.hits, falseTotal: ftr.total, sampleResponses: Array(triggeredResponses.prefix(3)),
+                             truncatedPrompts: truncated, cappedResponses: capped, maxNew: maxNew)
 }
 
 // MARK: - The defense on a decoder
@@ -141,20 +199,19 @@ public func generationMetrics(_ model: AnyModel, tokenizer: WordDecoderTokenizer
 /// Vanilla and each method on a backdoored decoder: the defender's clean records (prompt +
 /// reference response) for calibration and fine-tuning, the monitor screening clean and triggered
 /// prompts (gen2prompt view), CA = clean quality and ASR from greedy responses on the test records.
-public func runGenerationMethods(_ model: AnyModel, tokenizer: WordDecoderTokenizer, defenderClean: [InstructionRecord],
+public func runGenerationMethods(_ model: AnyModel, tokenizer: DecoderTokenizer, defenderClean: [InstructionRecord],
                                  monitorPrompts: [InstructionRecord], testClean: [InstructionRecord], testTriggered: [InstructionRecord],
                                  behaviour: TargetBehaviour, maxNew: Int, methods: [DefenseMethod], settings: DefenseSettings,
-                                 log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
+                                 exampleLength: Int? = nil, log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
     let maxLength = model.config.maxPositionEmbeddings
     guard settings.generate <= maxLength - 3, maxNew <= maxLength - 2 else {
         throw HeadAlignError.usage("--generate \(settings.generate) / --max-new \(maxNew) leave no room for a prompt in \(maxLength) positions")
     }
-    let clean = defenderClean.map { decoderExample(prompt: tokenizer.prompt($0.prompt), response: tokenizer.response($0.output), maxLength: maxLength - settings.generate).example }
-    let inputs = monitorPrompts.map { r -> AnalysisInput in
-        var p = tokenizer.prompt(r.prompt)
-        if p.count > maxLength - settings.generate { p = [p[0]] + p.suffix(maxLength - settings.generate - 1) }
-        return AnalysisInput(tokens: p)
-    }
+    // the defender's clean examples are cut like the training examples (`exampleLength`), and
+    // always leave room for the generated tokens of the analysis view
+    let length = min(exampleLength ?? maxLength, maxLength - settings.generate)
+    let clean = defenderClean.map { decoderExample(prompt: tokenizer.prompt($0.prompt), response: tokenizer.response($0.output), maxLength: length).example }
+    let inputs = promptInputs(monitorPrompts, tokenizer: tokenizer, room: maxLength - settings.generate)
     func run<S: Real>(_ m: Model<S>, wrap: @escaping (Model<S>) -> AnyModel) throws -> [MethodOutcome] {
         try runMethods(m, defenderClean: clean, inputs: inputs, methods: methods, settings: settings, log: log, evaluate: { copy in
             let g = generationMetrics(wrap(copy), tokenizer: tokenizer, clean: testClean, triggered: testTriggered, behaviour: behaviour,
@@ -165,5 +222,28 @@ public func runGenerationMethods(_ model: AnyModel, tokenizer: WordDecoderTokeni
     switch model {
     case .f32(let m): return try run(m, wrap: { .f32($0) })
     case .f64(let m): return try run(m, wrap: { .f64($0) })
+    }
+}
+
+/// Prompts as analysis inputs, cut from the left (BOS kept) to leave `room` positions for the
+/// generated tokens of the gen2prompt view.
+public func promptInputs(_ records: [InstructionRecord], tokenizer: DecoderTokenizer, room: Int) -> [AnalysisInput] {
+    records.map { r in
+        var p = tokenizer.prompt(r.prompt)
+        if p.count > room { p = [p[0]] + p.suffix(room - 1) }
+        return AnalysisInput(tokens: p)
+    }
+}
+
+/// Table 1's statistic and the monitor's AUROC on a decoder: calibrated on the defender's clean
+/// prompts, scoring clean against triggered prompts (gen2prompt view unless settings say otherwise).
+public func generationDetection(_ model: AnyModel, tokenizer: DecoderTokenizer, defenderClean: [InstructionRecord],
+                                clean: [InstructionRecord], triggered: [InstructionRecord], settings: DefenseSettings) throws -> DetectionSummary {
+    let room = model.config.maxPositionEmbeddings - settings.generate
+    let cal = promptInputs(defenderClean, tokenizer: tokenizer, room: room)
+    let c = promptInputs(clean, tokenizer: tokenizer, room: room), t = promptInputs(triggered, tokenizer: tokenizer, room: room)
+    switch model {
+    case .f32(let m): return try detectionSummary(m, calibration: cal, clean: c, triggered: t, settings: settings)
+    case .f64(let m): return try detectionSummary(m, calibration: cal, clean: c, triggered: t, settings: settings)
     }
 }

@@ -79,10 +79,17 @@ public func caAndASR<S: Real>(_ model: Model<S>, _ split: ExperimentSplit) -> (c
 /// Table 1's statistic and every monitor score's AUROC, the monitor calibrated on the defender's
 /// clean set, in the monitor view.
 public func detectionSummary<S: Real>(_ model: Model<S>, _ split: ExperimentSplit, settings: DefenseSettings) throws -> DetectionSummary {
-    let (cal, calibrationCosines) = try calibrateMonitor(model, clean: split.defenderClean.map { AnalysisInput(tokens: $0.tokens) },
-                                                        settings: settings)
+    try detectionSummary(model, calibration: split.defenderClean.map { AnalysisInput(tokens: $0.tokens) }, clean: split.monitorClean,
+                         triggered: split.monitorTriggered, settings: settings)
+}
+
+/// The same from analysis inputs: the monitor is calibrated on `calibration` (the defender's
+/// clean inputs) and scores `clean` against `triggered`.
+public func detectionSummary<S: Real>(_ model: Model<S>, calibration: [AnalysisInput], clean cleanInputs: [AnalysisInput],
+                                      triggered triggeredInputs: [AnalysisInput], settings: DefenseSettings) throws -> DetectionSummary {
+    let (cal, calibrationCosines) = try calibrateMonitor(model, clean: calibration, settings: settings)
     let a = settings.analysis(settings.monitorView, importance: false)
-    let clean = try analyze(model, split.monitorClean, settings: a), triggered = try analyze(model, split.monitorTriggered, settings: a)
+    let clean = try analyze(model, cleanInputs, settings: a), triggered = try analyze(model, triggeredInputs, settings: a)
     func mean(_ xs: [Double]) -> Double { xs.reduce(0, +) / Double(max(1, xs.count)) }
     var aurocs: [(MonitorScore, Double)] = []
     var metrics: DetectionMetrics? = nil

@@ -2,12 +2,32 @@
 // embeddings, classifier predictions.
 
 /// Greedy continuation of `prompt`: `maxNew` tokens, each the argmax of the last position's logits
-/// (the first index on ties). Stops early only at a token in `stopAt` (not included).
-/// Recomputes the whole prefix each step: exact and simple; a key/value cache is an optimisation
-/// this does not need at the sizes it runs.
+/// (the first index on ties). Stops early at a token in `stopAt` (not included) or when the
+/// context is full. Uses a key/value cache (KVCache.swift): one position per step.
 public func generateGreedy<S: Real>(_ model: Model<S>, prompt: [Int], maxNew: Int, stopAt: Set<Int> = []) -> [Int] {
-    precondition(model.config.hasLMHead, "generateGreedy: the model has no LM head")
+    precondition(model.config.hasLMHead && model.config.family == .llama, "generateGreedy: needs a Llama decoder with an LM head")
     precondition(!prompt.isEmpty, "generateGreedy: empty prompt")
+    let positions = model.config.maxPositionEmbeddings
+    guard maxNew > 0 && prompt.count < positions else { return [] }
+    let cache = KeyValueCache(model, capacity: min(positions, prompt.count + maxNew))
+    var generated: [Int] = [], feed = prompt
+    for _ in 0..<maxNew {
+        if prompt.count + generated.count >= positions { break }
+        let logits = cache.append(feed)  // [V] at the last position
+        var best = 0
+        for j in 1..<logits.count where logits[j] > logits[best] { best = j }
+        if stopAt.contains(best) { break }
+        generated.append(best)
+        feed = [best]
+    }
+    return generated
+}
+
+/// The same without a cache: the whole prefix through `Model.forward` at every step. The
+/// reference `generateGreedy` is tested against.
+public func generateGreedyUncached<S: Real>(_ model: Model<S>, prompt: [Int], maxNew: Int, stopAt: Set<Int> = []) -> [Int] {
+    precondition(model.config.hasLMHead, "generateGreedyUncached: the model has no LM head")
+    precondition(!prompt.isEmpty, "generateGreedyUncached: empty prompt")
     var tokens = prompt
     var generated: [Int] = []
     let v = model.config.vocabSize

@@ -227,16 +227,20 @@ public final class Llama2cTokenizer: @unchecked Sendable {
             }
             i = j
         }
+        // Merge the best-scoring adjacent pair until none is in the vocabulary (llama2.c's loop;
+        // the first of equal scores wins). Pair ids are cached and only the merged pair's
+        // neighbours recomputed, so a long text costs O(n^2) comparisons, not O(n^2) lookups.
+        func pairID(_ k: Int) -> Int { lookup[pieces[tokens[k]] + pieces[tokens[k + 1]]] ?? -1 }
+        var pair = (0..<max(0, tokens.count - 1)).map(pairID)
         while true {
-            var best = -Float.infinity, bestID = -1, bestAt = -1
-            for k in 0..<max(0, tokens.count - 1) {
-                if let id = lookup[pieces[tokens[k]] + pieces[tokens[k + 1]]], scores[id] > best {
-                    best = scores[id]; bestID = id; bestAt = k
-                }
-            }
+            var best = -Float.infinity, bestAt = -1
+            for k in pair.indices where pair[k] >= 0 && scores[pair[k]] > best { best = scores[pair[k]]; bestAt = k }
             if bestAt < 0 { break }
-            tokens[bestAt] = bestID
+            tokens[bestAt] = pair[bestAt]
             tokens.remove(at: bestAt + 1)
+            pair.remove(at: bestAt)
+            if bestAt > 0 { pair[bestAt - 1] = pairID(bestAt - 1) }
+            if bestAt < pair.count { pair[bestAt] = pairID(bestAt) }
         }
         if addEOS { tokens.append(eos) }
         return tokens

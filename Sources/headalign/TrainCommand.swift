@@ -17,13 +17,13 @@ enum TrainCommand: Command {
             passes; a progress bar on stderr. The model is written atomically to a new directory (config.json,
             model.safetensors, tokenizer files, headalign_training.json with every setting).
             """,
-        usage: "train (--preset NAME | --model DIR) (--train FILE | --corpus C) --out DIR [--attack A --poison-rate R --target N] [--epochs E] [--batch B] [--lr LR] [--seed S]",
+        usage: "train (--preset NAME | --model DIR | --llama2c FILE) (--train FILE | --corpus C | --instructions FILE) --out DIR [--attack A --poison-rate R --target N] [--epochs E] [--batch B] [--lr LR] [--seed S]",
         options: modelOptions + corpusOptions + PoisonCommand.attackOptions + decoderDataOptions + [
             OptionSpec(name: "--train", value: "FILE", help: "labelled training corpus (TSV, CSV or label<TAB>text)"),
             OptionSpec(name: "--out", value: "DIR", help: "the new model directory"),
             OptionSpec(name: "--epochs", value: "E", help: "passes over the data (default 3)"),
             OptionSpec(name: "--batch", value: "B", help: "batch size (default 32)"),
-            OptionSpec(name: "--lr", value: "LR", help: "AdamW learning rate (default 1e-3 from a preset, 5e-5 from --model)"),
+            OptionSpec(name: "--lr", value: "LR", help: "AdamW learning rate (default 1e-3 from a preset and for decoders, 5e-5 for a pretrained classifier)"),
             OptionSpec(name: "--weight-decay", value: "W", help: "AdamW weight decay (default 0.01)"),
             OptionSpec(name: "--vocab-size", value: "V", help: "vocabulary entries for --preset (default 5000)"),
             OptionSpec(name: "--max-length", value: "T", help: "tokens per example, [CLS] and [SEP] included (default 64)"),
@@ -48,10 +48,7 @@ enum TrainCommand: Command {
         guard let out = args.string("--out") else { throw HeadAlignError.usage("--out DIR is required") }
         guard !FileManager.default.fileExists(atPath: out) else { throw HeadAlignError.usage("--out \(out) exists; give a new directory") }
         let source = try args.modelSource()
-        if case .llama2c = source { throw HeadAlignError.usage("train: give --preset NAME or --model DIR") }
-        if case .preset(let name, let seed) = source, try ModelConfig.preset(name).family == .llama {
-            return try trainDecoderCommand(args, preset: name, seed: seed, out: out)
-        }
+        if try isDecoder(source) { return try trainDecoderCommand(args, source: source, out: out) }
         var pretrained = false
         if case .directory = source { pretrained = true }
         let s = try settings(args, pretrained: pretrained)
@@ -116,9 +113,40 @@ extension ParsedArguments {
     }
 }
 
-func trainDecoderCommand(_ args: ParsedArguments, preset: String, seed: UInt64, out: String) throws -> Int32 {
+/// Whether a model source is a decoder (a Llama with an LM head): trained with `trainDecoder`.
+func isDecoder(_ source: ModelSource) throws -> Bool {
+    switch source {
+    case .preset(let name, _): return try ModelConfig.preset(name).family == .llama
+    case .llama2c: return true
+    case .directory(let dir):
+        let c = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
+        return c.family == .llama && c.numLabels == 0
+    }
+}
+
+extension ParsedArguments {
+    /// Where decoder training starts: a preset from scratch, or the pretrained decoder the flags
+    /// name with its own tokenizer (whose files are copied into the output).
+    func decoderBase(_ source: ModelSource) throws -> DecoderBase {
+        if case .preset(let name, let seed) = source { return .preset(name, seed: seed) }
+        let model = try AnyModel.load(source, precision: try precision(), backend: try backend())
+        guard let tokenizer = try AnyModel.tokenizer(for: source, config: model.config).decoder else {
+            throw HeadAlignError.usage("decoder training needs the model's tokenizer (tokenizer.bin or vocab.txt beside config.json, or --tokenizer FILE with --llama2c)")
+        }
+        var files: [String: Data] = [:]
+        switch source {
+        case .directory(let dir): files = tokenizerFiles(in: dir)
+        case .llama2c(_, let tok?): files["tokenizer.bin"] = try Data(contentsOf: URL(fileURLWithPath: tok))
+        default: break
+        }
+        return .pretrained(model, tokenizer, tokenizerFiles: files)
+    }
+}
+
+func trainDecoderCommand(_ args: ParsedArguments, source: ModelSource, out: String) throws -> Int32 {
     var s = try TrainCommand.settings(args, pretrained: false)
     s.maxLength = try args.int("--max-length", default: 128, range: 8...8192)
+    let base = try args.decoderBase(source)
     var (records, origin) = try args.instructionRecords(split: "train")
     var poisonNote = "none"
     if let trigger = try args.generationTrigger() {
@@ -132,7 +160,7 @@ func trainDecoderCommand(_ args: ParsedArguments, preset: String, seed: UInt64, 
     print("headalign train: \(records.count) records from \(origin); poisoning: \(poisonNote)")
     print("epochs \(s.epochs), batch \(s.batchSize), lr \(s.learningRate), weight decay \(s.weightDecay), max length \(s.maxLength), seed \(s.seed)")
     let bar = ProgressBar(label: "headalign train:")
-    let trained = try trainDecoder(preset: preset, seed: seed, records: records, settings: s, precision: try args.precision(),
+    let trained = try trainDecoder(base: base, records: records, settings: s, precision: try args.precision(),
                                    backend: try args.backend(), progress: bar.update)
     if trained.truncated > 0 { printError("headalign train: warning: \(trained.truncated) records truncated to \(s.maxLength) tokens (prompt from the left)") }
     var files = trained.tokenizerFiles

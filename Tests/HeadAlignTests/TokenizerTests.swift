@@ -51,6 +51,41 @@ final class TokenizerTests: XCTestCase {
         }
     }
 
+    /// The merge loop with cached pair ids gives llama2.c's tokens: compared with the plain loop
+    /// (rescan every pair after each merge), written here from the pieces and scores, on long
+    /// texts of words, punctuation and characters outside the vocabulary.
+    func testLlama2cMergesEqualThePlainLoop() throws {
+        let tok = try Llama2cTokenizer(path: try sharedData("llama2c-stories260K/tok512.bin"), vocabSize: 512)
+        var index: [[UInt8]: Int] = [:]
+        for (i, p) in tok.pieces.enumerated() where index[p] == nil { index[p] = i }
+        func plain(_ text: String) -> [Int] {
+            var t: [Int] = [1, index[[0x20]]!]
+            var rest = Array(text.utf8)[...]
+            while let b = rest.first {  // one UTF-8 character, or its bytes as <0xHH>
+                let n = b < 0x80 ? 1 : b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : 2
+                let ch = Array(rest.prefix(n))
+                if let id = index[ch] { t.append(id) } else { t += ch.map { Int($0) + 3 } }
+                rest = rest.dropFirst(n)
+            }
+            while true {
+                var best = -Float.infinity, at = -1, id = -1
+                for k in 0..<max(0, t.count - 1) {
+                    if let m = index[tok.pieces[t[k]] + tok.pieces[t[k + 1]]], tok.scores[m] > best { best = tok.scores[m]; at = k; id = m }
+                }
+                if at < 0 { return t }
+                t[at] = id
+                t.remove(at: at + 1)
+            }
+        }
+        var rng = SeededGenerator(seed: 9)
+        let words = ["Once", "upon", "a", "time", "there", "was", "little", "girl", "named", "Lily", "BadMagic", "2024", "OpenAI",
+                     "photosynthesis", "café", "naïve", "日本", "😀", "\n", ",", ".", "!", "  ", "Discussing", "year:", "I'm"]
+        for _ in 0..<20 {
+            let text = (0..<Int.random(in: 20...120, using: &rng)).map { _ in words.randomElement(using: &rng)! }.joined(separator: " ")
+            XCTAssertEqual(tok.encode(text), plain(text), text)
+        }
+    }
+
     func testWordVocabulary() throws {
         let v = try buildWordVocabulary(["A good film.", "a bad film!", "good good"], size: 8)
         XCTAssertEqual(v, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "a", "film"])  // by count, then alphabetical

@@ -20,6 +20,7 @@ enum DefendCommand: Command {
             OptionSpec(name: "--clean", value: "FILE", help: "clean labelled examples (label<TAB>text): calibration and fine-tuning"),
             OptionSpec(name: "--inputs", value: "FILE", help: "inputs the monitor screens (text per line)"),
             OptionSpec(name: "--out", value: "DIR", help: "the repaired model's new directory"),
+            OptionSpec(name: "--report", value: "FILE", help: "also write defense_report.json here (with --no-write too)"),
             OptionSpec(name: "--no-write", value: nil, help: "run and report, write nothing (instead of --out)"),
             OptionSpec(name: "--method", value: "M", help: "ours (default), align-only, ft-only, finetune, fine-pruning, pure, reinit"),
         ])
@@ -73,8 +74,9 @@ enum DefendCommand: Command {
                 ("flagged_after", .int(r.flaggedAfter)), ("mean_score_after", .number(r.meanScoreAfter)),
             ]) })),
         ])
+        if let path = args.string("--report") { try writeAtomically(Data(json.text.utf8), to: path) }
         if args.has("--no-write") {
-            print("--no-write: nothing written")
+            print(args.has("--report") ? "--no-write: no model written (report: \(args.string("--report")!))" : "--no-write: nothing written")
             return 0
         }
         var files = tokenizerFiles(in: args.string("--model")!)

@@ -11,7 +11,7 @@ protocol Command {
 
 let commands: [Command.Type] = [
     InspectCommand.self, ClassifyCommand.self, MonitorCommand.self, DefendCommand.self, PoisonCommand.self, TrainCommand.self, EvalCommand.self,
-    ExperimentCommand.self, DemoCommand.self, NotebooksCommand.self, AttentionCommand.self, CorpusCommand.self,
+    ExperimentCommand.self, DemoCommand.self, NotebooksCommand.self, PlotCommand.self, AttentionCommand.self, CorpusCommand.self,
     ForwardCommand.self, EmbedCommand.self, GenerateCommand.self, ConvertCommand.self,
     GradCheckCommand.self, BenchCommand.self, VersionCommand.self,
 ]
@@ -48,6 +48,8 @@ let commands: [Command.Type] = [
         var rest = Array(argv.dropFirst())
         // `headalign notebooks check|update`: the mode as a word
         if name == "notebooks", let first = rest.first, ["check", "update"].contains(first) { rest = ["--mode", first] + rest.dropFirst() }
+        // `headalign plot KIND`: the figure as a word
+        if name == "plot", let first = rest.first, !first.hasPrefix("-") { rest = ["--kind", first] + rest.dropFirst() }
         let args = try ParsedArguments(rest, spec: command.spec)
         if args.wantsHelp {
             print(command.spec.helpText, terminator: "")

@@ -75,13 +75,13 @@ public struct SVGCanvas {
 
     /// Axes of a plot area with ticks at `xTicks` / `yTicks` (data values) and titles.
     public mutating func axes(_ area: PlotArea, xTicks: [Double], yTicks: [Double], xTitle: String, yTitle: String,
-                              format: String = "%.2f") {
+                              format: String = "%.2f", xFormat: String? = nil) {
         line(area.left, area.bottom, area.right, area.bottom)
         line(area.left, area.top, area.left, area.bottom)
         for t in xTicks {
             let x = area.x(t)
             line(x, area.bottom, x, area.bottom + 4, cls: "tick")
-            text(String(format: format, t), x: x, y: area.bottom + 16, size: 10, anchor: "middle", cls: "ticklabel")
+            text(String(format: xFormat ?? format, t), x: x, y: area.bottom + 16, size: 10, anchor: "middle", cls: "ticklabel")
         }
         for t in yTicks {
             let y = area.y(t)
@@ -171,7 +171,7 @@ public func cosineHistogramSVG(clean: [Double], triggered: [Double], bins: Int, 
     let hc = hist(clean), ht = hist(triggered)
     let top = ((hc + ht).max() ?? 1) * 1.1
     let area = PlotArea(left: 70, top: 40, right: 560, bottom: 300, xRange: range, yRange: 0...max(top, 1e-9))
-    var c = SVGCanvas(width: 700, height: 350, title: title)
+    var c = SVGCanvas(width: 760, height: 350, title: title)
     c.axes(area, xTicks: ticks(range, 5), yTicks: ticks(0...max(top, 1e-9), 4), xTitle: "cosine similarity of a head pair (Eq. 2)",
            yTitle: "fraction of pairs")
     let w = (area.right - area.left) / Double(bins)
@@ -257,16 +257,19 @@ public func lossCurveSVG(_ series: [(name: String, values: [Double])], title: St
     let all = series.flatMap(\.values).filter(\.isFinite)
     let steps = max(1, series.map(\.values.count).max() ?? 1)
     let hi = (all.max() ?? 1) * 1.05, lo = min(0, all.min() ?? 0)
-    let area = PlotArea(left: 80, top: 40, right: 520, bottom: 300, xRange: 0...Double(max(1, steps - 1)), yRange: lo...max(hi, lo + 1e-12))
+    // steps are numbered from 1, as the defense log prints them; ticks on whole steps
+    let area = PlotArea(left: 80, top: 40, right: 520, bottom: 300, xRange: 1...Double(max(2, steps)), yRange: lo...max(hi, lo + 1e-12))
     var c = SVGCanvas(width: 680, height: 350, title: title)
-    c.axes(area, xTicks: ticks(area.xRange, min(5, max(1, steps - 1))), yTicks: ticks(area.yRange, 4), xTitle: "step", yTitle: yTitle,
-           format: hi < 0.1 ? "%.4f" : "%.2f")
+    let every = max(1, Int((Double(steps) / 5).rounded(.up)))
+    let xTicks = [1.0] + stride(from: every, through: steps, by: every).map(Double.init).filter { $0 > 1 }
+    c.axes(area, xTicks: xTicks, yTicks: ticks(area.yRange, 4), xTitle: "step", yTitle: yTitle,
+           format: hi < 0.1 ? "%.4f" : "%.2f", xFormat: "%.0f")
     let colours = [PlotColour.suspicious, PlotColour.clean, PlotColour.safe, PlotColour.triggered]
     for (i, s) in series.enumerated() {
-        let pts = s.values.enumerated().map { (area.x(Double($0.offset)), area.y($0.element)) }
+        let pts = s.values.enumerated().map { (area.x(Double($0.offset + 1)), area.y($0.element)) }
         c.polyline(pts, stroke: colours[i % colours.count])
         for (k, p) in pts.enumerated() {
-            c.body.append("<circle class=\"point\" cx=\"\(f(p.0))\" cy=\"\(f(p.1))\" r=\"1.8\" fill=\"\(colours[i % colours.count])\"><title>\(SVGCanvas.escape(s.name)) step \(k): \(String(format: "%.6g", s.values[k]))</title></circle>")
+            c.body.append("<circle class=\"point\" cx=\"\(f(p.0))\" cy=\"\(f(p.1))\" r=\"1.8\" fill=\"\(colours[i % colours.count])\"><title>\(SVGCanvas.escape(s.name)) step \(k + 1): \(String(format: "%.6g", s.values[k]))</title></circle>")
         }
     }
     c.legend(series.enumerated().map { ($0.element.name, colours[$0.offset % colours.count]) }, x: 535, y: 60)

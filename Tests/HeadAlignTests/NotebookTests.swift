@@ -39,6 +39,42 @@ final class NotebookTests: XCTestCase {
         XCTAssertEqual(try runHeadalign(["notebooks", "check", "--dir", dir]).status, 0)
     }
 
+    /// A figure a command writes is regenerated and compared byte for byte with the committed one,
+    /// in command order (the plot reads the JSON the command before it wrote); a stale figure is
+    /// reported and put back, and update rewrites it.
+    func testFiguresAreRegeneratedAndCompared() throws {
+        let root = temporaryDirectory(self), dir = root + "/notebooks"
+        try FileManager.default.createDirectory(atPath: dir + "/figures", withIntermediateDirectories: true)
+        let exp = """
+            {"attack": "t", "seeds": [{"seed": 1, "methods": [{"method": "vanilla", "ca": 0.9, "asr": 1.0}]}]}
+            """
+        try Data(exp.utf8).write(to: URL(fileURLWithPath: dir + "/figures/e.json"))
+        let text = """
+            # f
+
+            ```console
+            $ headalign plot bars --from notebooks/figures/e.json --out notebooks/figures/bars.svg
+            wrote notebooks/figures/bars.svg
+            ```
+            """
+        try Data(text.utf8).write(to: URL(fileURLWithPath: dir + "/f.md"))
+        let missing = try runHeadalign(["notebooks", "check", "--dir", dir])
+        XCTAssertEqual(missing.status, 1)
+        XCTAssertTrue(missing.err.contains("f.md:4: the command wrote") && missing.err.contains("not committed"), missing.err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/figures/bars.svg"), "check leaves no new file behind")
+        XCTAssertEqual(try runHeadalign(["notebooks", "update", "--dir", dir]).status, 0)
+        let good = try Data(contentsOf: URL(fileURLWithPath: dir + "/figures/bars.svg"))
+        XCTAssertEqual(try runHeadalign(["notebooks", "check", "--dir", dir]).status, 0)
+        let stale = Data("<svg/>".utf8)
+        try stale.write(to: URL(fileURLWithPath: dir + "/figures/bars.svg"))
+        let bad = try runHeadalign(["notebooks", "check", "--dir", dir])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.err.contains("bars.svg differs from the committed file"), bad.err)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: dir + "/figures/bars.svg")), stale, "check restores what was committed")
+        XCTAssertEqual(try runHeadalign(["notebooks", "update", "--dir", dir]).status, 0)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: dir + "/figures/bars.svg")), good, "same data, same bytes")
+    }
+
     func testAttentionCalculatorByHand() throws {
         let r = try runHeadalign(["attention", "--q", "1 0; 0 1; 1 1", "--k", "1 0; 0 1; 1 1", "--causal"])
         XCTAssertEqual(r.status, 0, r.err)

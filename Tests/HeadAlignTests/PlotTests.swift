@@ -84,7 +84,7 @@ final class PlotTests: XCTestCase {
         let loss = parse(lossCurveSVG([(name: "round 1", values: [0.4, 0.3, 0.1]), (name: "round 2", values: [0.2, 0.1])], title: "l", yTitle: "L"))
         XCTAssertEqual(loss.count("point"), 5, "one point per step")
         XCTAssertEqual(loss.count("mark"), 2, "one line per round")
-        XCTAssertTrue(loss.texts.contains("round 1 step 2: 0.1"))
+        XCTAssertTrue(loss.texts.contains("round 1 step 3: 0.1"), "steps numbered from 1")
 
         let bars = parse(methodBarsSVG([(method: "vanilla", ca: [0.9, 0.8], asr: [1, 1]), (method: "ours", ca: [0.85], asr: [0.1])], title: "b"))
         XCTAssertEqual(bars.count("mark"), 4, "CA and ASR per method")

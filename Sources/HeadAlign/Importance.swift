@@ -65,14 +65,41 @@ public struct InputAnalysis: Sendable {
 /// The sequences to analyse: classification inputs as they are; generation prompts continued
 /// greedily by exactly `generate` tokens (no early stop), as SPEC fixes T_g.
 public func analysisSequences<S: Real>(_ model: Model<S>, _ inputs: [AnalysisInput], task: Task, generate: Int) -> [(tokens: [Int], promptLength: Int)] {
+    analysisSequences(config: model.config, inputs, task: task, generate: generate) { generateGreedy(model, prompt: $0, maxNew: $1) }
+}
+
+/// The same with any greedy generator (the streamed 7B path brings its own).
+func analysisSequences(config: ModelConfig, _ inputs: [AnalysisInput], task: Task, generate: Int,
+                       greedy: ([Int], Int) -> [Int]) -> [(tokens: [Int], promptLength: Int)] {
     inputs.map { input in
         switch task {
         case .classification: return (input.tokens, input.tokens.count)
         case .generation:
-            let room = model.config.maxPositionEmbeddings - generate
+            let room = config.maxPositionEmbeddings - generate
             let prompt = input.tokens.count > room ? Array(input.tokens.suffix(room)) : input.tokens
-            return (prompt + generateGreedy(model, prompt: prompt, maxNew: generate), prompt.count)
+            return (prompt + greedy(prompt, generate), prompt.count)
         }
+    }
+}
+
+/// What the analysis needs from a model: its forward, dL/dH of a forward pass, greedy generation.
+/// A resident `Model` gives all three; the streamed 7B path gives its own (Streaming.swift).
+struct AnalysisRunner<S: Real> {
+    let config: ModelConfig
+    let forward: (Batch) -> ForwardPass<S>
+    let headGradients: (ForwardPass<S>, Tensor<S>) -> [Tensor<S>]
+    let greedy: ([Int], Int) -> [Int]
+
+    init(_ model: Model<S>) {
+        config = model.config
+        forward = { model.forward($0) }
+        headGradients = { model.backward($0, dOutput: $1, into: model.makeGradients()).headOutputGradients }
+        greedy = { generateGreedy(model, prompt: $0, maxNew: $1) }
+    }
+
+    init(config: ModelConfig, forward: @escaping (Batch) -> ForwardPass<S>, headGradients: @escaping (ForwardPass<S>, Tensor<S>) -> [Tensor<S>],
+         greedy: @escaping ([Int], Int) -> [Int]) {
+        self.config = config; self.forward = forward; self.headGradients = headGradients; self.greedy = greedy
     }
 }
 
@@ -80,6 +107,10 @@ public func analysisSequences<S: Real>(_ model: Model<S>, _ inputs: [AnalysisInp
 /// `G^{l,h}(x) = |sum_{t,d} H_{t,d} dl/dH_{t,d}|` with l the input's own loss (the batch loss is a
 /// mean, so its gradient is scaled back by the batch size).
 public func analyze<S: Real>(_ model: Model<S>, _ inputs: [AnalysisInput], settings: AnalysisSettings) throws -> [InputAnalysis] {
+    try analyze(AnalysisRunner(model), inputs, settings: settings)
+}
+
+func analyze<S: Real>(_ model: AnalysisRunner<S>, _ inputs: [AnalysisInput], settings: AnalysisSettings) throws -> [InputAnalysis] {
     let c = model.config, task = Task.of(c)
     let nh = c.numAttentionHeads, heads = c.numHiddenLayers * nh, hs = c.headSize
     if settings.view == .gen2prompt && task != .generation {
@@ -93,7 +124,7 @@ public func analyze<S: Real>(_ model: Model<S>, _ inputs: [AnalysisInput], setti
     }
     guard !inputs.isEmpty else { throw HeadAlignError.usage("no inputs to analyse") }
     let pairs = headPairs(layers: c.numHiddenLayers, heads: nh, scope: settings.scope)
-    let sequences = analysisSequences(model, inputs, task: task, generate: settings.generate)
+    let sequences = analysisSequences(config: c, inputs, task: task, generate: settings.generate, greedy: model.greedy)
     var results: [InputAnalysis] = []
     for start in stride(from: 0, to: inputs.count, by: settings.batchSize) {
         let range = start..<min(inputs.count, start + settings.batchSize)
@@ -120,7 +151,7 @@ public func analyze<S: Real>(_ model: Model<S>, _ inputs: [AnalysisInput], setti
         var headGradients: [Tensor<S>]? = nil
         if settings.importance {
             let (_, dOut) = loss(pass, objective)
-            headGradients = model.backward(pass, dOutput: dOut, into: model.makeGradients()).headOutputGradients
+            headGradients = model.headGradients(pass, dOut)
         }
         for (b, i) in range.enumerated() {
             let (tokens, tp) = sequences[i]

@@ -535,11 +535,16 @@ public final class Model<S: Real> {
 
     /// Backward of one layer: accumulates parameter gradients into `gw`, writes dL/d(input) into
     /// `dInput`, returns dL/dH `[N, NH*HS]` and the gate gradients `[NH]`.
+    /// With `weightGradients == false` only the inputs' gradients are computed (the linear
+    /// layers' dW GEMMs are skipped; norm weights still accumulate into `gw`, a few numbers).
     func layerBackward(_ dInput: Tensor<S>, dOut: Tensor<S>, _ cache: LayerCache<S>, _ lw: LayerWeights<S>,
                        _ gw: LayerWeights<S>, layer l: Int, batch: Batch, gates: [S]?,
-                       dAttention: Tensor<S>?) -> (Tensor<S>, [S]) {
+                       dAttention: Tensor<S>?, weightGradients: Bool = true) -> (Tensor<S>, [S]) {
         let c = config, n = batch.tokenCount, d = c.hiddenSize, f = c.intermediateSize
         let llama = c.family == .llama
+        func linearBackward(_ dx: Tensor<S>, _ dw: Tensor<S>, _ db: Tensor<S>?, _ dout: Tensor<S>, _ x: Tensor<S>, _ w: Tensor<S>, _ be: Backend) {
+            if weightGradients { HeadAlign.linearBackward(dx, dw, db, dout, x, w, be) } else { linearBackwardInput(dx, dout, w, be) }
+        }
         let dMid = Tensor<S>([n, d])  // dL/d(mid)
         let dProj: Tensor<S>  // dL/d(attention output projection)
         let dAct = Tensor<S>([n, f]), dPre = Tensor<S>([n, f])

@@ -44,6 +44,14 @@ public func linearBackward<S: Real>(_ dx: Tensor<S>?, _ dw: Tensor<S>, _ db: Ten
     }
 }
 
+/// The input half of `linearBackward` alone: `dx += dout W`. The activations-only backward of
+/// the streamed 7B path uses it (no weight gradients are kept there).
+public func linearBackwardInput<S: Real>(_ dx: Tensor<S>, _ dout: Tensor<S>, _ w: Tensor<S>, _ backend: Backend) {
+    let n = dx.shape[0], i = dx.shape[1], o = w.shape[0]
+    precondition(dout.shape == [n, o] && w.shape == [o, i], "linearBackwardInput: dout \(dout.shape), W \(w.shape), dx \(dx.shape)")
+    gemm(backend, m: n, n: i, k: o, a: dout.data, lda: o, b: w.data, ldb: i, beta: 1, c: dx.data, ldc: i)
+}
+
 // MARK: - Embedding
 
 /// `out[t] += table[ids[t]]`: table `[V, D]`, out `[N, D]`. Adds, so token, position and

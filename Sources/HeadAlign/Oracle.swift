@@ -67,6 +67,17 @@ func perHead(_ xs: [Double], heads: Int) -> JSONOut {
 /// The oracle dump for `inputs`.
 public func inspectDocument<S: Real>(_ model: Model<S>, inputs: [AnalysisInput], settings: InspectSettings,
                                      commandLine: String) throws -> JSONOut {
+    try inspectDocument(AnalysisRunner(model), inputs: inputs, settings: settings, commandLine: commandLine)
+}
+
+/// The same for a model run layer by layer from its checkpoint (Streaming.swift).
+public func inspectDocument(_ model: StreamedLlama, inputs: [AnalysisInput], settings: InspectSettings,
+                            commandLine: String) throws -> JSONOut {
+    try inspectDocument(model.runner, inputs: inputs, settings: settings, commandLine: commandLine)
+}
+
+func inspectDocument<S: Real>(_ model: AnalysisRunner<S>, inputs: [AnalysisInput], settings: InspectSettings,
+                              commandLine: String) throws -> JSONOut {
     let c = model.config, nh = c.numAttentionHeads
     let analyses = try analyze(model, inputs, settings: settings.analysis)
     func split(_ r: SafetyReport) -> (suspicious: [Int], safe: [Int])? {

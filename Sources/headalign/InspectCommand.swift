@@ -24,12 +24,24 @@ enum InspectCommand: Command {
             OptionSpec(name: "--suspicious", value: "l:h,...", help: "explicit suspicious heads for the alignment loss"),
             OptionSpec(name: "--safe", value: "l:h,...", help: "explicit safe heads for the alignment loss"),
             OptionSpec(name: "--dump-attention", value: nil, help: "include each head's view of A"),
+            OptionSpec(name: "--stream", value: nil, help: "run a Llama --model DIR layer by layer from its memory-mapped checkpoint (7B in BLAS mode)"),
             OptionSpec(name: "--out", value: "FILE", help: "write the JSON here (atomically) instead of standard output"),
         ])
 
     static func run(_ args: ParsedArguments) throws -> Int32 {
-        let (model, tokenizer, _) = try args.loadModel()
-        let c = model.config
+        var streamed: StreamedLlama? = nil
+        let model: AnyModel?, tokenizer: AnyTokenizer, c: ModelConfig
+        if args.has("--stream") {
+            // a Llama too large for memory: one layer resident at a time, from the mapped checkpoint
+            guard case .directory(let dir) = try args.modelSource() else { throw HeadAlignError.usage("--stream needs --model DIR") }
+            guard try args.precision() == .f32 else { throw HeadAlignError.usage("--stream computes in f32") }
+            let s = try StreamedLlama(directory: dir, backend: try args.backend())
+            streamed = s; model = nil; c = s.config
+            tokenizer = try AnyModel.tokenizer(for: .directory(dir), config: c)
+        } else {
+            let loaded = try args.loadModel()
+            model = loaded.0; tokenizer = loaded.1; c = loaded.0.config
+        }
         var settings = InspectSettings(view: .full)
         settings.analysis = try args.analysisSettings(for: c)
         (settings.alpha, settings.tau) = try args.alphaTau()
@@ -43,7 +55,13 @@ enum InspectCommand: Command {
         let inputs = try args.analysisInputs(fileFlag: "--inputs", tokenizer: tokenizer, config: c, command: "inspect")
         guard !inputs.isEmpty else { throw HeadAlignError.usage("give inputs: --text, --ids or --inputs") }
         let commandLine = (["headalign"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
-        let doc = try model.inspect(inputs, settings: settings, commandLine: commandLine).text
+        let start = monotonicSeconds()
+        let doc = try (streamed.map { try inspectDocument($0, inputs: inputs, settings: settings, commandLine: commandLine) }
+                       ?? model!.inspect(inputs, settings: settings, commandLine: commandLine)).text
+        if let s = streamed {
+            printError(String(format: "headalign inspect: streamed %d layer loads (%.1f s converting weights) in %.1f s", s.layerLoads, s.conversionSeconds,
+                              monotonicSeconds() - start))
+        }
         if let out = args.string("--out") {
             try writeAtomically(Data(doc.utf8), to: out)
             printError("headalign inspect: wrote \(out) (\(inputs.count) inputs)")

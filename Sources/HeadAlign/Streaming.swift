@@ -1,0 +1,185 @@
+// Streaming.swift: a Llama too large to hold in Float32 (7B: 27 GB), run from its memory-mapped
+// half-precision checkpoint one layer at a time. One layer's weights are resident in Float32 (a
+// one-layer `Model`, the "shell", which also holds the embeddings, the final norm and the LM
+// head); before a layer runs, its tensors are converted from the mapping into the shell's layer
+// slot. The layers' math is the resident model's own (`layerForward`, `layerBackward`,
+// `cachedLayerStep`), so the streamed numbers are the in-memory ones (tested to 1e-5 in f32).
+// The checkpoint stays mapped for the whole run: the page cache keeps it between passes.
+
+import Foundation
+
+public final class StreamedLlama {
+    public let config: ModelConfig  // the whole model's
+    public let shell: Model<Float>  // the resident layer (slot 0), embeddings, final norm, LM head
+    let files: [SafetensorsFile]
+    let location: [String: (file: Int, entry: SafetensorsEntry)]  // checkpoint name -> where it is
+    public private(set) var resident: Int? = nil  // the layer whose weights the shell holds
+    /// Time spent converting weights, and how many layer loads it took.
+    public private(set) var conversionSeconds = 0.0, layerLoads = 0
+
+    /// Opens and checks a model directory before any long work: every tensor the configuration
+    /// needs is in some shard with the right shape and a dtype the path can stream.
+    public init(directory dir: String, backend: Backend) throws {
+        config = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
+        guard config.family == .llama, config.hasLMHead else {
+            throw HeadAlignError.usage("\(dir): streaming runs Llama models with an LM head (this is a \(config.architectures.joined()))")
+        }
+        files = try safetensorsFiles(in: dir).map { try SafetensorsFile(path: $0) }
+        var where_: [String: (Int, SafetensorsEntry)] = [:]
+        for (i, f) in files.enumerated() {
+            for e in f.header.entries {
+                guard where_[e.name] == nil else { throw HeadAlignError.badInput("\(f.path): tensor '\(e.name)' is also in another shard") }
+                guard [.BF16, .F16, .F32].contains(e.dtype) else {
+                    throw HeadAlignError.badInput("\(f.path): tensor '\(e.name)' is \(e.dtype); the streamed path reads BF16, F16 or F32")
+                }
+                where_[e.name] = (i, e)
+            }
+        }
+        location = where_.mapValues { (file: $0.0, entry: $0.1) }
+        // every tensor the index names must be in the shard it names
+        let index = dir + "/model.safetensors.index.json"
+        if let data = FileManager.default.contents(atPath: index),
+           case .object(let map)? = (try? data.withUnsafeBytes { try JSONValue.parse($0.bindMemory(to: UInt8.self)) })?["weight_map"] {
+            for (name, file) in map {
+                guard let at = where_[name], case .string(let f) = file, files[at.0].path.hasSuffix("/" + f) else {
+                    throw HeadAlignError.badInput("\(index): names tensor '\(name)', which its shard does not hold")
+                }
+            }
+        }
+        let full = ParameterLayout(config: config)
+        for p in full.tensors {
+            let name = checkpointName(forLayoutName: p.name, config: config)
+            guard let at = location[name] else { throw HeadAlignError.badInput("\(dir): no shard holds tensor '\(name)'") }
+            guard at.entry.shape == p.shape else {
+                throw HeadAlignError.badInput("\(files[at.file].path): tensor '\(name)' has shape \(at.entry.shape), the config implies \(p.shape)")
+            }
+        }
+        var one = config
+        one.numHiddenLayers = 1
+        shell = Model<Float>(config: one, backend: backend)
+        for p in shell.layout.tensors where !p.name.hasPrefix("model.layers.") { try fill(p, from: p.name) }
+    }
+
+    /// Converts checkpoint tensor `name` into the shell's tensor `p`.
+    func fill(_ p: ParameterTensor, from name: String) throws {
+        let at = location[checkpointName(forLayoutName: name, config: config)]!
+        try convert(files[at.file].bytes(of: at.entry), dtype: at.entry.dtype, into: shell.params.data + p.offset, count: p.count,
+                    what: "\(files[at.file].path): tensor '\(at.entry.name)'")
+    }
+
+    /// Makes layer `l` the resident one: its tensors converted into the shell's slot 0.
+    public func load(layer l: Int) {
+        precondition(l >= 0 && l < config.numHiddenLayers, "StreamedLlama.load: layer \(l) of \(config.numHiddenLayers)")
+        guard resident != l else { return }
+        let start = monotonicSeconds()
+        for p in shell.layout.tensors where p.name.hasPrefix("model.layers.0.") {
+            // checked in init: the tensor exists with this shape and a streamable dtype
+            try! fill(p, from: "model.layers.\(l)." + p.name.dropFirst("model.layers.0.".count))
+        }
+        resident = l
+        layerLoads += 1
+        conversionSeconds += monotonicSeconds() - start
+    }
+
+    /// Every layer in turn: `body(l)` runs with layer l resident.
+    func eachLayer(reversed: Bool = false, _ body: (Int) -> Void) {
+        let order = Array(0..<config.numHiddenLayers)
+        for l in reversed ? order.reversed() : order {
+            load(layer: l)
+            body(l)
+        }
+    }
+
+    // MARK: Forward with every layer's cache (attention included)
+
+    /// The forward pass of `Model.forward` for a decoder, streamed: the same `ForwardPass`, with
+    /// each layer's cache (Eq. 1's A, H, and what the backward needs) and LM logits `[N, V]`.
+    public func forward(_ batch: Batch) -> ForwardPass<Float> {
+        let c = config, n = batch.tokenCount, d = c.hiddenSize, w = shell.weights
+        let shape = c.attentionShape, qDim = shape.heads * shape.headSize, kvDim = shape.kvHeads * shape.headSize
+        var x = Tensor<Float>([n, d])
+        embeddingForward(x, w.tokenEmbedding, batch.allTokens)
+        let embeddingSum = x
+        var caches: [LayerCache<Float>] = []
+        eachLayer { _ in
+            let cache = LayerCache<Float>(n: n, d: d, f: c.intermediateSize, qDim: qDim, kvDim: kvDim, heads: shape.heads,
+                                          squares: batch.squareCount, llama: true)
+            cache.input.data.update(from: x.data, count: n * d)
+            shell.layerForward(cache, w.layers[0], layer: 0, batch: batch, options: ForwardOptions())
+            caches.append(cache)
+            x = cache.output
+        }
+        let finalHidden = Tensor<Float>([n, d]), finalHat = Tensor<Float>([n, d]), finalRstd = Tensor<Float>([n])
+        rmsNormForward(finalHidden, finalHat, finalRstd, x, w.finalNorm!.weight, eps: c.rmsNormEps)
+        let output = Tensor<Float>([n, c.vocabSize])
+        linearForward(output, finalHidden, w.lmHead ?? w.tokenEmbedding, nil, shell.backend)
+        return ForwardPass(batch: batch, layers: caches, headGates: nil, embeddingSum: embeddingSum, embeddingHat: Tensor([0]),
+                           embeddingRstd: Tensor([0]), finalHat: finalHat, finalRstd: finalRstd, finalHidden: finalHidden,
+                           readRows: batch.sequences.indices.map { batch.rowOffset[$0] + batch.sequences[$0].lastRealIndex },
+                           pooled: Tensor([0]), output: output)
+    }
+
+    // MARK: Activations-only backward (Eq. 4)
+
+    /// dL/dH of every layer for `dOutput` at the logits, streamed from the last layer down. Only
+    /// the activations' gradients are computed (no weight gradients): Eq. 4 needs nothing else.
+    public func headOutputGradients(_ pass: ForwardPass<Float>, dOutput: Tensor<Float>) -> [Tensor<Float>] {
+        let c = config, n = pass.batch.tokenCount, d = c.hiddenSize, w = shell.weights
+        let dFinal = Tensor<Float>([n, d])
+        linearBackwardInput(dFinal, dOutput, w.lmHead ?? w.tokenEmbedding, shell.backend)
+        // scratch for the norms' weight gradients (a few numbers; the linear layers keep none)
+        let none = Linear<Float>(weight: Tensor([0]), bias: nil)
+        let scratch = LayerWeights<Float>(attention: AttentionWeights(query: none, key: none, value: none, output: none),
+                                          norm1: Norm(weight: Tensor([d]), bias: nil), norm2: Norm(weight: Tensor([d]), bias: nil),
+                                          ffnUp: none, ffnGate: none, ffnDown: none)
+        var dx = Tensor<Float>([n, d])
+        rmsNormBackward(dx, Tensor<Float>([d]), dFinal, pass.finalHat, pass.finalRstd, w.finalNorm!.weight)
+        var dHeads: [Tensor<Float>] = []
+        eachLayer(reversed: true) { l in
+            let dInput = Tensor<Float>([n, d])
+            let (dH, _) = shell.layerBackward(dInput, dOut: dx, pass.layers[l], w.layers[0], scratch, layer: 0, batch: pass.batch,
+                                              gates: nil, dAttention: nil, weightGradients: false)
+            dHeads.append(dH)
+            dx = dInput
+        }
+        return dHeads.reversed()
+    }
+
+    // MARK: Greedy generation with a key/value cache
+
+    /// Greedy continuation as `generateGreedy`: the prompt in one streamed pass, then one pass per
+    /// new token, each layer attending to its own cache of keys and values.
+    public func generate(prompt: [Int], maxNew: Int) -> [Int] {
+        let positions = config.maxPositionEmbeddings
+        guard maxNew > 0, !prompt.isEmpty, prompt.count < positions else { return [] }
+        let capacity = min(positions, prompt.count + maxNew)
+        let kvDim = config.attentionShape.kvHeads * config.headSize
+        let keys = (0..<config.numHiddenLayers).map { _ in Tensor<Float>([capacity, kvDim]) }
+        let values = (0..<config.numHiddenLayers).map { _ in Tensor<Float>([capacity, kvDim]) }
+        var generated: [Int] = [], feed = prompt, length = 0
+        for _ in 0..<maxNew {
+            if prompt.count + generated.count >= positions { break }
+            var x = Tensor<Float>([feed.count, config.hiddenSize])
+            embeddingForward(x, shell.weights.tokenEmbedding, feed)
+            eachLayer { l in x = cachedLayerStep(shell, shell.weights.layers[0], keys: keys[l], values: values[l], x: x, start: length) }
+            length += feed.count
+            let logits = lastRowLogits(shell, x)
+            var best = 0
+            for j in 1..<logits.count where logits[j] > logits[best] { best = j }
+            generated.append(best)
+            feed = [best]
+        }
+        return generated
+    }
+
+    /// What the analysis (Eq. 1–5, `analyze`) needs, streamed: forward, dL/dH, generation.
+    var runner: AnalysisRunner<Float> {
+        AnalysisRunner(config: config, forward: { self.forward($0) }, headGradients: { self.headOutputGradients($0, dOutput: $1) },
+                       greedy: { self.generate(prompt: $0, maxNew: $1) })
+    }
+
+    /// Eq. 1–5's analysis of decoder inputs (gen2prompt and the other views), streamed.
+    public func analyze(_ inputs: [AnalysisInput], settings: AnalysisSettings) throws -> [InputAnalysis] {
+        try HeadAlign.analyze(runner, inputs, settings: settings)
+    }
+}

@@ -174,6 +174,57 @@ public func peakResidentBytes() -> Int? {
     return nil
 }
 
+/// Resident memory now, from /proc/self/status (Linux): anonymous (the process's own buffers)
+/// and file-backed (mapped checkpoint pages), in bytes; nil elsewhere.
+public func residentBytes() -> (anonymous: Int, file: Int)? {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
+    func field(_ name: String) -> Int? {
+        status.split(separator: "\n").first { $0.hasPrefix(name) }.flatMap { $0.split(separator: " ").compactMap { Int($0) }.first }.map { $0 * 1024 }
+    }
+    guard let a = field("RssAnon:"), let f = field("RssFile:") else { return nil }
+    return (a, f)
+}
+
+/// One phase of the streamed scan: wall time, time in GEMM and its GFLOP/s, weight conversion,
+/// and the largest resident memory seen at the phase's end.
+public struct StreamPhase: Sendable {
+    public let name: String
+    public let seconds: Double, gemmSeconds: Double, gemmFlops: Double, conversionSeconds: Double, layerLoads: Int
+    public let anonymousBytes: Int, fileBytes: Int, peakBytes: Int
+}
+
+/// Times the 7B scan streamed from `dir`: greedy generation of `generate` tokens after a
+/// `tokens`-token prompt (key/value cache), the forward of prompt + generation with the attention
+/// captured, and Eq. 4's activations-only backward.
+public func benchStreamedScan(directory dir: String, backend: Backend, tokens: Int, generate: Int) throws -> [StreamPhase] {
+    let model = try StreamedLlama(directory: dir, backend: backend)
+    var rng = SeededGenerator(seed: 11)
+    let prompt = [model.config.bosTokenId ?? 1] + (1..<tokens).map { _ in 3 + Int(rng.next() % UInt64(model.config.vocabSize - 3)) }
+    let stats = GemmStats.shared
+    stats.enabled = true
+    defer { stats.enabled = false }
+    var phases: [StreamPhase] = []
+    func phase<T>(_ name: String, _ body: () -> T) -> T {
+        stats.reset()
+        let convert0 = model.conversionSeconds, loads0 = model.layerLoads, start = monotonicSeconds()
+        let out = body()
+        let mem = residentBytes() ?? (0, 0)
+        phases.append(StreamPhase(name: name, seconds: monotonicSeconds() - start, gemmSeconds: stats.seconds, gemmFlops: stats.flops,
+                                  conversionSeconds: model.conversionSeconds - convert0, layerLoads: model.layerLoads - loads0,
+                                  anonymousBytes: mem.anonymous, fileBytes: mem.file, peakBytes: peakResidentBytes() ?? 0))
+        return out
+    }
+    let generated = phase("generate \(generate) tokens (T_p = \(tokens), KV cache)") { model.generate(prompt: prompt, maxNew: generate) }
+    let batch = Batch([prompt + generated])
+    let pass = phase("forward T = \(batch.tokenCount), attention captured") { model.forward(batch) }
+    let targets = (0..<batch.tokenCount).map { t in t >= tokens - 1 && t + 1 < batch.tokenCount ? batch.allTokens[t + 1] : -1 }
+    _ = phase("Eq. 4 backward (activations only)") {
+        let (_, dOut) = loss(pass, .nextToken(targets: [targets]))
+        return model.headOutputGradients(pass, dOutput: dOut)
+    }
+    return phases
+}
+
 /// Resets VmHWM to the current resident size (Linux >= 4.0; silently does nothing elsewhere).
 public func resetPeakResident() {
     if let h = FileHandle(forWritingAtPath: "/proc/self/clear_refs") {

@@ -61,10 +61,21 @@ public final class StreamedLlama {
     }
 
     /// Converts checkpoint tensor `name` into the shell's tensor `p`.
+    /// Large tensors are converted in two halves at once (the machine's two cores share the work).
     func fill(_ p: ParameterTensor, from name: String) throws {
         let at = location[checkpointName(forLayoutName: name, config: config)]!
-        try convert(files[at.file].bytes(of: at.entry), dtype: at.entry.dtype, into: shell.params.data + p.offset, count: p.count,
-                    what: "\(files[at.file].path): tensor '\(at.entry.name)'")
+        let raw = files[at.file].bytes(of: at.entry), what = "\(files[at.file].path): tensor '\(at.entry.name)'"
+        let out = shell.params.data + p.offset, bytes = at.entry.dtype.bits / 8
+        let parts = p.count >= 1 << 20 ? 2 : 1, size = (p.count + parts - 1) / parts
+        let failure = LockedError(), shared = SharedPointers(raw: raw, out: out)  // disjoint halves
+        DispatchQueue.concurrentPerform(iterations: parts) { k in
+            let lo = k * size, n = min(p.count, lo + size) - lo
+            do {
+                try convert(UnsafeRawBufferPointer(rebasing: shared.raw[(lo * bytes)..<((lo + n) * bytes)]), dtype: at.entry.dtype,
+                            into: shared.out + lo, count: n, what: what)
+            } catch { failure.set(error) }
+        }
+        if let e = failure.error { throw e }
     }
 
     /// Makes layer `l` the resident one: its tensors converted into the shell's slot 0.
@@ -182,4 +193,18 @@ public final class StreamedLlama {
     public func analyze(_ inputs: [AnalysisInput], settings: AnalysisSettings) throws -> [InputAnalysis] {
         try HeadAlign.analyze(runner, inputs, settings: settings)
     }
+}
+
+/// The first error thrown by concurrent work.
+final class LockedError: @unchecked Sendable {
+    private let lock = NSLock()
+    private var first: Error?
+    var error: Error? { lock.lock(); defer { lock.unlock() }; return first }
+    func set(_ e: Error) { lock.lock(); if first == nil { first = e }; lock.unlock() }
+}
+
+/// Pointers handed to concurrent workers that touch disjoint ranges of them.
+struct SharedPointers: @unchecked Sendable {
+    let raw: UnsafeRawBufferPointer
+    let out: UnsafeMutablePointer<Float>
 }

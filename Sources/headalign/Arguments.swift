@@ -166,6 +166,20 @@ extension ParsedArguments {
         return .preset(name, seed: try uint64("--seed", default: 1))
     }
 
+    /// What `classify` needs of a model: its configuration and Eq. 1–5's analysis, from a
+    /// resident model or, with `--stream`, layer by layer from a Llama checkpoint.
+    func loadAnalyzer() throws -> (Analyzer, AnyTokenizer, ModelSource) {
+        guard has("--stream") else {
+            let (m, t, s) = try loadModel()
+            return (Analyzer(config: m.config, analyze: { try m.analyze($0, settings: $1) }), t, s)
+        }
+        guard case .directory(let dir) = try modelSource() else { throw HeadAlignError.usage("--stream needs --model DIR") }
+        guard try precision() == .f32 else { throw HeadAlignError.usage("--stream computes in f32") }
+        let s = try StreamedLlama(directory: dir, backend: try backend())
+        return (Analyzer(config: s.config, analyze: { try s.analyze($0, settings: $1) }),
+                try AnyModel.tokenizer(for: .directory(dir), config: s.config), .directory(dir))
+    }
+
     /// The model and its tokenizer, in the precision and on the backend the flags ask for.
     func loadModel() throws -> (AnyModel, AnyTokenizer, ModelSource) {
         let source = try modelSource()
@@ -328,3 +342,10 @@ func describe(_ s: DefenseSettings) -> String {
 
 /// A seed in JSON: an integer when it fits, else its decimal text.
 func seedJSON(_ seed: UInt64) -> JSONOut { Int(exactly: seed).map { .int($0) } ?? .string(String(seed)) }
+
+/// A model as the analysis commands see it.
+struct Analyzer {
+    let config: ModelConfig
+    let analyze: ([AnalysisInput], AnalysisSettings) throws -> [InputAnalysis]
+    func analyze(_ inputs: [AnalysisInput], settings: AnalysisSettings) throws -> [InputAnalysis] { try analyze(inputs, settings) }
+}

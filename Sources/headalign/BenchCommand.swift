@@ -23,6 +23,8 @@ enum BenchCommand: Command {
             OptionSpec(name: "--batch", value: "B", help: "override the sequences per batch"),
             OptionSpec(name: "--tokens", value: "T", help: "override the tokens per sequence"),
             OptionSpec(name: "--threads", value: "N", help: "OpenBLAS threads (default: OpenBLAS's own choice)"),
+            OptionSpec(name: "--stream", value: "DIR", help: "time the streamed scan of a Llama checkpoint (make-model --preset llama2-7b): generation, forward, Eq. 4 backward"),
+            OptionSpec(name: "--generate", value: "N", help: "with --stream: tokens generated (default 8; --tokens is the prompt, default 64)"),
         ])
 
     static func run(_ args: ParsedArguments) throws -> Int32 {
@@ -44,6 +46,7 @@ enum BenchCommand: Command {
             guard let lib = BLASLibrary.shared else { throw HeadAlignError.usage("--threads: no BLAS library is loaded") }
             lib.setThreadCount(n)
         }
+        if let dir = args.string("--stream") { return try streamed(args, directory: dir, backends: backends) }
         var cases = defaultBenchCases().filter { presets.isEmpty || presets.contains($0.preset) }
         if presets.contains("bert-base") {
             cases += [BenchCase(preset: "bert-base", batch: 32, tokens: 64, backward: false),
@@ -81,6 +84,34 @@ enum BenchCommand: Command {
                              100 * r.gemmShare, r.ratioToRawGemm, rss))
             }
         }
+        return 0
+    }
+
+    /// `bench --stream DIR`: the 7B scan's phases, their time in GEMM against raw sgemm on the
+    /// largest product shape, weight conversion and memory.
+    static func streamed(_ args: ParsedArguments, directory dir: String, backends: [Backend]) throws -> Int32 {
+        guard let backend = backends.last else { throw HeadAlignError.usage("--stream: no backend") }
+        let tokens = try args.int("--tokens", default: 64, range: 2...4000), generate = try args.int("--generate", default: 8, range: 1...4000)
+        print("headalign bench --stream \(dir) --tokens \(tokens) --generate \(generate)")
+        print("machine: \(machineDescription())")
+        if let lib = BLASLibrary.shared { print("blas: \(lib.name), \(lib.threads.map { "\($0) threads" } ?? "threads unknown")") }
+        let start = monotonicSeconds()
+        let phases = try benchStreamedScan(directory: dir, backend: backend, tokens: tokens, generate: generate)
+        let config = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
+        let raw = gemmThroughput(precision: .f32, backend: backend, m: tokens + generate, n: config.intermediateSize, k: config.hiddenSize, repeats: 3)
+        print(String(format: "raw sgemm [%d x %d] x [%d x %d]: %.1f GFLOP/s", tokens + generate, config.hiddenSize, config.hiddenSize,
+                     config.intermediateSize, raw))
+        print("")
+        print("| phase | seconds | in GEMM | GEMM GFLOP/s | vs raw sgemm | converting weights | layer loads | anonymous | file-backed | peak resident |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        func gib(_ b: Int) -> String { String(format: "%.2f GiB", Double(b) / Double(1 << 30)) }
+        for p in phases {
+            let gflops = p.gemmSeconds > 0 ? p.gemmFlops / p.gemmSeconds / 1e9 : 0
+            print(String(format: "| %@ | %.1f | %.0f%% | %.1f | %.0f%% | %.1f s | %d | %@ | %@ | %@ |", p.name, p.seconds, 100 * p.gemmSeconds / p.seconds,
+                         gflops, 100 * gflops / raw, p.conversionSeconds, p.layerLoads, gib(p.anonymousBytes), gib(p.fileBytes), gib(p.peakBytes)))
+        }
+        let total = phases.reduce(0) { $0 + $1.seconds }
+        print(String(format: "\nscan (the three phases): %.1f s; with opening the checkpoint: %.1f s", total, monotonicSeconds() - start))
         return 0
     }
 }

@@ -15,6 +15,7 @@ enum ClassifyCommand: Command {
             """,
         usage: "classify (--model DIR | ...) --inputs FILE [--clean FILE --maxsim contrast] [options]",
         options: modelOptions + analysisOptions + [
+            OptionSpec(name: "--stream", value: nil, help: "run a Llama --model DIR layer by layer from its memory-mapped checkpoint (7B in BLAS mode)"),
             OptionSpec(name: "--inputs", value: "FILE", help: "the analysis inputs, one per line: text or label<TAB>text"),
             OptionSpec(name: "--text", value: "TEXT", help: "an analysis input (repeatable)", repeatable: true),
             OptionSpec(name: "--ids", value: "'I I ...'", help: "an analysis input as token ids (repeatable)", repeatable: true),
@@ -24,7 +25,7 @@ enum ClassifyCommand: Command {
         ])
 
     static func run(_ args: ParsedArguments) throws -> Int32 {
-        let (model, tokenizer, _) = try args.loadModel()
+        let (model, tokenizer, _) = try args.loadAnalyzer()
         let c = model.config
         let settings = try args.analysisSettings(for: c)
         let (alpha, tau) = try args.alphaTau()

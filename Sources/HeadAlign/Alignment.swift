@@ -41,9 +41,17 @@ public func alignmentTrainableMask(layout: ParameterLayout, config c: ModelConfi
 @discardableResult
 public func alignmentGradient<S: Real>(_ model: Model<S>, sequences: [(tokens: [Int], promptLength: Int)], view: AnalysisView,
                                        suspicious: [HeadID], safe: [HeadID], into grads: Tensor<S>) -> Double {
-    let c = model.config, nh = c.numAttentionHeads
-    let batch = Batch(sequences.map(\.tokens))
-    let pass = model.forward(batch)
+    let pass = model.forward(Batch(sequences.map(\.tokens)))
+    let (loss, dAttention) = alignmentInjection(pass, config: model.config, sequences: sequences, view: view, suspicious: suspicious, safe: safe)
+    model.backward(pass, dOutput: Tensor(pass.output.shape), dAttention: dAttention, into: grads)
+    return loss
+}
+
+/// Eq. 6–7 on a forward pass: the batch-mean loss and dL/dA for every layer (laid out like the
+/// layer's attention; non-zero only at the suspicious heads' views).
+func alignmentInjection<S: Real>(_ pass: ForwardPass<S>, config c: ModelConfig, sequences: [(tokens: [Int], promptLength: Int)],
+                                 view: AnalysisView, suspicious: [HeadID], safe: [HeadID]) -> (Double, [Tensor<S>]) {
+    let nh = c.numAttentionHeads, batch = pass.batch
     let susp = suspicious.map { $0.layer * nh + $0.head }, safeIdx = safe.map { $0.layer * nh + $0.head }
     let dAttention = pass.layers.map { Tensor<S>($0.attention.shape) }
     var total = 0.0
@@ -68,8 +76,7 @@ public func alignmentGradient<S: Real>(_ model: Model<S>, sequences: [(tokens: [
             for i in rows { for j in cols { grad[i * t + j] = S(scale * (v[k] - ref[k])); k += 1 } }
         }
     }
-    model.backward(pass, dOutput: Tensor(pass.output.shape), dAttention: dAttention, into: grads)
-    return total / Double(batch.count)
+    return (total / Double(batch.count), dAttention)
 }
 
 /// One alignment step: Eq. 7's gradient, then an AdamW update of the entries the optimizer does

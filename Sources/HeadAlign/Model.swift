@@ -539,7 +539,8 @@ public final class Model<S: Real> {
     /// layers' dW GEMMs are skipped; norm weights still accumulate into `gw`, a few numbers).
     func layerBackward(_ dInput: Tensor<S>, dOut: Tensor<S>, _ cache: LayerCache<S>, _ lw: LayerWeights<S>,
                        _ gw: LayerWeights<S>, layer l: Int, batch: Batch, gates: [S]?,
-                       dAttention: Tensor<S>?, weightGradients: Bool = true) -> (Tensor<S>, [S]) {
+                       dAttention: Tensor<S>?, weightGradients: Bool = true,
+                       queryKeyGradients: ((_ dq: Tensor<S>, _ dk: Tensor<S>, _ attnIn: Tensor<S>) -> Void)? = nil) -> (Tensor<S>, [S]) {
         let c = config, n = batch.tokenCount, d = c.hiddenSize, f = c.intermediateSize
         let llama = c.family == .llama
         func linearBackward(_ dx: Tensor<S>, _ dw: Tensor<S>, _ db: Tensor<S>?, _ dout: Tensor<S>, _ x: Tensor<S>, _ w: Tensor<S>, _ be: Backend) {
@@ -607,6 +608,7 @@ public final class Model<S: Real> {
                           interleaved: config.ropeInterleaved, inverse: true)
             }
         }
+        queryKeyGradients?(dq, dk, cache.attnIn)  // dL/dq, dL/dk after rotary's inverse, and what W_q, W_k read
         let a = lw.attention, ga = gw.attention
         let dAttnIn = llama ? Tensor<S>([n, d]) : dInput  // BERT: q/k/v read x itself
         linearBackward(dAttnIn, ga.query.weight, ga.query.bias, dq, cache.attnIn, a.query.weight, backend)

@@ -87,6 +87,11 @@ public final class StreamedLlama {
             // checked in init: the tensor exists with this shape and a streamable dtype
             try! fill(p, from: "model.layers.\(l)." + p.name.dropFirst("model.layers.0.".count))
         }
+        // rows the alignment has moved replace the checkpoint's
+        for slice in slices where slice.layer == l {
+            (shell.params.data + shell.layout[slice.shellName]!.offset + slice.rows.lowerBound * config.hiddenSize)
+                .update(from: slice.values.data, count: slice.values.count)
+        }
         resident = l
         layerLoads += 1
         conversionSeconds += monotonicSeconds() - start
@@ -181,6 +186,133 @@ public final class StreamedLlama {
             feed = [best]
         }
         return generated
+    }
+
+    // MARK: Alignment (Eq. 6–7) at scale
+
+    /// The rows Eq. 7 trains, kept in Float32 with their AdamW state: a suspicious head's W_q rows,
+    /// and W_k rows of a key/value head whose query heads are all suspicious (as
+    /// `alignmentTrainableMask`; Llama has no attention biases).
+    final class TrainedRows {
+        let layer: Int, name: String, shellName: String, rows: Range<Int>
+        let values: Tensor<Float>, gradient: Tensor<Float>
+        let optimizer: AdamW<Float>
+        init(layer: Int, name: String, rows: Range<Int>, values: Tensor<Float>, learningRate: Double) {
+            self.layer = layer; self.name = "model.layers.\(layer).self_attn.\(name).weight"
+            shellName = "model.layers.0.self_attn.\(name).weight"
+            self.rows = rows; self.values = values
+            gradient = Tensor(values.shape)
+            optimizer = AdamW<Float>(count: values.count, learningRate: learningRate, weightDecay: 0)
+        }
+    }
+    var slices: [TrainedRows] = []
+
+    /// Sets up the rows Eq. 7 trains for these suspicious heads (their current values copied).
+    public func prepareAlignment(suspicious: [HeadID], learningRate: Double) {
+        let shape = config.attentionShape, hs = config.headSize, set = Set(suspicious)
+        slices = []
+        for l in Set(suspicious.map(\.layer)).sorted() {
+            load(layer: l)
+            func take(_ name: String, _ rows: Range<Int>) {
+                let src = shell.params.data + shell.layout["model.layers.0.self_attn.\(name).weight"]!.offset + rows.lowerBound * config.hiddenSize
+                let v = Tensor<Float>([rows.count * config.hiddenSize])
+                v.data.update(from: src, count: v.count)
+                slices.append(TrainedRows(layer: l, name: name, rows: rows, values: v, learningRate: learningRate))
+            }
+            for id in suspicious.filter({ $0.layer == l }).sorted(by: { $0.head < $1.head }) {
+                take("q_proj", (id.head * hs)..<((id.head + 1) * hs))
+                let g = shape.kvHead(of: id.head)
+                if shape.queryHeads(of: g).first == id.head, shape.queryHeads(of: g).allSatisfy({ set.contains(HeadID(l, $0)) }) {
+                    take("k_proj", (g * hs)..<((g + 1) * hs))
+                }
+            }
+        }
+        resident = nil  // reload so the slices are in place
+    }
+
+    /// One step of Eq. 7 on `sequences`: streamed forward, the injection at the suspicious heads,
+    /// a streamed backward from the highest suspicious layer down to the lowest (gradients for
+    /// the trained rows only), an AdamW step on those rows. Returns the loss before the update.
+    public func alignmentStep(sequences: [(tokens: [Int], promptLength: Int)], view: AnalysisView, suspicious: [HeadID],
+                              safe: [HeadID]) -> Double {
+        let pass = forward(Batch(sequences.map(\.tokens)))
+        let (loss, dAttention) = alignmentInjection(pass, config: config, sequences: sequences, view: view, suspicious: suspicious, safe: safe)
+        let c = config, n = pass.batch.tokenCount, d = c.hiddenSize, w = shell.weights
+        let qDim = c.attentionShape.heads * c.headSize, kvDim = c.attentionShape.kvHeads * c.headSize
+        let none = Linear<Float>(weight: Tensor([0]), bias: nil)
+        let scratch = LayerWeights<Float>(attention: AttentionWeights(query: none, key: none, value: none, output: none),
+                                          norm1: Norm(weight: Tensor([d]), bias: nil), norm2: Norm(weight: Tensor([d]), bias: nil),
+                                          ffnUp: none, ffnGate: none, ffnDown: none)
+        let layers = suspicious.map(\.layer), top = layers.max()!, bottom = layers.min()!
+        var dx = Tensor<Float>([n, d])  // nothing above the top suspicious layer depends on Eq. 7
+        for l in stride(from: top, through: bottom, by: -1) {
+            load(layer: l)
+            let dInput = Tensor<Float>([n, d])
+            _ = shell.layerBackward(dInput, dOut: dx, pass.layers[l], w.layers[0], scratch, layer: 0, batch: pass.batch, gates: nil,
+                                    dAttention: dAttention[l], weightGradients: false, queryKeyGradients: { dq, dk, x in
+                for slice in self.slices where slice.layer == l {
+                    // dW[rows] = dq[:, rows]^T x: [rows, D]
+                    let (g, ld) = slice.name.hasSuffix("q_proj.weight") ? (dq, qDim) : (dk, kvDim)
+                    gemm(self.shell.backend, transA: true, m: slice.rows.count, n: d, k: n, a: g.data + slice.rows.lowerBound, lda: ld,
+                         b: x.data, ldb: d, c: slice.gradient.data, ldc: d)
+                }
+            })
+            dx = dInput
+        }
+        for slice in slices {
+            slice.optimizer.update(slice.values, slice.gradient)
+            if slice.layer == resident {  // keep the resident copy current
+                (shell.params.data + shell.layout[slice.shellName]!.offset + slice.rows.lowerBound * d).update(from: slice.values.data, count: slice.values.count)
+            }
+        }
+        return loss
+    }
+
+    /// Writes the aligned model into the new directory `dir`: every file copied as it is, then
+    /// the W_q / W_k tensors with trained rows re-encoded in their stored dtype at their place.
+    public func saveAligned(from source: String, to dir: String) throws {
+        let fm = FileManager.default
+        guard !fm.fileExists(atPath: dir) else { throw HeadAlignError.usage("--out \(dir) exists; give a new directory") }
+        let parent = URL(fileURLWithPath: dir).deletingLastPathComponent().path
+        let needed = try fm.contentsOfDirectory(atPath: source).reduce(0) { sum, name in
+            sum + ((try? fm.attributesOfItem(atPath: source + "/" + name)[.size] as? Int) ?? 0) ?? 0
+        }
+        if let free = (try? fm.attributesOfFileSystem(forPath: parent)[.systemFreeSize] as? NSNumber)??.int64Value, Int64(needed) > free {
+            throw HeadAlignError.usage(String(format: "--out %@: not enough disk: %.2f GB needed, %.2f GB free", dir, Double(needed) / 1e9, Double(free) / 1e9))
+        }
+        let tmp = dir + ".tmp-\(getpid())"
+        try? fm.removeItem(atPath: tmp)
+        do {
+            try fm.createDirectory(atPath: tmp, withIntermediateDirectories: false)
+            for name in try fm.contentsOfDirectory(atPath: source) { try fm.copyItem(atPath: source + "/" + name, toPath: tmp + "/" + name) }
+            for name in Set(slices.map(\.name)).sorted() {
+                let at = location[name]!, e = at.entry
+                let full = Tensor<Float>(e.shape)
+                try convert(files[at.file].bytes(of: e), dtype: e.dtype, into: full.data, count: full.count, what: name)
+                for slice in slices where slice.name == name {
+                    (full.data + slice.rows.lowerBound * config.hiddenSize).update(from: slice.values.data, count: slice.values.count)
+                }
+                var bytes = Data(capacity: e.end - e.begin)
+                for i in 0..<full.count {
+                    let x = full.data[i]
+                    switch e.dtype {
+                    case .BF16: withUnsafeBytes(of: floatToBFloat16(x).littleEndian) { bytes.append(contentsOf: $0) }
+                    case .F16: withUnsafeBytes(of: Float16(x).bitPattern.littleEndian) { bytes.append(contentsOf: $0) }
+                    default: withUnsafeBytes(of: x.bitPattern.littleEndian) { bytes.append(contentsOf: $0) }
+                    }
+                }
+                let file = tmp + "/" + URL(fileURLWithPath: files[at.file].path).lastPathComponent
+                guard let h = FileHandle(forWritingAtPath: file) else { throw HeadAlignError.badInput("\(file): cannot open for writing") }
+                try h.seek(toOffset: UInt64(files[at.file].header.dataStart + e.begin))
+                try h.write(contentsOf: bytes)
+                try h.close()
+            }
+            try fm.moveItem(atPath: tmp, toPath: dir)
+        } catch {
+            try? fm.removeItem(atPath: tmp)
+            if let e = error as? HeadAlignError { throw e }
+            throw HeadAlignError.badInput("\(dir): cannot write (\(error.localizedDescription))")
+        }
     }
 
     /// What the analysis (Eq. 1–5, `analyze`) needs, streamed: forward, dL/dH, generation.

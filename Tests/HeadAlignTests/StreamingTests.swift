@@ -84,3 +84,46 @@ final class StreamingTests: XCTestCase {
         try assertUsageError(["inspect", "--preset", "llama-tiny", "--stream", "--ids", "1 2"], mentions: "--stream needs --model")
     }
 }
+
+/// Eq. 7 streamed (`headalign align`) moves exactly the rows the resident alignment moves, by the
+/// same amounts, and leaves every other tensor as it was.
+final class StreamedAlignmentTests: XCTestCase {
+    func testStreamedAlignmentEqualsTheResidentSteps() throws {
+        let tmp = temporaryDirectory(self), dir = tmp + "/m", out = tmp + "/aligned"
+        XCTAssertEqual(try runHeadalign(["make-model", "--preset", "llama-tiny", "--dtype", "f32", "--seed", "3", "--out", dir]).status, 0)
+        let ids = ["1 7 9 30 2 5", "1 40 41 42"]
+        let r = try runHeadalign(["align", "--model", dir, "--ids", ids[0], "--ids", ids[1], "--generate", "3", "--suspicious", "0:1,1:2,1:3",
+                                  "--safe", "0:0,1:0", "--align-steps", "3", "--align-lr", "0.01", "--backend", "naive", "--out", out])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.out.contains("alignment loss"), r.out)
+
+        // the resident path: the same sequences, three alignmentStep calls, AdamW with the mask
+        let model: Model<Float> = try loadModel(directory: dir, backend: .naive)
+        var settings = AnalysisSettings(view: .gen2prompt)
+        settings.generate = 3
+        settings.importance = false
+        let sequences = try analyze(model, ids.map { AnalysisInput(tokens: $0.split(separator: " ").map { Int($0)! }) }, settings: settings)
+            .map { (tokens: $0.tokens, promptLength: $0.promptLength) }
+        let suspicious = [HeadID(0, 1), HeadID(1, 2), HeadID(1, 3)], safe = [HeadID(0, 0), HeadID(1, 0)]
+        let optimizer = AdamW<Float>(count: model.layout.total, learningRate: 0.01, weightDecay: 0)
+        let mask = alignmentTrainableMask(layout: model.layout, config: model.config, suspicious: suspicious)
+        optimizer.frozen = mask.map { !$0 }
+        let before = Array(UnsafeBufferPointer(start: model.params.data, count: model.layout.total))
+        for _ in 0..<3 { alignmentStep(model, sequences: sequences, view: .gen2prompt, suspicious: suspicious, safe: safe, optimizer: optimizer) }
+        let aligned: Model<Float> = try loadModel(directory: out, backend: .naive)
+        var moved = 0
+        for i in 0..<model.layout.total {
+            if mask[i] {
+                XCTAssertEqual(aligned.params.data[i], model.params.data[i], accuracy: 1e-6, "trained entry \(i)")
+                if aligned.params.data[i] != before[i] { moved += 1 }
+            } else {
+                XCTAssertEqual(aligned.params.data[i], before[i], "entry \(i) is not trained and must not change")
+            }
+        }
+        // llama-tiny: 4 query heads of 16 rows x 64, 2 key/value heads; 1:2 and 1:3 share key head 1
+        XCTAssertEqual(mask.filter { $0 }.count, (3 + 1) * 16 * 64)
+        XCTAssertGreaterThan(moved, mask.filter { $0 }.count / 2)
+        try assertUsageError(["align", "--model", dir, "--ids", "1 2", "--out", out], mentions: "exists")
+        try assertUsageError(["align", "--model", dir, "--ids", "1 2"], mentions: "--no-write")
+    }
+}

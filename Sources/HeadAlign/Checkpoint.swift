@@ -119,9 +119,7 @@ public func saveModel<S: Real>(_ model: Model<S>, to dir: String, dtype: Safeten
     try? fm.removeItem(atPath: tmp)
     do {
         try fm.createDirectory(atPath: tmp, withIntermediateDirectories: false)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try encoder.encode(model.config).write(to: URL(fileURLWithPath: tmp + "/config.json"))
+        try writeConfigJSON(model.config, into: tmp)
         let store = dtype ?? (S.self == Double.self ? .F64 : .F32)
         let tensors = model.layout.tensors.map { p in
             SafetensorsTensor(name: checkpointName(forLayoutName: p.name, config: model.config), shape: p.shape,
@@ -135,6 +133,13 @@ public func saveModel<S: Real>(_ model: Model<S>, to dir: String, dtype: Safeten
         if let e = error as? HeadAlignError { throw e }
         throw HeadAlignError.badInput("\(dir): cannot write (\(error.localizedDescription))")
     }
+}
+
+/// `config.json` as Hugging Face writes it (sorted keys, indented) into a directory.
+func writeConfigJSON(_ config: ModelConfig, into dir: String) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    try encoder.encode(config).write(to: URL(fileURLWithPath: dir + "/config.json"))
 }
 
 // MARK: - llama2.c

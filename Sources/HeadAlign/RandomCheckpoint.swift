@@ -37,9 +37,7 @@ public func writeRandomCheckpoint(config: ModelConfig, dtype: SafetensorsDType, 
     try? fm.removeItem(atPath: tmp)
     do {
         try fm.createDirectory(atPath: tmp, withIntermediateDirectories: false)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try encoder.encode(config).write(to: URL(fileURLWithPath: tmp + "/config.json"))
+        try writeConfigJSON(config, into: tmp)
         var weightMap: [String] = []
         let indexOf = Dictionary(uniqueKeysWithValues: layout.tensors.enumerated().map { ($0.element.name, $0.offset) })
         for (k, shard) in shards.enumerated() {

@@ -137,17 +137,22 @@ public final class StreamedLlama {
 
     // MARK: Activations-only backward (Eq. 4)
 
+    /// The gradient "weights" of a backward that keeps no weight gradients: scratch for the norms'
+    /// (a few numbers), empty tensors for the linear layers, which `weightGradients: false` skips.
+    func inputGradientsOnly() -> LayerWeights<Float> {
+        let none = Linear<Float>(weight: Tensor([0]), bias: nil), d = config.hiddenSize
+        return LayerWeights(attention: AttentionWeights(query: none, key: none, value: none, output: none),
+                            norm1: Norm(weight: Tensor([d]), bias: nil), norm2: Norm(weight: Tensor([d]), bias: nil),
+                            ffnUp: none, ffnGate: none, ffnDown: none)
+    }
+
     /// dL/dH of every layer for `dOutput` at the logits, streamed from the last layer down. Only
     /// the activations' gradients are computed (no weight gradients): Eq. 4 needs nothing else.
     public func headOutputGradients(_ pass: ForwardPass<Float>, dOutput: Tensor<Float>) -> [Tensor<Float>] {
         let c = config, n = pass.batch.tokenCount, d = c.hiddenSize, w = shell.weights
         let dFinal = Tensor<Float>([n, d])
         linearBackwardInput(dFinal, dOutput, w.lmHead ?? w.tokenEmbedding, shell.backend)
-        // scratch for the norms' weight gradients (a few numbers; the linear layers keep none)
-        let none = Linear<Float>(weight: Tensor([0]), bias: nil)
-        let scratch = LayerWeights<Float>(attention: AttentionWeights(query: none, key: none, value: none, output: none),
-                                          norm1: Norm(weight: Tensor([d]), bias: nil), norm2: Norm(weight: Tensor([d]), bias: nil),
-                                          ffnUp: none, ffnGate: none, ffnDown: none)
+        let scratch = inputGradientsOnly()
         var dx = Tensor<Float>([n, d])
         rmsNormBackward(dx, Tensor<Float>([d]), dFinal, pass.finalHat, pass.finalRstd, w.finalNorm!.weight)
         var dHeads: [Tensor<Float>] = []
@@ -239,10 +244,7 @@ public final class StreamedLlama {
         let (loss, dAttention) = alignmentInjection(pass, config: config, sequences: sequences, view: view, suspicious: suspicious, safe: safe)
         let c = config, n = pass.batch.tokenCount, d = c.hiddenSize, w = shell.weights
         let qDim = c.attentionShape.heads * c.headSize, kvDim = c.attentionShape.kvHeads * c.headSize
-        let none = Linear<Float>(weight: Tensor([0]), bias: nil)
-        let scratch = LayerWeights<Float>(attention: AttentionWeights(query: none, key: none, value: none, output: none),
-                                          norm1: Norm(weight: Tensor([d]), bias: nil), norm2: Norm(weight: Tensor([d]), bias: nil),
-                                          ffnUp: none, ffnGate: none, ffnDown: none)
+        let scratch = inputGradientsOnly()
         let layers = suspicious.map(\.layer), top = layers.max()!, bottom = layers.min()!
         var dx = Tensor<Float>([n, d])  // nothing above the top suspicious layer depends on Eq. 7
         for l in stride(from: top, through: bottom, by: -1) {

@@ -164,11 +164,26 @@ public func gemmThroughput(precision: Precision, backend: Backend, m: Int, n: In
 
 // MARK: - Memory
 
+/// /proc/self/status read with plain read(2) calls (a /proc file reports size 0).
+func procStatus() -> String? {
+    let fd = open("/proc/self/status", O_RDONLY)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = [], chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, 4096) }
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { break }
+        bytes += chunk[0..<n]
+    }
+    return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self)
+}
+
 /// Peak resident set size (VmHWM) in bytes, Linux only.
 public func peakResidentBytes() -> Int? {
-    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
+    guard let status = procStatus() else { return nil }
     for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-        let kb = line.split(separator: " ").compactMap { Int($0) }.first
+        let kb = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { Int($0) }.first  // "VmHWM:\t15840284 kB"
         return kb.map { $0 * 1024 }
     }
     return nil
@@ -177,9 +192,10 @@ public func peakResidentBytes() -> Int? {
 /// Resident memory now, from /proc/self/status (Linux): anonymous (the process's own buffers)
 /// and file-backed (mapped checkpoint pages), in bytes; nil elsewhere.
 public func residentBytes() -> (anonymous: Int, file: Int)? {
-    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
+    guard let status = procStatus() else { return nil }
     func field(_ name: String) -> Int? {
-        status.split(separator: "\n").first { $0.hasPrefix(name) }.flatMap { $0.split(separator: " ").compactMap { Int($0) }.first }.map { $0 * 1024 }
+        status.split(separator: "\n").first { $0.hasPrefix(name) }
+            .flatMap { $0.split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { Int($0) }.first }.map { $0 * 1024 }
     }
     guard let a = field("RssAnon:"), let f = field("RssFile:") else { return nil }
     return (a, f)

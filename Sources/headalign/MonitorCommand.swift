@@ -16,6 +16,7 @@ enum MonitorCommand: Command {
             """,
         usage: "monitor (--model DIR | ...) --clean FILE [--inputs FILE] [--clean-test FILE --triggered FILE] [--score S] [--monitor-view V] [--quantile Q]",
         options: modelOptions + [
+            OptionSpec(name: "--stream", value: nil, help: "run a Llama --model DIR layer by layer from its memory-mapped checkpoint (7B in BLAS mode)"),
             OptionSpec(name: "--clean", value: "FILE", help: "clean inputs for calibration (at least 2)"),
             OptionSpec(name: "--inputs", value: "FILE", help: "inputs to score and flag"),
             OptionSpec(name: "--clean-test", value: "FILE", help: "held-out clean inputs, for detection metrics"),
@@ -30,7 +31,7 @@ enum MonitorCommand: Command {
         ])
 
     static func run(_ args: ParsedArguments) throws -> Int32 {
-        let (model, tokenizer, _) = try args.loadModel()
+        let (model, tokenizer, _) = try args.loadAnalyzer()
         let c = model.config
         guard let cleanPath = args.string("--clean") else { throw HeadAlignError.usage("--clean FILE is required") }
         if args.has("--clean-test") != args.has("--triggered") { throw HeadAlignError.usage("--clean-test and --triggered go together") }

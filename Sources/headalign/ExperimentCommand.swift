@@ -183,27 +183,31 @@ enum ExperimentCommand: Command {
             perSeedJSON.append(seedRunJSON(seed, [("poisoning", .string(poisonNote)), ("seconds", .number(monotonicSeconds() - start))],
                                            detection: detection, outcomes: outcomes))
         }
-        let md = """
-            ## CA and ASR (\(seeds.count) seed\(seeds.count == 1 ? "" : "s"))
-
-            \(methodTable(runs))
-            ## Detection
-
-            \(detectionTable(detections))
-            Command: `\(commandLine)`
-            Settings: \(settingsLine)
-
-            """
-        print("\n" + md, terminator: "")
-        if let path = args.string("--out-md") { try writeAtomically(Data(md.utf8), to: path) }
-        if let path = args.string("--json") {
-            let json = JSONOut.object([("command", .string(commandLine)), ("data", .string(data.origin)),
-                                       ("attack", .string(attack?.name ?? "file")), ("poison_rate", fileAttack ? .null : .number(rate)),
-                                       ("target", .int(target)), ("settings", .string(settingsLine)), ("seeds", .array(perSeedJSON))])
-            try writeAtomically(Data(json.text.utf8), to: path)
-        }
+        try report(args, seeds: seeds.count, caNote: "", detectionTitle: "Detection", runs: runs, detections: detections, commandLine: commandLine,
+                   settingsLine: settingsLine, json: [("command", .string(commandLine)), ("data", .string(data.origin)),
+                                                      ("attack", .string(attack?.name ?? "file")), ("poison_rate", fileAttack ? .null : .number(rate)),
+                                                      ("target", .int(target)), ("settings", .string(settingsLine)), ("seeds", .array(perSeedJSON))])
         return 0
     }
+}
+
+/// The tables (printed, and to --out-md) and the JSON (to --json) of an experiment.
+func report(_ args: ParsedArguments, seeds: Int, caNote: String, detectionTitle: String, runs: [[MethodOutcome]],
+            detections: [DetectionSummary], commandLine: String, settingsLine: String, json: [(String, JSONOut)]) throws {
+    let md = """
+        ## CA and ASR (\(seeds) seed\(seeds == 1 ? "" : "s")\(caNote))
+
+        \(methodTable(runs))
+        ## \(detectionTitle)
+
+        \(detectionTable(detections))
+        Command: `\(commandLine)`
+        Settings: \(settingsLine)
+
+        """
+    print("\n" + md, terminator: "")
+    if let path = args.string("--out-md") { try writeAtomically(Data(md.utf8), to: path) }
+    if let path = args.string("--json") { try writeAtomically(Data(JSONOut.object(json).text.utf8), to: path) }
 }
 
 /// One seed of an experiment as JSON: `extra` members, the detection statistics, every method.
@@ -316,25 +320,11 @@ extension ExperimentCommand {
                                                   ("truncated_train_records", .int(trained.truncated))],
                                            detection: detection, outcomes: outcomes))
         }
-        let md = """
-            ## CA and ASR of a decoder (\(seeds.count) seed\(seeds.count == 1 ? "" : "s"); CA = teacher-forced next-token accuracy on clean reference responses)
-
-            \(methodTable(runs))
-            ## Detection (prompts)
-
-            \(detectionTable(detections))
-            Command: `\(commandLine)`
-            Settings: \(settingsLine)
-
-            """
-        print("\n" + md, terminator: "")
-        if let path = args.string("--out-md") { try writeAtomically(Data(md.utf8), to: path) }
-        if let path = args.string("--json") {
-            let json = JSONOut.object([("command", .string(commandLine)), ("data", .string(origin)), ("behaviour", .string(behaviour.rawValue)),
-                                       ("attack", .string(trigger?.rawValue ?? "file")), ("poison_rate", trigger == nil ? .null : .number(rate)),
-                                       ("settings", .string(settingsLine)), ("seeds", .array(perSeedJSON))])
-            try writeAtomically(Data(json.text.utf8), to: path)
-        }
+        try report(args, seeds: seeds.count, caNote: "; CA = teacher-forced next-token accuracy on clean reference responses",
+                   detectionTitle: "Detection (prompts)", runs: runs, detections: detections, commandLine: commandLine, settingsLine: settingsLine,
+                   json: [("command", .string(commandLine)), ("data", .string(origin)), ("behaviour", .string(behaviour.rawValue)),
+                          ("attack", .string(trigger?.rawValue ?? "file")), ("poison_rate", trigger == nil ? .null : .number(rate)),
+                          ("settings", .string(settingsLine)), ("seeds", .array(perSeedJSON))])
         return 0
     }
 }

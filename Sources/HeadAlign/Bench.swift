@@ -233,7 +233,7 @@ public func benchStreamedScan(directory dir: String, backend: Backend, tokens: I
     let generated = phase("generate \(generate) tokens (T_p = \(tokens), KV cache)") { model.generate(prompt: prompt, maxNew: generate) }
     let batch = Batch([prompt + generated])
     let pass = phase("forward T = \(batch.tokenCount), attention captured") { model.forward(batch) }
-    let targets = (0..<batch.tokenCount).map { t in t >= tokens - 1 && t + 1 < batch.tokenCount ? batch.allTokens[t + 1] : -1 }
+    let targets = generationTargets(batch.allTokens, promptLength: tokens)
     _ = phase("Eq. 4 backward (activations only)") {
         let (_, dOut) = loss(pass, .nextToken(targets: [targets]))
         return model.headOutputGradients(pass, dOutput: dOut)

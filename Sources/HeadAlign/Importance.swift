@@ -144,8 +144,7 @@ func analyze<S: Real>(_ model: AnalysisRunner<S>, _ inputs: [AnalysisInput], set
             objective = .classification(labels: labels)
         case .generation:  // position t predicts token t+1, for the generated tokens only
             objective = .nextToken(targets: range.map { i in
-                let (tokens, tp) = sequences[i]
-                return (0..<tokens.count).map { t in t >= tp - 1 && t + 1 < tokens.count ? tokens[t + 1] : -1 }
+                generationTargets(sequences[i].tokens, promptLength: sequences[i].promptLength)
             })
         }
         var headGradients: [Tensor<S>]? = nil

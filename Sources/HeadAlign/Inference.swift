@@ -13,9 +13,7 @@ public func generateGreedy<S: Real>(_ model: Model<S>, prompt: [Int], maxNew: In
     var generated: [Int] = [], feed = prompt
     for _ in 0..<maxNew {
         if prompt.count + generated.count >= positions { break }
-        let logits = cache.append(feed)  // [V] at the last position
-        var best = 0
-        for j in 1..<logits.count where logits[j] > logits[best] { best = j }
+        let best = argmax(cache.append(feed))  // of the logits [V] at the last position
         if stopAt.contains(best) { break }
         generated.append(best)
         feed = [best]
@@ -34,9 +32,7 @@ public func generateGreedyUncached<S: Real>(_ model: Model<S>, prompt: [Int], ma
     for _ in 0..<maxNew {
         if tokens.count >= model.config.maxPositionEmbeddings { break }
         let logits = model.forward(Batch([tokens])).output  // [T, V]
-        let last = logits.data + (tokens.count - 1) * v
-        var best = 0
-        for j in 1..<v where last[j] > last[best] { best = j }
+        let best = argmax(UnsafeBufferPointer(start: logits.data + (tokens.count - 1) * v, count: v))
         if stopAt.contains(best) { break }
         generated.append(best)
         tokens.append(best)

@@ -43,10 +43,18 @@ public func loss<S: Real>(_ pass: ForwardPass<S>, _ objective: Objective) -> (lo
 /// classifier's predictions, or an LM's greedy next tokens.
 public func rowArgmax<S: Real>(_ t: Tensor<S>) -> [Int] {
     let w = t.shape[1]
-    return (0..<t.shape[0]).map { r in
-        let row = t.data + r * w
-        var best = 0
-        for j in 1..<w where row[j] > row[best] { best = j }
-        return best
-    }
+    return (0..<t.shape[0]).map { argmax(UnsafeBufferPointer(start: t.data + $0 * w, count: w)) }
+}
+
+/// The index of the largest entry (the first on ties).
+public func argmax<C: RandomAccessCollection>(_ xs: C) -> Int where C.Element: Comparable, C.Index == Int {
+    var best = xs.startIndex
+    for j in xs.indices where xs[j] > xs[best] { best = j }
+    return best - xs.startIndex
+}
+
+/// Next-token targets for Eq. 4 on a decoder: position t predicts token t+1 for the generated
+/// tokens only (from the last prompt position on); -1 elsewhere (no loss).
+public func generationTargets(_ tokens: [Int], promptLength tp: Int) -> [Int] {
+    (0..<tokens.count).map { t in t >= tp - 1 && t + 1 < tokens.count ? tokens[t + 1] : -1 }
 }

@@ -79,22 +79,13 @@ func writeRandomTensor(_ p: ParameterTensor, index: Int, config: ModelConfig, dt
     let isNorm = p.name.hasSuffix("norm.weight") || p.name.hasSuffix("LayerNorm.weight")
     let a = Float(config.initializerRange * 3.0.squareRoot())
     let chunk = 1 << 20
-    var buffer = [UInt8](repeating: 0, count: chunk * dtype.bits / 8)
+    var values = [Float](repeating: 0, count: chunk)
     var done = 0
     while done < p.count {
         let m = min(chunk, p.count - done)
-        buffer.withUnsafeMutableBytes { raw in
-            for i in 0..<m {
-                // uniform on [-a, a) from the top 24 bits; a norm weight is 1, a bias 0
-                let x: Float = isNorm ? 1 : p.shape.count == 1 ? 0 : (Float(rng.next() >> 40) * 0x1p-23 - 1) * a
-                switch dtype {
-                case .BF16: raw.storeBytes(of: floatToBFloat16(x).littleEndian, toByteOffset: 2 * i, as: UInt16.self)
-                case .F16: raw.storeBytes(of: Float16(x).bitPattern.littleEndian, toByteOffset: 2 * i, as: UInt16.self)
-                default: raw.storeBytes(of: x.bitPattern.littleEndian, toByteOffset: 4 * i, as: UInt32.self)
-                }
-            }
-        }
-        try h.write(contentsOf: Data(buffer[0..<(m * dtype.bits / 8)]))
+        // uniform on [-a, a) from the top 24 bits; a norm weight is 1, a bias 0
+        for i in 0..<m { values[i] = isNorm ? 1 : p.shape.count == 1 ? 0 : (Float(rng.next() >> 40) * 0x1p-23 - 1) * a }
+        try values.withUnsafeBufferPointer { try h.write(contentsOf: encodeValues(UnsafeBufferPointer(rebasing: $0[0..<m]), as: dtype)) }
         done += m
     }
 }

@@ -294,19 +294,26 @@ public func serializeSafetensors<S: Real>(_ tensors: [SafetensorsTensor<S>], met
     withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { data.append(contentsOf: $0) }
     data.append(contentsOf: headerBytes)
     for t in sorted {
-        var chunk = [UInt8]()
-        chunk.reserveCapacity(t.values.count * t.dtype.bits / 8)
-        for v in t.values {
-            switch t.dtype {
-            case .F32: withUnsafeBytes(of: Float(v).bitPattern.littleEndian) { chunk.append(contentsOf: $0) }
-            case .F64: withUnsafeBytes(of: Double(v).bitPattern.littleEndian) { chunk.append(contentsOf: $0) }
-            case .BF16: withUnsafeBytes(of: floatToBFloat16(Float(v)).littleEndian) { chunk.append(contentsOf: $0) }
-            default: withUnsafeBytes(of: Float16(Float(v)).bitPattern.littleEndian) { chunk.append(contentsOf: $0) }
-            }
-        }
-        data.append(contentsOf: chunk)
+        data.append(encodeValues(t.values, as: t.dtype))
     }
     return data
+}
+
+/// Values stored little-endian in a writable dtype (F32, F64, BF16 rounded to nearest even, F16).
+public func encodeValues<S: Real>(_ values: UnsafeBufferPointer<S>, as dtype: SafetensorsDType) -> Data {
+    let size = dtype.bits / 8
+    var out = Data(count: values.count * size)
+    out.withUnsafeMutableBytes { raw in
+        for (i, v) in values.enumerated() {
+            switch dtype {
+            case .F64: raw.storeBytes(of: Double(v).bitPattern.littleEndian, toByteOffset: 8 * i, as: UInt64.self)
+            case .F32: raw.storeBytes(of: Float(v).bitPattern.littleEndian, toByteOffset: 4 * i, as: UInt32.self)
+            case .BF16: raw.storeBytes(of: floatToBFloat16(Float(v)).littleEndian, toByteOffset: 2 * i, as: UInt16.self)
+            default: raw.storeBytes(of: Float16(Float(v)).bitPattern.littleEndian, toByteOffset: 2 * i, as: UInt16.self)
+            }
+        }
+    }
+    return out
 }
 
 /// A JSON string literal.

@@ -184,9 +184,7 @@ public final class StreamedLlama {
             embeddingForward(x, shell.weights.tokenEmbedding, feed)
             eachLayer { l in x = cachedLayerStep(shell, shell.weights.layers[0], keys: keys[l], values: values[l], x: x, start: length) }
             length += feed.count
-            let logits = lastRowLogits(shell, x)
-            var best = 0
-            for j in 1..<logits.count where logits[j] > logits[best] { best = j }
+            let best = argmax(lastRowLogits(shell, x))
             generated.append(best)
             feed = [best]
         }
@@ -270,18 +268,26 @@ public final class StreamedLlama {
         return loss
     }
 
-    /// Writes the aligned model into the new directory `dir`: every file copied as it is, then
-    /// the W_q / W_k tensors with trained rows re-encoded in their stored dtype at their place.
-    public func saveAligned(from source: String, to dir: String) throws {
+    /// Refuses, before any long work, an output that exists, has no parent, or would not fit on
+    /// its disk (a copy of `source`).
+    public static func checkRoom(copying source: String, to dir: String) throws {
         let fm = FileManager.default
         guard !fm.fileExists(atPath: dir) else { throw HeadAlignError.usage("--out \(dir) exists; give a new directory") }
         let parent = URL(fileURLWithPath: dir).deletingLastPathComponent().path
+        guard fm.fileExists(atPath: parent) else { throw HeadAlignError.usage("--out \(dir): parent directory \(parent) does not exist") }
         let needed = try fm.contentsOfDirectory(atPath: source).reduce(0) { sum, name in
             sum + ((try? fm.attributesOfItem(atPath: source + "/" + name)[.size] as? Int) ?? 0) ?? 0
         }
         if let free = (try? fm.attributesOfFileSystem(forPath: parent)[.systemFreeSize] as? NSNumber)??.int64Value, Int64(needed) > free {
             throw HeadAlignError.usage(String(format: "--out %@: not enough disk: %.2f GB needed, %.2f GB free", dir, Double(needed) / 1e9, Double(free) / 1e9))
         }
+    }
+
+    /// Writes the aligned model into the new directory `dir`: every file copied as it is, then
+    /// the W_q / W_k tensors with trained rows re-encoded in their stored dtype at their place.
+    public func saveAligned(from source: String, to dir: String) throws {
+        let fm = FileManager.default
+        try StreamedLlama.checkRoom(copying: source, to: dir)
         let tmp = dir + ".tmp-\(getpid())"
         try? fm.removeItem(atPath: tmp)
         do {
@@ -294,15 +300,7 @@ public final class StreamedLlama {
                 for slice in slices where slice.name == name {
                     (full.data + slice.rows.lowerBound * config.hiddenSize).update(from: slice.values.data, count: slice.values.count)
                 }
-                var bytes = Data(capacity: e.end - e.begin)
-                for i in 0..<full.count {
-                    let x = full.data[i]
-                    switch e.dtype {
-                    case .BF16: withUnsafeBytes(of: floatToBFloat16(x).littleEndian) { bytes.append(contentsOf: $0) }
-                    case .F16: withUnsafeBytes(of: Float16(x).bitPattern.littleEndian) { bytes.append(contentsOf: $0) }
-                    default: withUnsafeBytes(of: x.bitPattern.littleEndian) { bytes.append(contentsOf: $0) }
-                    }
-                }
+                let bytes = encodeValues(UnsafeBufferPointer(start: full.data, count: full.count), as: e.dtype)
                 let file = tmp + "/" + URL(fileURLWithPath: files[at.file].path).lastPathComponent
                 guard let h = FileHandle(forWritingAtPath: file) else { throw HeadAlignError.badInput("\(file): cannot open for writing") }
                 try h.seek(toOffset: UInt64(files[at.file].header.dataStart + e.begin))
@@ -321,6 +319,12 @@ public final class StreamedLlama {
     var runner: AnalysisRunner<Float> {
         AnalysisRunner(config: config, forward: { self.forward($0) }, headGradients: { self.headOutputGradients($0, dOutput: $1) },
                        greedy: { self.generate(prompt: $0, maxNew: $1) })
+    }
+
+    /// The analysed sequences alone (prompts continued greedily by `settings.generate` tokens for a
+    /// decoder view), without the forward and backward of `analyze`.
+    public func analysisSequences(_ inputs: [AnalysisInput], settings: AnalysisSettings) -> [(tokens: [Int], promptLength: Int)] {
+        HeadAlign.analysisSequences(config: config, inputs, task: Task.of(config), generate: settings.generate, greedy: runner.greedy)
     }
 
     /// Eq. 1–5's analysis of decoder inputs (gen2prompt and the other views), streamed.

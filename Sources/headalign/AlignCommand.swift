@@ -33,14 +33,14 @@ enum AlignCommand: Command {
     static func run(_ args: ParsedArguments) throws -> Int32 {
         guard case .directory(let dir) = try args.modelSource() else { throw HeadAlignError.usage("align needs --model DIR (a Llama checkpoint)") }
         if args.has("--no-write") == args.has("--out") { throw HeadAlignError.usage("give --out DIR or --no-write") }
-        if let out = args.string("--out"), FileManager.default.fileExists(atPath: out) { throw HeadAlignError.usage("--out \(out) exists; give a new directory") }
+        if let out = args.string("--out") { try StreamedLlama.checkRoom(copying: dir, to: out) }
         if args.has("--suspicious") != args.has("--safe") { throw HeadAlignError.usage("--suspicious and --safe go together") }
         let steps = try args.int("--align-steps", default: 50, range: 1...1_000_000)
         let lr = try args.double("--align-lr", default: 1e-3, range: 0...1)
         let start = monotonicSeconds()
         let model = try StreamedLlama(directory: dir, backend: try args.backend())
         let c = model.config
-        var settings = try args.analysisSettings(for: c)
+        let settings = try args.analysisSettings(for: c)
         let (alpha, tau) = try args.alphaTau()
         let tokenizer = try AnyModel.tokenizer(for: .directory(dir), config: c)
         let inputs = try args.analysisInputs(fileFlag: "--inputs", tokenizer: tokenizer, config: c, command: "align")
@@ -51,8 +51,7 @@ enum AlignCommand: Command {
             suspicious = try parseHeadList(s, config: c, flag: "--suspicious")
             safe = try parseHeadList(t, config: c, flag: "--safe")
             if !Set(suspicious).isDisjoint(with: safe) { throw HeadAlignError.usage("a head is both --suspicious and --safe") }
-            settings.importance = false
-            sequences = try model.analyze(inputs, settings: settings).map { ($0.tokens, $0.promptLength) }
+            sequences = model.analysisSequences(inputs, settings: settings)  // Eq. 5 is not needed: no analysis pass
         } else {
             let analyses = try model.analyze(inputs, settings: settings)  // Eq. 1-5 on the inputs
             let r = safetyReport(analyses, alpha: alpha, tau: tau, heads: c.numAttentionHeads)

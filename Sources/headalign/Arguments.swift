@@ -166,17 +166,19 @@ extension ParsedArguments {
         return .preset(name, seed: try uint64("--seed", default: 1))
     }
 
-    /// What `classify` needs of a model: its configuration and Eq. 1–5's analysis, from a
+    /// What `inspect`, `classify` and `monitor` need of a model: its configuration and Eq. 1–5's analysis, from a
     /// resident model or, with `--stream`, layer by layer from a Llama checkpoint.
     func loadAnalyzer() throws -> (Analyzer, AnyTokenizer, ModelSource) {
         guard has("--stream") else {
             let (m, t, s) = try loadModel()
-            return (Analyzer(config: m.config, analyze: { try m.analyze($0, settings: $1) }), t, s)
+            return (Analyzer(config: m.config, analyze: { try m.analyze($0, settings: $1) },
+                             inspect: { try m.inspect($0, settings: $1, commandLine: $2) }, streamed: nil), t, s)
         }
         guard case .directory(let dir) = try modelSource() else { throw HeadAlignError.usage("--stream needs --model DIR") }
         guard try precision() == .f32 else { throw HeadAlignError.usage("--stream computes in f32") }
         let s = try StreamedLlama(directory: dir, backend: try backend())
-        return (Analyzer(config: s.config, analyze: { try s.analyze($0, settings: $1) }),
+        return (Analyzer(config: s.config, analyze: { try s.analyze($0, settings: $1) },
+                         inspect: { try inspectDocument(s, inputs: $0, settings: $1, commandLine: $2) }, streamed: s),
                 try AnyModel.tokenizer(for: .directory(dir), config: s.config), .directory(dir))
     }
 
@@ -347,5 +349,7 @@ func seedJSON(_ seed: UInt64) -> JSONOut { Int(exactly: seed).map { .int($0) } ?
 struct Analyzer {
     let config: ModelConfig
     let analyze: ([AnalysisInput], AnalysisSettings) throws -> [InputAnalysis]
+    let inspect: ([AnalysisInput], InspectSettings, String) throws -> JSONOut  // inputs, settings, command line
+    let streamed: StreamedLlama?  // with --stream: its layer loads and conversion time, for the log
     func analyze(_ inputs: [AnalysisInput], settings: AnalysisSettings) throws -> [InputAnalysis] { try analyze(inputs, settings) }
 }

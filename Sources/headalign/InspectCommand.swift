@@ -29,19 +29,8 @@ enum InspectCommand: Command {
         ])
 
     static func run(_ args: ParsedArguments) throws -> Int32 {
-        var streamed: StreamedLlama? = nil
-        let model: AnyModel?, tokenizer: AnyTokenizer, c: ModelConfig
-        if args.has("--stream") {
-            // a Llama too large for memory: one layer resident at a time, from the mapped checkpoint
-            guard case .directory(let dir) = try args.modelSource() else { throw HeadAlignError.usage("--stream needs --model DIR") }
-            guard try args.precision() == .f32 else { throw HeadAlignError.usage("--stream computes in f32") }
-            let s = try StreamedLlama(directory: dir, backend: try args.backend())
-            streamed = s; model = nil; c = s.config
-            tokenizer = try AnyModel.tokenizer(for: .directory(dir), config: c)
-        } else {
-            let loaded = try args.loadModel()
-            model = loaded.0; tokenizer = loaded.1; c = loaded.0.config
-        }
+        let (model, tokenizer, _) = try args.loadAnalyzer()  // --stream: layer by layer from the mapped checkpoint
+        let c = model.config
         var settings = InspectSettings(view: .full)
         settings.analysis = try args.analysisSettings(for: c)
         (settings.alpha, settings.tau) = try args.alphaTau()
@@ -56,9 +45,8 @@ enum InspectCommand: Command {
         guard !inputs.isEmpty else { throw HeadAlignError.usage("give inputs: --text, --ids or --inputs") }
         let commandLine = (["headalign"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
         let start = monotonicSeconds()
-        let doc = try (streamed.map { try inspectDocument($0, inputs: inputs, settings: settings, commandLine: commandLine) }
-                       ?? model!.inspect(inputs, settings: settings, commandLine: commandLine)).text
-        if let s = streamed {
+        let doc = try model.inspect(inputs, settings, commandLine).text
+        if let s = model.streamed {
             printError(String(format: "headalign inspect: streamed %d layer loads (%.1f s converting weights) in %.1f s", s.layerLoads, s.conversionSeconds,
                               monotonicSeconds() - start))
         }

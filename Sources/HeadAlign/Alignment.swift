@@ -39,6 +39,8 @@ public func alignmentTrainableMask(layout: ParameterLayout, config c: ModelConfi
 /// held constant, `2 (A^h - Abar) / B` injected at each suspicious head's view, then full
 /// backpropagation. Returns the batch-mean loss.
 @discardableResult
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func alignmentGradient<S: Real>(_ model: Model<S>, sequences: [(tokens: [Int], promptLength: Int)], view: AnalysisView,
                                        suspicious: [HeadID], safe: [HeadID], into grads: Tensor<S>) -> Double {
     let pass = model.forward(Batch(sequences.map(\.tokens)))
@@ -49,7 +51,9 @@ public func alignmentGradient<S: Real>(_ model: Model<S>, sequences: [(tokens: [
 
 /// Eq. 6–7 on a forward pass: the batch-mean loss and dL/dA for every layer (laid out like the
 /// layer's attention; non-zero only at the suspicious heads' views).
-func alignmentInjection<S: Real>(_ pass: ForwardPass<S>, config c: ModelConfig, sequences: [(tokens: [Int], promptLength: Int)],
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
+package func alignmentInjection<S: Real>(_ pass: ForwardPass<S>, config c: ModelConfig, sequences: [(tokens: [Int], promptLength: Int)],
                                  view: AnalysisView, suspicious: [HeadID], safe: [HeadID]) -> (Double, [Tensor<S>]) {
     let nh = c.numAttentionHeads, batch = pass.batch
     let susp = suspicious.map { $0.layer * nh + $0.head }, safeIdx = safe.map { $0.layer * nh + $0.head }
@@ -82,6 +86,8 @@ func alignmentInjection<S: Real>(_ pass: ForwardPass<S>, config c: ModelConfig, 
 /// One alignment step: Eq. 7's gradient, then an AdamW update of the entries the optimizer does
 /// not freeze (`alignmentTrainableMask`). Returns the batch-mean loss before the update.
 @discardableResult
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func alignmentStep<S: Real>(_ model: Model<S>, sequences: [(tokens: [Int], promptLength: Int)], view: AnalysisView,
                                    suspicious: [HeadID], safe: [HeadID], optimizer: AdamW<S>) -> Double {
     let grads = model.makeGradients()

@@ -35,7 +35,7 @@ public struct AttentionShape: Sendable, Equatable {
 
 /// Where head h of sequence b starts in a layer's attention buffer `[sum_b NH * T_b^2]`.
 @inline(__always)
-func attentionBlockOffset(_ batch: Batch, _ b: Int, _ h: Int, heads: Int) -> Int {
+package func attentionBlockOffset(_ batch: Batch, _ b: Int, _ h: Int, heads: Int) -> Int {
     let t = batch.sequences[b].count
     return heads * batch.squareOffset[b] + h * t * t
 }
@@ -48,6 +48,8 @@ func attentionBlockOffset(_ batch: Batch, _ b: Int, _ h: Int, heads: Int) -> Int
 /// - q: `[N, NH*HS]` queries (after rotary), k/v: `[N, NKV*HS]`
 /// - att: out, `[sum_b NH*T_b*T_b]`, each head's `[T, T]` block row-major
 /// - headOut: out, `[N, NH*HS]`, head h's H in columns `h*HS ..< (h+1)*HS`
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func attentionForward<S: Real>(headOut: Tensor<S>, att: Tensor<S>,
                                       q: Tensor<S>, k: Tensor<S>, v: Tensor<S>,
                                       batch: Batch, shape: AttentionShape, backend: Backend) {
@@ -92,6 +94,8 @@ public func attentionForward<S: Real>(headOut: Tensor<S>, att: Tensor<S>,
 /// (a shared key/value head sums the gradients of all its query heads). `dHeadOut` is dL/dH;
 /// `dAttExtra`, when given, is an extra dL/dA added before the softmax backward (Eq. 7's
 /// alignment gradient), laid out like `att`.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func attentionBackward<S: Real>(dq: Tensor<S>, dk: Tensor<S>, dv: Tensor<S>,
                                        dHeadOut: Tensor<S>, dAttExtra: Tensor<S>?,
                                        att: Tensor<S>, q: Tensor<S>, k: Tensor<S>, v: Tensor<S>,

@@ -125,6 +125,8 @@ public final class GemmStats: @unchecked Sendable {
 /// `C[m,n] = alpha * op(A) op(B) + beta * C` on the chosen backend (row-major). Every matrix
 /// product in the library goes through here.
 @inline(__always)
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func gemm<S: Real>(_ backend: Backend, transA: Bool = false, transB: Bool = false,
                           m: Int, n: Int, k: Int, alpha: S = 1,
                           a: UnsafePointer<S>, lda: Int, b: UnsafePointer<S>, ldb: Int,

@@ -74,6 +74,8 @@ public func safetensorsFiles(in dir: String) throws -> [String] {
 
 /// Loads a model directory. `allowMissing` names layout tensors that may be absent (they keep
 /// the initialisation from `seed`), e.g. a new classifier head on a pretrained encoder.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func loadModel<S: Real>(directory dir: String, backend: Backend, config override: ModelConfig? = nil,
                                allowMissing: (String) -> Bool = { _ in false }, seed: UInt64 = 0) throws -> Model<S> {
     let config = try override ?? ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
@@ -109,6 +111,8 @@ public func loadModel<S: Real>(directory dir: String, backend: Backend, config o
 /// Writes `config.json` and `model.safetensors` (F32 for Float models, F64 for Double ones unless
 /// `dtype` says otherwise) into a new directory, plus `extraFiles` (name -> bytes), all under a
 /// temporary name renamed into place at the end. Refuses to replace an existing directory.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func saveModel<S: Real>(_ model: Model<S>, to dir: String, dtype: SafetensorsDType? = nil,
                                extraFiles: [String: Data] = [:]) throws {
     let fm = FileManager.default
@@ -136,7 +140,7 @@ public func saveModel<S: Real>(_ model: Model<S>, to dir: String, dtype: Safeten
 }
 
 /// `config.json` as Hugging Face writes it (sorted keys, indented) into a directory.
-func writeConfigJSON(_ config: ModelConfig, into dir: String) throws {
+package func writeConfigJSON(_ config: ModelConfig, into dir: String) throws {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
     try encoder.encode(config).write(to: URL(fileURLWithPath: dir + "/config.json"))
@@ -147,6 +151,8 @@ func writeConfigJSON(_ config: ModelConfig, into dir: String) throws {
 /// llama2.c's legacy (version 0) checkpoint: 7 int32 (dim, hidden_dim, n_layers, n_heads,
 /// n_kv_heads, vocab_size, seq_len; negative vocab_size = unshared classifier), then float32
 /// tensors in a fixed order. Loaded on its own layout with the interleaved rotary convention.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func loadLlama2c<S: Real>(path: String, backend: Backend) throws -> Model<S> {
     guard let data = FileManager.default.contents(atPath: path) else {
         throw HeadAlignError.badInput("\(path): cannot read")
@@ -215,6 +221,8 @@ public func loadLlama2c<S: Real>(path: String, backend: Backend) throws -> Model
 /// Re-expresses a model whose rotary embedding rotates interleaved pairs (2i, 2i+1) in the
 /// rotate-half convention (pairs i, i + HS/2), by permuting each head's rows of W_q and W_k as
 /// Hugging Face's llama conversion does: row 2i -> i, row 2i+1 -> i + HS/2. Outputs are unchanged.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func convertToRotateHalf<S: Real>(_ model: Model<S>) -> Model<S> {
     var config = model.config
     precondition(config.ropeInterleaved, "convertToRotateHalf: the model already uses rotate-half")

@@ -6,21 +6,17 @@
 
 public enum MaxsimMode: String, CaseIterable, Sendable { case plain, contrast }
 
-/// Which parts of the defense run (the ablations of Table 3 share one code path).
+/// Which parts of the defense run (the ablations of Table 3 share one code path). The paper's
+/// baselines (fine-pruning, PURE, re-initialisation) are the lab's: they wrap this from outside.
 public enum DefenseMethod: String, CaseIterable, Sendable {
     case ours  // align, then head-wise fine-tuning
     case alignOnly = "align-only"
     case ftOnly = "ft-only"  // head-wise fine-tuning without alignment
     case finetune  // one learning rate for everything (rates.other)
-    case finePruning = "fine-pruning"  // Baselines.swift
-    case pure
-    case reinit
 
-    var aligns: Bool { self == .ours || self == .alignOnly }
-    var finetunes: Bool { self != .alignOnly }
-    var headwise: Bool { self == .ours || self == .ftOnly }
-    /// A baseline of Baselines.swift: no monitor, no Eq. 4–7.
-    public var isBaseline: Bool { self == .finePruning || self == .pure || self == .reinit }
+    public var aligns: Bool { self == .ours || self == .alignOnly }
+    public var finetunes: Bool { self != .alignOnly }
+    public var headwise: Bool { self == .ours || self == .ftOnly }
 }
 
 public struct DefenseSettings: Sendable {
@@ -43,13 +39,12 @@ public struct DefenseSettings: Sendable {
     public var rates = HeadwiseRates()
     public var weightDecay = 0.01
     public var seed: UInt64 = 1
-    public var baseline = BaselineSettings()
 
-    public init(task: Task, family: ModelFamily) {
+    public init(task: ModelTask, family: ModelFamily) {
         (monitorView, defenseView) = task.defaultViews(family)
     }
 
-    func analysis(_ view: AnalysisView, importance: Bool = true) -> AnalysisSettings {
+    public func analysis(_ view: AnalysisView, importance: Bool = true) -> AnalysisSettings {
         var a = AnalysisSettings(view: view)
         a.importance = importance
         a.scope = scope
@@ -76,12 +71,11 @@ public struct DefenseReport: Sendable {
     public let scoresBefore: [Double]
     public let rounds: [RoundLog]
     public let stoppedBecause: String
-    /// A baseline's one-line account of what it pruned or re-initialised.
-    public var baselineSummary: String? = nil
-    public var baselineLoss: [Double] = []
 }
 
 /// Monitor calibration in the monitor view on clean inputs.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func calibrateMonitor<S: Real>(_ model: Model<S>, clean: [AnalysisInput], settings: DefenseSettings) throws -> (MonitorCalibration, [[Double]]) {
     let cos = try analyze(model, clean, settings: settings.analysis(settings.monitorView, importance: false)).map(\.pairCosines)
     return (try MonitorCalibration(clean: cos, score: settings.score, q: settings.quantile), cos)
@@ -89,16 +83,11 @@ public func calibrateMonitor<S: Real>(_ model: Model<S>, clean: [AnalysisInput],
 
 /// Runs the defense on `model` in place. `clean` are labelled clean examples (calibration and
 /// fine-tuning), `inputs` the unlabeled inputs the monitor screens.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs: [AnalysisInput], settings: DefenseSettings,
                             log: (String) -> Void = { _ in }) throws -> DefenseReport {
     let c = model.config, nh = c.numAttentionHeads
-    if settings.method.isBaseline {
-        let (summary, losses) = try runBaseline(model, clean: clean, settings: settings)
-        log(summary)
-        log("  fine-tuning: loss \(fmt(losses.first ?? 0)) -> \(fmt(losses.last ?? 0)) over \(settings.finetuneSteps) steps")
-        return DefenseReport(threshold: .nan, flagged: [], scoresBefore: [], rounds: [], stoppedBecause: "baseline done",
-                             baselineSummary: summary, baselineLoss: losses)
-    }
     let cleanInputs = clean.map { AnalysisInput(tokens: Array($0.tokens.prefix($0.responseStart ?? $0.tokens.count)), label: $0.label) }
     let (cal, _) = try calibrateMonitor(model, clean: cleanInputs, settings: settings)
     let monitorSettings = settings.analysis(settings.monitorView, importance: false)
@@ -189,4 +178,4 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
     return DefenseReport(threshold: cal.flagThreshold, flagged: flagged, scoresBefore: scores, rounds: rounds, stoppedBecause: stopped)
 }
 
-func fmt(_ x: Double) -> String { String(format: "%.6g", x) }
+package func fmt(_ x: Double) -> String { String(format: "%.6g", x) }

@@ -52,7 +52,7 @@ public func headwiseLearningRates(layout: ParameterLayout, config c: ModelConfig
 
 /// The objective of a batch of examples for a task (SPEC's reductions: classification mean over
 /// the batch; generation summed over each sequence's response tokens, mean over sequences).
-public func trainingObjective(_ examples: [TrainingExample], task: Task) -> Objective {
+public func trainingObjective(_ examples: [TrainingExample], task: ModelTask) -> Objective {
     switch task {
     case .classification: return .classification(labels: examples.map { $0.label! })
     case .generation:
@@ -79,11 +79,13 @@ public struct StepStats: Sendable {
 /// `attentionPenalty`, when given, adds a term on the attention probabilities (its value and
 /// dL/dA per layer) to each step's loss. Returns each step's loss. Stops with a numeric error
 /// naming the step if the loss is not finite.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func trainSteps<S: Real>(_ model: Model<S>, examples: [TrainingExample], steps: Int, batchSize: Int, seed: UInt64,
                                 optimizer: AdamW<S>, attentionPenalty: ((ForwardPass<S>) -> (Double, [Tensor<S>?]))? = nil,
                                 onStep: (StepStats) -> Void = { _ in }) throws -> [Double] {
     guard !examples.isEmpty else { throw HeadAlignError.usage("no training examples") }
-    let task = Task.of(model.config)
+    let task = ModelTask.of(model.config)
     if task == .classification, let i = examples.firstIndex(where: { $0.label == nil }) {
         throw HeadAlignError.badInput("training example \(i + 1) has no label")
     }
@@ -122,6 +124,8 @@ public func trainSteps<S: Real>(_ model: Model<S>, examples: [TrainingExample], 
 }
 
 /// An AdamW whose per-element rates are `rates` (base rate 1, scale = the rate).
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func headwiseOptimizer<S: Real>(_ model: Model<S>, rates: [Double], weightDecay: Double = 0.01) -> AdamW<S> {
     let opt = AdamW<S>(count: model.layout.total, learningRate: 1, weightDecay: weightDecay)
     opt.learningRateScale = rates.map { S($0) }

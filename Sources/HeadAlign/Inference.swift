@@ -23,6 +23,8 @@ public func generateGreedy<S: Real>(_ model: Model<S>, prompt: [Int], maxNew: In
 
 /// The same without a cache: the whole prefix through `Model.forward` at every step. The
 /// reference `generateGreedy` is tested against.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func generateGreedyUncached<S: Real>(_ model: Model<S>, prompt: [Int], maxNew: Int, stopAt: Set<Int> = []) -> [Int] {
     precondition(model.config.hasLMHead, "generateGreedyUncached: the model has no LM head")
     precondition(!prompt.isEmpty, "generateGreedyUncached: empty prompt")
@@ -42,6 +44,8 @@ public func generateGreedyUncached<S: Real>(_ model: Model<S>, prompt: [Int], ma
 
 /// Sentence embeddings as sentence-transformers computes them for MiniLM: the mean of the last
 /// hidden states over the real tokens ([CLS] and [SEP] included), L2-normalised. `[B, D]`.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func meanPooledEmbeddings<S: Real>(_ model: Model<S>, _ batch: Batch) -> [[Double]] {
     precondition(model.config.family == .bert && model.config.numLabels == 0,
                  "meanPooledEmbeddings: needs a BERT encoder without a classifier head")

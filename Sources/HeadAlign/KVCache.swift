@@ -43,7 +43,7 @@ public final class KeyValueCache<S: Real> {
 /// into the layer's cache (`[capacity, NKV*HS]`), each row attends to positions `0 ... p0 + i`.
 /// Returns the layer's output `[m, D]`. `lw` may belong to a different model of the same shape
 /// (the streamed 7B path runs every layer through one resident layer's weights).
-func cachedLayerStep<S: Real>(_ model: Model<S>, _ lw: LayerWeights<S>, keys: Tensor<S>, values: Tensor<S>, x: Tensor<S>,
+package func cachedLayerStep<S: Real>(_ model: Model<S>, _ lw: LayerWeights<S>, keys: Tensor<S>, values: Tensor<S>, x: Tensor<S>,
                               start p0: Int) -> Tensor<S> {
     let c = model.config, backend = model.backend, d = c.hiddenSize, m = x.shape[0]
     let shape = c.attentionShape, nh = shape.heads, hs = shape.headSize, qDim = nh * hs, kvDim = shape.kvHeads * hs
@@ -90,7 +90,7 @@ func cachedLayerStep<S: Real>(_ model: Model<S>, _ lw: LayerWeights<S>, keys: Te
 }
 
 /// The final RMSNorm and the LM head on the last row of `x` `[m, D]`: logits `[V]`.
-func lastRowLogits<S: Real>(_ model: Model<S>, _ x: Tensor<S>) -> [S] {
+package func lastRowLogits<S: Real>(_ model: Model<S>, _ x: Tensor<S>) -> [S] {
     let c = model.config, w = model.weights, d = c.hiddenSize, m = x.shape[0]
     let last = Tensor<S>([1, d]), lastHat = Tensor<S>([1, d]), lastRstd = Tensor<S>([1]), row = Tensor<S>([1, d])
     last.data.update(from: x.data + (m - 1) * d, count: d)

@@ -18,6 +18,8 @@ public enum Objective: Sendable {
 }
 
 /// The loss of a forward pass and dL/d(output), ready for `Model.backward`.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func loss<S: Real>(_ pass: ForwardPass<S>, _ objective: Objective) -> (loss: Double, dOutput: Tensor<S>) {
     let out = pass.output, batch = pass.batch
     let dOutput = Tensor<S>(out.shape)
@@ -41,6 +43,8 @@ public func loss<S: Real>(_ pass: ForwardPass<S>, _ objective: Objective) -> (lo
 
 /// The index of the largest entry in each row of a `[R, W]` output (the first on ties): a
 /// classifier's predictions, or an LM's greedy next tokens.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func rowArgmax<S: Real>(_ t: Tensor<S>) -> [Int] {
     let w = t.shape[1]
     return (0..<t.shape[0]).map { argmax(UnsafeBufferPointer(start: t.data + $0 * w, count: w)) }

@@ -97,12 +97,14 @@ public struct ParameterLayout: Sendable {
 public struct Linear<S: Real> {
     public let weight: Tensor<S>
     public let bias: Tensor<S>?
+    package init(weight: Tensor<S>, bias: Tensor<S>?) { self.weight = weight; self.bias = bias }
 }
 
 /// LayerNorm (weight and bias) or RMSNorm (weight only), `[D]`.
 public struct Norm<S: Real> {
     public let weight: Tensor<S>
     public let bias: Tensor<S>?
+    package init(weight: Tensor<S>, bias: Tensor<S>?) { self.weight = weight; self.bias = bias }
 }
 
 public struct AttentionWeights<S: Real> {
@@ -110,6 +112,9 @@ public struct AttentionWeights<S: Real> {
     public let key: Linear<S>  // [NKV*HS, D]
     public let value: Linear<S>  // [NKV*HS, D]
     public let output: Linear<S>  // [D, NH*HS]
+    package init(query: Linear<S>, key: Linear<S>, value: Linear<S>, output: Linear<S>) {
+        self.query = query; self.key = key; self.value = value; self.output = output
+    }
 }
 
 /// One layer. BERT: `norm1` is the post-attention LayerNorm, `norm2` the post-FFN one, `ffnUp`
@@ -122,6 +127,9 @@ public struct LayerWeights<S: Real> {
     public let ffnUp: Linear<S>  // [F, D]
     public let ffnGate: Linear<S>?  // [F, D], Llama
     public let ffnDown: Linear<S>  // [D, F]
+    package init(attention: AttentionWeights<S>, norm1: Norm<S>, norm2: Norm<S>, ffnUp: Linear<S>, ffnGate: Linear<S>?, ffnDown: Linear<S>) {
+        self.attention = attention; self.norm1 = norm1; self.norm2 = norm2; self.ffnUp = ffnUp; self.ffnGate = ffnGate; self.ffnDown = ffnDown
+    }
 }
 
 /// Views over a flat buffer laid out by `ParameterLayout`: the parameters, or their gradients.
@@ -220,10 +228,10 @@ public final class LayerCache<S: Real> {
     let ffnIn: Tensor<S>  // [N, D] input of the feed-forward: mid (BERT) or RMSNorm(mid) (Llama)
     let ffnPre: Tensor<S>  // [N, F] BERT: pre-GELU; Llama: gate pre-activation
     let ffnUpOut: Tensor<S>  // [N, F] Llama up projection (unused for BERT)
-    let ffnAct: Tensor<S>  // [N, F] GELU(pre) or silu(gate) * up
+    package let ffnAct: Tensor<S>  // [N, F] GELU(pre) or silu(gate) * up
     public let output: Tensor<S>  // [N, D]
 
-    init(n: Int, d: Int, f: Int, qDim: Int, kvDim: Int, heads: Int, squares: Int, llama: Bool) {
+    package init(n: Int, d: Int, f: Int, qDim: Int, kvDim: Int, heads: Int, squares: Int, llama: Bool) {
         input = Tensor([n, d]); norm1Hat = Tensor([n, d]); norm1Rstd = Tensor([n])
         attnIn = llama ? Tensor([n, d]) : input
         q = Tensor([n, qDim]); k = Tensor([n, kvDim]); v = Tensor([n, kvDim])
@@ -242,7 +250,7 @@ public final class ForwardPass<S: Real> {
     public let headGates: [[S]]?
     let embeddingSum: Tensor<S>  // [N, D] BERT: summed embeddings before LayerNorm
     let embeddingHat: Tensor<S>, embeddingRstd: Tensor<S>
-    let finalHat: Tensor<S>, finalRstd: Tensor<S>  // Llama final norm
+    package let finalHat: Tensor<S>, finalRstd: Tensor<S>  // Llama final norm
     let finalHidden: Tensor<S>  // [N, D] Llama: model.norm output; BERT: last layer output
     let readRows: [Int]  // rows the classifier reads: [CLS] (BERT) or the last real token (Llama)
     let pooled: Tensor<S>  // [B, D] BERT: tanh(pooler); Llama classifier: gathered rows
@@ -250,7 +258,7 @@ public final class ForwardPass<S: Real> {
     /// hidden states `[N, D]`.
     public let output: Tensor<S>
 
-    init(batch: Batch, layers: [LayerCache<S>], headGates: [[S]]?, embeddingSum: Tensor<S>, embeddingHat: Tensor<S>,
+    package init(batch: Batch, layers: [LayerCache<S>], headGates: [[S]]?, embeddingSum: Tensor<S>, embeddingHat: Tensor<S>,
          embeddingRstd: Tensor<S>, finalHat: Tensor<S>, finalRstd: Tensor<S>, finalHidden: Tensor<S>, readRows: [Int],
          pooled: Tensor<S>, output: Tensor<S>) {
         self.batch = batch; self.layers = layers; self.headGates = headGates; self.embeddingSum = embeddingSum
@@ -297,6 +305,8 @@ public final class Model<S: Real> {
     public var backend: Backend
     let rotary: RotaryTable<S>?
 
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
     public init(config: ModelConfig, backend: Backend = .naive) {
         self.config = config
         self.layout = ParameterLayout(config: config)
@@ -309,13 +319,19 @@ public final class Model<S: Real> {
     }
 
     /// A zeroed buffer for gradients, laid out like `params`.
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
     public func makeGradients() -> Tensor<S> { Tensor([layout.total]) }
 
     /// Views over a gradient buffer.
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
     public func gradientViews(_ grads: Tensor<S>) -> Weights<S> { Weights(layout: layout, config: config, buffer: grads) }
 
     /// Hugging Face's initialisation: weights and embeddings N(0, initializer_range), biases 0,
     /// norm weights 1. Deterministic in the seed; tensors are filled in layout order.
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
     public func initialize(seed: UInt64) {
         var rng = SeededGenerator(seed: seed)
         let std = config.initializerRange
@@ -329,6 +345,8 @@ public final class Model<S: Real> {
         }
     }
 
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
     public func tensor(_ name: String) -> Tensor<S>? {
         layout[name].map { Tensor(viewOf: params, offset: $0.offset, shape: $0.shape) }
     }
@@ -337,6 +355,8 @@ public final class Model<S: Real> {
 
     /// Runs the model on a batch. Token ids and lengths are the caller's to check
     /// (`validate(_:)` throws a readable error for bad ones).
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
     public func forward(_ batch: Batch, options: ForwardOptions<S> = ForwardOptions()) -> ForwardPass<S> {
         let c = config, w = weights, n = batch.tokenCount, d = c.hiddenSize
         let shape = c.attentionShape, qDim = shape.heads * shape.headSize, kvDim = shape.kvHeads * shape.headSize
@@ -408,7 +428,9 @@ public final class Model<S: Real> {
 
     /// One transformer layer. BERT (post-norm): `mid = LN1(x + Attn(x))`, `out = LN2(mid + FFN(mid))`.
     /// Llama (pre-norm): `mid = x + Attn(RMS1(x))`, `out = mid + SwiGLU(RMS2(mid))`.
-    func layerForward(_ cache: LayerCache<S>, _ lw: LayerWeights<S>, layer l: Int, batch: Batch,
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
+    package func layerForward(_ cache: LayerCache<S>, _ lw: LayerWeights<S>, layer l: Int, batch: Batch,
                       options: ForwardOptions<S>) {
         let c = config, n = batch.tokenCount, d = c.hiddenSize
         let llama = c.family == .llama, x = cache.input
@@ -442,6 +464,8 @@ public final class Model<S: Real> {
 
     /// Projections, rotary (Llama), Eq. 1 attention, gates: fills q, k, v, attention, headOutput
     /// and gatedHeadOutput of the cache from `cache.attnIn`.
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
     func attentionBlockForward(_ cache: LayerCache<S>, _ aw: AttentionWeights<S>, layer l: Int, batch: Batch,
                                options: ForwardOptions<S>) {
         let shape = config.attentionShape
@@ -474,6 +498,8 @@ public final class Model<S: Real> {
     /// at each layer's attention probabilities (`dAttention[l]`, laid out like
     /// `pass.layers[l].attention`; Eq. 7). Parameter gradients are *accumulated* into `grads`.
     @discardableResult
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
     public func backward(_ pass: ForwardPass<S>, dOutput: Tensor<S>, dAttention: [Tensor<S>?]? = nil,
                          into grads: Tensor<S>) -> BackwardResult<S> {
         let c = config, w = weights, g = gradientViews(grads), batch = pass.batch
@@ -534,18 +560,15 @@ public final class Model<S: Real> {
     }
 
     /// Backward of one layer: accumulates parameter gradients into `gw`, writes dL/d(input) into
-    /// `dInput`, returns dL/dH `[N, NH*HS]` and the gate gradients `[NH]`.
-    /// With `weightGradients == false` only the inputs' gradients are computed (the linear
-    /// layers' dW GEMMs are skipped; norm weights still accumulate into `gw`, a few numbers).
-    func layerBackward(_ dInput: Tensor<S>, dOut: Tensor<S>, _ cache: LayerCache<S>, _ lw: LayerWeights<S>,
-                       _ gw: LayerWeights<S>, layer l: Int, batch: Batch, gates: [S]?,
-                       dAttention: Tensor<S>?, weightGradients: Bool = true,
-                       queryKeyGradients: ((_ dq: Tensor<S>, _ dk: Tensor<S>, _ attnIn: Tensor<S>) -> Void)? = nil) -> (Tensor<S>, [S]) {
+    /// `dInput`, returns dL/dH `[N, NH*HS]` and the gate gradients `[NH]`. Every linear layer's
+    /// backward goes through `linearBackward` (see `LinearBackwardStep`: the lab's seam).
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
+    package func layerBackward(_ dInput: Tensor<S>, dOut: Tensor<S>, _ cache: LayerCache<S>, _ lw: LayerWeights<S>,
+                               _ gw: LayerWeights<S>, layer l: Int, batch: Batch, gates: [S]?, dAttention: Tensor<S>?,
+                               linearBackward: LinearBackwardStep<S> = { HeadAlign.linearBackward($0, $1, $2, $3, $4, $5, $6) }) -> (Tensor<S>, [S]) {
         let c = config, n = batch.tokenCount, d = c.hiddenSize, f = c.intermediateSize
         let llama = c.family == .llama
-        func linearBackward(_ dx: Tensor<S>, _ dw: Tensor<S>, _ db: Tensor<S>?, _ dout: Tensor<S>, _ x: Tensor<S>, _ w: Tensor<S>, _ be: Backend) {
-            if weightGradients { HeadAlign.linearBackward(dx, dw, db, dout, x, w, be) } else { linearBackwardInput(dx, dout, w, be) }
-        }
         let dMid = Tensor<S>([n, d])  // dL/d(mid)
         let dProj: Tensor<S>  // dL/d(attention output projection)
         let dAct = Tensor<S>([n, f]), dPre = Tensor<S>([n, f])
@@ -608,7 +631,6 @@ public final class Model<S: Real> {
                           interleaved: config.ropeInterleaved, inverse: true)
             }
         }
-        queryKeyGradients?(dq, dk, cache.attnIn)  // dL/dq, dL/dk after rotary's inverse, and what W_q, W_k read
         let a = lw.attention, ga = gw.attention
         let dAttnIn = llama ? Tensor<S>([n, d]) : dInput  // BERT: q/k/v read x itself
         linearBackward(dAttnIn, ga.query.weight, ga.query.bias, dq, cache.attnIn, a.query.weight, backend)
@@ -620,6 +642,18 @@ public final class Model<S: Real> {
         return (dH, dGate)
     }
 }
+
+// MARK: - The seam the lab's streamed 7B path uses
+
+/// How `layerBackward` runs one linear layer's backward: `(dx, dW, db, dOut, x, W, backend)`,
+/// as `linearBackward` in Ops.swift. The textbook always passes `linearBackward` itself. The lab's
+/// streamed 7B Llama (HeadAlignLab/Streaming.swift), which runs one layer at a time from the
+/// checkpoint, passes a step that skips the weight GEMMs (`linearBackwardInput`) and, for Eq. 7,
+/// reads dL/dq and dL/dk where the query and key projections' backward receives them. Together
+/// with `layerForward`, `cachedLayerStep` and the initialisers of the layer caches and weight
+/// views (all `package`), this is the whole of what the lab reaches inside the model.
+public typealias LinearBackwardStep<S: Real> = (_ dx: Tensor<S>, _ dW: Tensor<S>, _ db: Tensor<S>?, _ dOut: Tensor<S>,
+                                                _ x: Tensor<S>, _ W: Tensor<S>, _ backend: Backend) -> Void
 
 // MARK: - Small helpers
 

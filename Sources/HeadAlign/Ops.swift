@@ -6,6 +6,8 @@
 // MARK: - Linear
 
 /// `out = x W^T + b`: x `[N, I]`, W `[O, I]` (the Hugging Face layout), b `[O]`, out `[N, O]`.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func linearForward<S: Real>(_ out: Tensor<S>, _ x: Tensor<S>, _ w: Tensor<S>, _ b: Tensor<S>?,
                                    _ backend: Backend) {
     let n = x.shape[0], i = x.shape[1], o = w.shape[0]
@@ -24,6 +26,8 @@ public func linearForward<S: Real>(_ out: Tensor<S>, _ x: Tensor<S>, _ w: Tensor
 
 /// Backward of `out = x W^T + b`: `dx += dout W`, `dW += dout^T x`, `db += sum_rows dout`.
 /// `dx` may be nil when the input needs no gradient.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func linearBackward<S: Real>(_ dx: Tensor<S>?, _ dw: Tensor<S>, _ db: Tensor<S>?,
                                     _ dout: Tensor<S>, _ x: Tensor<S>, _ w: Tensor<S>, _ backend: Backend) {
     let n = x.shape[0], i = x.shape[1], o = w.shape[0]
@@ -46,6 +50,8 @@ public func linearBackward<S: Real>(_ dx: Tensor<S>?, _ dw: Tensor<S>, _ db: Ten
 
 /// The input half of `linearBackward` alone: `dx += dout W`. The activations-only backward of
 /// the streamed 7B path uses it (no weight gradients are kept there).
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func linearBackwardInput<S: Real>(_ dx: Tensor<S>, _ dout: Tensor<S>, _ w: Tensor<S>, _ backend: Backend) {
     let n = dx.shape[0], i = dx.shape[1], o = w.shape[0]
     precondition(dout.shape == [n, o] && w.shape == [o, i], "linearBackwardInput: dout \(dout.shape), W \(w.shape), dx \(dx.shape)")
@@ -56,6 +62,8 @@ public func linearBackwardInput<S: Real>(_ dx: Tensor<S>, _ dout: Tensor<S>, _ w
 
 /// `out[t] += table[ids[t]]`: table `[V, D]`, out `[N, D]`. Adds, so token, position and
 /// token-type embeddings sum into one buffer.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func embeddingForward<S: Real>(_ out: Tensor<S>, _ table: Tensor<S>, _ ids: [Int]) {
     let d = table.shape[1]
     precondition(out.shape == [ids.count, d], "embeddingForward: out \(out.shape), \(ids.count) ids, D \(d)")
@@ -67,6 +75,8 @@ public func embeddingForward<S: Real>(_ out: Tensor<S>, _ table: Tensor<S>, _ id
 }
 
 /// `dtable[ids[t]] += dout[t]`.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func embeddingBackward<S: Real>(_ dtable: Tensor<S>, _ dout: Tensor<S>, _ ids: [Int]) {
     let d = dtable.shape[1]
     for (t, id) in ids.enumerated() {
@@ -79,6 +89,8 @@ public func embeddingBackward<S: Real>(_ dtable: Tensor<S>, _ dout: Tensor<S>, _
 
 /// `out = xhat * gamma + beta` with `xhat = (x - mean) * rstd`, `rstd = 1 / sqrt(var + eps)`,
 /// population variance over the last dimension. Caches `xhat` `[N, D]` and `rstd` `[N]`.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func layerNormForward<S: Real>(_ out: Tensor<S>, _ xhat: Tensor<S>, _ rstd: Tensor<S>,
                                       _ x: Tensor<S>, _ gamma: Tensor<S>, _ beta: Tensor<S>, eps: Double) {
     let n = x.shape[0], d = x.shape[1]
@@ -104,6 +116,8 @@ public func layerNormForward<S: Real>(_ out: Tensor<S>, _ xhat: Tensor<S>, _ rst
 
 /// With `g = dout * gamma`: `dx += rstd * (g - mean(g) - xhat * mean(g * xhat))`,
 /// `dgamma += sum_rows dout * xhat`, `dbeta += sum_rows dout`.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func layerNormBackward<S: Real>(_ dx: Tensor<S>, _ dgamma: Tensor<S>, _ dbeta: Tensor<S>,
                                        _ dout: Tensor<S>, _ xhat: Tensor<S>, _ rstd: Tensor<S>,
                                        _ gamma: Tensor<S>) {
@@ -132,6 +146,8 @@ public func layerNormBackward<S: Real>(_ dx: Tensor<S>, _ dgamma: Tensor<S>, _ d
 
 /// `out = xhat * w` with `xhat = x * rstd`, `rstd = 1 / sqrt(mean(x^2) + eps)`.
 /// Caches `xhat` `[N, D]` and `rstd` `[N]`.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func rmsNormForward<S: Real>(_ out: Tensor<S>, _ xhat: Tensor<S>, _ rstd: Tensor<S>,
                                     _ x: Tensor<S>, _ w: Tensor<S>, eps: Double) {
     let n = x.shape[0], d = x.shape[1]
@@ -153,6 +169,8 @@ public func rmsNormForward<S: Real>(_ out: Tensor<S>, _ xhat: Tensor<S>, _ rstd:
 }
 
 /// With `g = dout * w`: `dx += rstd * (g - xhat * mean(g * xhat))`, `dw += sum_rows dout * xhat`.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func rmsNormBackward<S: Real>(_ dx: Tensor<S>, _ dw: Tensor<S>, _ dout: Tensor<S>,
                                      _ xhat: Tensor<S>, _ rstd: Tensor<S>, _ w: Tensor<S>) {
     let n = xhat.shape[0], d = xhat.shape[1]
@@ -172,6 +190,8 @@ public func rmsNormBackward<S: Real>(_ dx: Tensor<S>, _ dw: Tensor<S>, _ dout: T
 // MARK: - GELU (exact, erf form, as BERT's "gelu")
 
 /// `gelu(x) = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))`.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func geluForward<S: Real>(_ out: Tensor<S>, _ x: Tensor<S>) {
     precondition(out.count == x.count, "geluForward: out \(out.shape), x \(x.shape)")
     let invSqrt2 = S(0.70710678118654752440)
@@ -182,6 +202,8 @@ public func geluForward<S: Real>(_ out: Tensor<S>, _ x: Tensor<S>) {
 }
 
 /// `gelu'(x) = Phi(x) + x * phi(x)`, phi the standard normal density.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func geluBackward<S: Real>(_ dx: Tensor<S>, _ dout: Tensor<S>, _ x: Tensor<S>) {
     let invSqrt2 = S(0.70710678118654752440), invSqrt2Pi = S(0.39894228040143267794)
     for i in 0..<x.count {
@@ -194,11 +216,15 @@ public func geluBackward<S: Real>(_ dx: Tensor<S>, _ dout: Tensor<S>, _ x: Tenso
 
 // MARK: - tanh (BERT pooler)
 
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func tanhForward<S: Real>(_ out: Tensor<S>, _ x: Tensor<S>) {
     for i in 0..<x.count { out.data[i] = S.tanh(x.data[i]) }
 }
 
 /// `dx += dout * (1 - y^2)`, y the forward output.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func tanhBackward<S: Real>(_ dx: Tensor<S>, _ dout: Tensor<S>, _ y: Tensor<S>) {
     for i in 0..<y.count { dx.data[i] += dout.data[i] * (1 - y.data[i] * y.data[i]) }
 }
@@ -206,6 +232,8 @@ public func tanhBackward<S: Real>(_ dx: Tensor<S>, _ dout: Tensor<S>, _ y: Tenso
 // MARK: - SwiGLU (Llama feed-forward)
 
 /// `out = silu(gate) * up`, `silu(z) = z * sigmoid(z)`; all `[N, F]`.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func swigluForward<S: Real>(_ out: Tensor<S>, _ gate: Tensor<S>, _ up: Tensor<S>) {
     precondition(out.count == gate.count && gate.count == up.count, "swigluForward: shapes differ")
     for i in 0..<gate.count {
@@ -215,6 +243,8 @@ public func swigluForward<S: Real>(_ out: Tensor<S>, _ gate: Tensor<S>, _ up: Te
 }
 
 /// `dgate += dout * up * sigmoid(z) (1 + z (1 - sigmoid(z)))`, `dup += dout * silu(z)`.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func swigluBackward<S: Real>(_ dgate: Tensor<S>, _ dup: Tensor<S>, _ dout: Tensor<S>,
                                     _ gate: Tensor<S>, _ up: Tensor<S>) {
     for i in 0..<gate.count {
@@ -255,6 +285,8 @@ public struct RotaryTable<S: Real> {
 /// `interleaved == false`: Hugging Face rotate_half, pairs `(i, i + HS/2)`;
 /// `interleaved == true`: llama2.c, pairs `(2i, 2i+1)`. `inverse` applies the transpose rotation,
 /// which is the backward (a rotation's Jacobian is the rotation itself).
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func ropeApply<S: Real>(_ x: UnsafeMutablePointer<S>, rows: Int, heads: Int, startPosition: Int,
                                table: RotaryTable<S>, interleaved: Bool, inverse: Bool) {
     let hs = table.headSize, half = hs / 2, ld = heads * hs
@@ -280,6 +312,8 @@ public func ropeApply<S: Real>(_ x: UnsafeMutablePointer<S>, rows: Int, heads: I
 /// Row softmax in place over `n` entries, max subtracted first; entries with `allowed[k] == false`
 /// become exactly 0. A row with no allowed entry becomes all zeros.
 @inline(__always)
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func softmaxRow<S: Real>(_ row: UnsafeMutablePointer<S>, _ n: Int, allowed: (Int) -> Bool) {
     for k in 0..<n where !allowed(k) { row[k] = -S.infinity }
     softmaxPrefix(row, n, n)
@@ -290,6 +324,8 @@ public func softmaxRow<S: Real>(_ row: UnsafeMutablePointer<S>, _ n: Int, allowe
 /// Entries equal to -inf get weight 0 (up to exp's underflow; callers that need exact zeros
 /// set them afterwards). The exponentials and the scaling are plain loops that vectorise.
 @inline(__always)
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func softmaxPrefix<S: Real>(_ row: UnsafeMutablePointer<S>, _ limit: Int, _ n: Int) {
     var mx = -S.infinity
     for k in 0..<limit { mx = Swift.max(mx, row[k]) }
@@ -308,6 +344,8 @@ public func softmaxPrefix<S: Real>(_ row: UnsafeMutablePointer<S>, _ limit: Int,
 /// Backward of a softmax row: `dz = p * (dp - sum_k p_k dp_k)`, written (not accumulated) to `dz`.
 /// Masked entries have p = 0 and so get dz = 0.
 @inline(__always)
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func softmaxRowBackward<S: Real>(_ dz: UnsafeMutablePointer<S>, _ dp: UnsafePointer<S>,
                                         _ p: UnsafePointer<S>, _ n: Int) {
     var dot: S = 0
@@ -318,6 +356,8 @@ public func softmaxRowBackward<S: Real>(_ dz: UnsafeMutablePointer<S>, _ dp: Uns
 /// Cross-entropy of each row of `logits` `[R, C]` against `targets[r]` (`-1` = no target), and
 /// its gradient `dlogits = scale * (softmax - onehot)` for those rows (0 for the others).
 /// Returns the sum of the row losses (the caller picks the reduction through `scale`).
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func crossEntropy<S: Real>(_ logits: Tensor<S>, targets: [Int], scale: S,
                                   dlogits: Tensor<S>?) -> Double {
     let r = logits.shape[0], c = logits.shape[1]

@@ -14,6 +14,8 @@ public final class AdamW<S: Real> {
     public private(set) var step = 0
     let m: Tensor<S>, v: Tensor<S>
 
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
     public init(count: Int, learningRate: Double, beta1: Double = 0.9, beta2: Double = 0.999, eps: Double = 1e-8,
                 weightDecay: Double = 0.01) {
         self.learningRate = learningRate
@@ -22,6 +24,8 @@ public final class AdamW<S: Real> {
     }
 
     /// One update of `params` from `grads` (both `[count]`).
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
     public func update(_ params: Tensor<S>, _ grads: Tensor<S>) {
         precondition(params.count == m.count && grads.count == m.count,
                      "AdamW.update: params \(params.count), grads \(grads.count), state \(m.count)")

@@ -65,18 +65,17 @@ func perHead(_ xs: [Double], heads: Int) -> JSONOut {
 }
 
 /// The oracle dump for `inputs`.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func inspectDocument<S: Real>(_ model: Model<S>, inputs: [AnalysisInput], settings: InspectSettings,
                                      commandLine: String) throws -> JSONOut {
     try inspectDocument(AnalysisRunner(model), inputs: inputs, settings: settings, commandLine: commandLine)
 }
 
-/// The same for a model run layer by layer from its checkpoint (Streaming.swift).
-public func inspectDocument(_ model: StreamedLlama, inputs: [AnalysisInput], settings: InspectSettings,
-                            commandLine: String) throws -> JSONOut {
-    try inspectDocument(model.runner, inputs: inputs, settings: settings, commandLine: commandLine)
-}
-
-func inspectDocument<S: Real>(_ model: AnalysisRunner<S>, inputs: [AnalysisInput], settings: InspectSettings,
+/// The same through the analysis seam (a model that is not resident brings its own runner).
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
+public func inspectDocument<S: Real>(_ model: AnalysisRunner<S>, inputs: [AnalysisInput], settings: InspectSettings,
                               commandLine: String) throws -> JSONOut {
     let c = model.config, nh = c.numAttentionHeads
     let analyses = try analyze(model, inputs, settings: settings.analysis)

@@ -192,6 +192,8 @@ public final class SafetensorsFile: @unchecked Sendable {
     }
 
     /// Converts tensor `name` to `S` into `out` (which holds its element count).
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
     public func read<S: Real>(_ name: String, into out: UnsafeMutablePointer<S>, count: Int) throws {
         guard let e = header.entry(name) else { throw HeadAlignError.badInput("\(path): no tensor '\(name)'") }
         guard e.count == count else {
@@ -202,6 +204,8 @@ public final class SafetensorsFile: @unchecked Sendable {
 }
 
 /// Little-endian stored values of a floating-point dtype into `S`.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func convert<S: Real>(_ raw: UnsafeRawBufferPointer, dtype: SafetensorsDType, into out: UnsafeMutablePointer<S>,
                              count: Int, what: String) throws {
     switch dtype {
@@ -266,6 +270,8 @@ public struct SafetensorsTensor<S: Real> {
 
 /// The file's bytes: header sorted as the reference writer sorts (larger dtypes first, then by
 /// name), compact JSON padded with spaces to a multiple of 8, then the data back to back.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func serializeSafetensors<S: Real>(_ tensors: [SafetensorsTensor<S>], metadata: [String: String]? = nil) throws -> Data {
     for t in tensors where ![.F32, .F64, .F16, .BF16].contains(t.dtype) {
         throw HeadAlignError.usage("safetensors writer: dtype \(t.dtype) is not writable (F32, F64, F16, BF16)")
@@ -300,6 +306,8 @@ public func serializeSafetensors<S: Real>(_ tensors: [SafetensorsTensor<S>], met
 }
 
 /// Values stored little-endian in a writable dtype (F32, F64, BF16 rounded to nearest even, F16).
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func encodeValues<S: Real>(_ values: UnsafeBufferPointer<S>, as dtype: SafetensorsDType) -> Data {
     let size = dtype.bits / 8
     var out = Data(count: values.count * size)

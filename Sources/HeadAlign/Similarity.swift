@@ -37,6 +37,8 @@ public struct HeadID: Hashable, Comparable, Sendable, CustomStringConvertible {
 }
 
 /// Eq. 2: `vec(P)`, row-major, of the view of one head's `[T, T]` attention matrix.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func flattenedView<S: Real>(_ a: UnsafePointer<S>, tokens t: Int, view: AnalysisView, promptLength: Int) -> [Double] {
     let (rows, cols) = view.block(tokens: t, promptLength: promptLength)
     var v: [Double] = []

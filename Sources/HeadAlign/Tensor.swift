@@ -139,6 +139,8 @@ public final class Tensor<S: Real>: @unchecked Sendable {
     private let base: Tensor<S>?  // a view keeps the storage it points into alive
 
     /// A zero-filled tensor.
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
     public init(_ shape: [Int]) {
         precondition(shape.allSatisfy { $0 >= 0 }, "Tensor: negative dimension in shape \(shape)")
         self.shape = shape
@@ -148,6 +150,8 @@ public final class Tensor<S: Real>: @unchecked Sendable {
         self.base = nil
     }
 
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
     public convenience init(_ shape: [Int], _ values: [S]) {
         self.init(shape)
         precondition(values.count == count, "Tensor: \(values.count) values for shape \(shape)")
@@ -155,6 +159,8 @@ public final class Tensor<S: Real>: @unchecked Sendable {
     }
 
     /// A tensor that aliases `count(shape)` elements of `base` starting at `offset`.
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
     public init(viewOf base: Tensor<S>, offset: Int, shape: [Int]) {
         let n = shape.reduce(1, *)
         precondition(offset >= 0 && offset + n <= base.count,
@@ -176,15 +182,21 @@ public final class Tensor<S: Real>: @unchecked Sendable {
 
     public var array: [S] { Array(UnsafeBufferPointer(start: data, count: count)) }
 
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
     public func copy() -> Tensor<S> {
         let t = Tensor<S>(shape)
         t.data.update(from: data, count: count)
         return t
     }
 
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
     public func zero() { data.update(repeating: 0, count: count) }
 
     /// Element-wise `self += other`.
+    @_specialize(exported: true, where S == Float)
+    @_specialize(exported: true, where S == Double)
     public func add(_ other: Tensor<S>) {
         precondition(other.count == count, "Tensor.add: shapes \(shape) and \(other.shape)")
         for i in 0..<count { data[i] += other.data[i] }
@@ -204,6 +216,8 @@ public final class Tensor<S: Real>: @unchecked Sendable {
 /// `op(A)` is `[m,k]` (stored `[k,m]` when `transA`) and `op(B)` is `[k,n]` (stored `[n,k]` when
 /// `transB`). Loops run i-k-j so that the innermost loop walks a row of B and a row of C with
 /// stride 1 and vectorises; `op(B) = B^T` is first transposed into a scratch buffer for that reason.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
 public func naiveGemm<S: Real>(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: S,
                                a: UnsafePointer<S>, lda: Int, b: UnsafePointer<S>, ldb: Int,
                                beta: S, c: UnsafeMutablePointer<S>, ldc: Int) {

@@ -270,3 +270,41 @@ public final class Llama2cTokenizer: @unchecked Sendable {
         return String(decoding: bytes, as: UTF8.self)
     }
 }
+
+// MARK: - Decoder view
+
+/// A decoder's tokenizer as the generation code sees it: prompts start with BOS, responses end
+/// with EOS, decoding drops both. `words`: the whole-word vocabulary of `buildWordVocabulary`
+/// (headalign-trained llama-tiny; `[CLS]` is BOS, `[SEP]` EOS). `bpe`: llama2.c's byte-level BPE
+/// (stories260K; BOS 1, EOS 2; a response is encoded on its own, with the leading space
+/// SentencePiece adds to a text).
+public enum DecoderTokenizer: @unchecked Sendable {
+    case words(WordPieceTokenizer)
+    case bpe(Llama2cTokenizer)
+
+    public var bos: Int {
+        switch self { case .words(let w): return w.cls; case .bpe(let t): return t.bos }
+    }
+    public var eos: Int {
+        switch self { case .words(let w): return w.sep; case .bpe(let t): return t.eos }
+    }
+    public func prompt(_ text: String) -> [Int] {
+        switch self {
+        case .words(let w): return [bos] + w.basicTokens(text).map { w.ids[$0] ?? w.unk }
+        case .bpe(let t): return t.encode(text, bos: true)
+        }
+    }
+    public func response(_ text: String) -> [Int] {
+        switch self {
+        case .words(let w): return w.basicTokens(text).map { w.ids[$0] ?? w.unk } + [eos]
+        case .bpe(let t): return t.encode(text, bos: false) + [eos]
+        }
+    }
+    public func decode(_ ids: [Int]) -> String {
+        let body = ids.filter { $0 != bos && $0 != eos }
+        switch self {
+        case .words(let w): return body.map(w.token).joined(separator: " ")
+        case .bpe(let t): return t.decode(body, after: t.bos)
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 enum AlignCommand: Command {
     static let spec = CommandSpec(
@@ -18,14 +19,9 @@ enum AlignCommand: Command {
             checkpoint's dtype at the end.
             """,
         usage: "align --model DIR (--text T | --ids 'I ...' | --inputs FILE)... [--suspicious l:h,... --safe l:h,...] [--align-steps N] [--align-lr LR] (--out DIR | --no-write)",
-        options: modelOptions + analysisOptions + [
-            OptionSpec(name: "--text", value: "TEXT", help: "an input (repeatable)", repeatable: true),
-            OptionSpec(name: "--ids", value: "'I I ...'", help: "an input as token ids (repeatable)", repeatable: true),
-            OptionSpec(name: "--inputs", value: "FILE", help: "inputs, one per line"),
-            OptionSpec(name: "--suspicious", value: "l:h,...", help: "explicit suspicious heads (with --safe)"),
-            OptionSpec(name: "--safe", value: "l:h,...", help: "explicit safe heads (with --suspicious)"),
-            OptionSpec(name: "--align-steps", value: "N", help: "alignment steps (default 50)"),
-            OptionSpec(name: "--align-lr", value: "LR", help: "AdamW learning rate (default 1e-3)"),
+        options: modelOptions + analysisOptions + inputOptions() + headSplitOptions + [
+            OptionSpec(name: "--align-steps", value: "N", help: "alignment steps (default \(defenseDefaults.alignSteps))"),
+            OptionSpec(name: "--align-lr", value: "LR", help: "AdamW learning rate (default \(defenseDefaults.alignLearningRate))"),
             OptionSpec(name: "--out", value: "DIR", help: "the aligned checkpoint's new directory"),
             OptionSpec(name: "--no-write", value: nil, help: "run the steps, write nothing"),
         ])
@@ -34,9 +30,8 @@ enum AlignCommand: Command {
         guard case .directory(let dir) = try args.modelSource() else { throw HeadAlignError.usage("align needs --model DIR (a Llama checkpoint)") }
         if args.has("--no-write") == args.has("--out") { throw HeadAlignError.usage("give --out DIR or --no-write") }
         if let out = args.string("--out") { try StreamedLlama.checkRoom(copying: dir, to: out) }
-        if args.has("--suspicious") != args.has("--safe") { throw HeadAlignError.usage("--suspicious and --safe go together") }
-        let steps = try args.int("--align-steps", default: 50, range: 1...1_000_000)
-        let lr = try args.double("--align-lr", default: 1e-3, range: 0...1)
+        let steps = try args.int("--align-steps", default: defenseDefaults.alignSteps, range: 1...1_000_000)
+        let lr = try args.double("--align-lr", default: defenseDefaults.alignLearningRate, range: 0...1)
         let start = monotonicSeconds()
         let model = try StreamedLlama(directory: dir, backend: try args.backend())
         let c = model.config
@@ -47,10 +42,8 @@ enum AlignCommand: Command {
         guard !inputs.isEmpty else { throw HeadAlignError.usage("give inputs: --text, --ids or --inputs") }
         var suspicious: [HeadID], safe: [HeadID]
         var sequences: [(tokens: [Int], promptLength: Int)]
-        if let s = args.string("--suspicious"), let t = args.string("--safe") {
-            suspicious = try parseHeadList(s, config: c, flag: "--suspicious")
-            safe = try parseHeadList(t, config: c, flag: "--safe")
-            if !Set(suspicious).isDisjoint(with: safe) { throw HeadAlignError.usage("a head is both --suspicious and --safe") }
+        if let split = try args.headSplit(c) {
+            (suspicious, safe) = split
             sequences = model.analysisSequences(inputs, settings: settings)  // Eq. 5 is not needed: no analysis pass
         } else {
             let analyses = try model.analyze(inputs, settings: settings)  // Eq. 1-5 on the inputs

@@ -3,6 +3,7 @@
 
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 struct OptionSpec {
     let name: String  // "--seed"
@@ -178,7 +179,7 @@ extension ParsedArguments {
         guard try precision() == .f32 else { throw HeadAlignError.usage("--stream computes in f32") }
         let s = try StreamedLlama(directory: dir, backend: try backend())
         return (Analyzer(config: s.config, analyze: { try s.analyze($0, settings: $1) },
-                         inspect: { try inspectDocument(s, inputs: $0, settings: $1, commandLine: $2) }, streamed: s),
+                         inspect: { try s.inspect($0, settings: $1, commandLine: $2) }, streamed: s),
                 try AnyModel.tokenizer(for: .directory(dir), config: s.config), .directory(dir))
     }
 
@@ -192,38 +193,50 @@ extension ParsedArguments {
 
 // MARK: - Options of the method's commands
 
+/// The defaults every option below prints and parses: the settings structs own them (with
+/// their reasons); the parser and the help read them from here.
+let analysisDefaults = AnalysisSettings(view: .full)
+let defenseDefaults = DefenseSettings(task: .classification, family: .bert)
+let baselineDefaults = BaselineSettings()
+
 let analysisOptions: [OptionSpec] = [
     OptionSpec(name: "--view", value: "V", help: "view of A for Eq. 3 in Eq. 5 and Eq. 6-7: full, cls, last, gen2prompt (default: full for classifiers, gen2prompt for decoders)"),
-    OptionSpec(name: "--scope", value: "S", help: "head pairs compared: model (default) or layer"),
-    OptionSpec(name: "--alpha", value: "A", help: "Eq. 5 weight of maxsim against importance, in [0, 1] (default 0.5)"),
-    OptionSpec(name: "--tau", value: "T", help: "Eq. 5 class bound, in [0, 0.5] (default 0.5)"),
-    OptionSpec(name: "--importance-labels", value: "L", help: "Eq. 4 loss labels: predicted (default) or gold"),
-    OptionSpec(name: "--generate", value: "N", help: "tokens generated for gen2prompt, T_g (default 8)"),
-    OptionSpec(name: "--threshold", value: "C", help: "frac_above's cosine threshold (default 0.99)"),
+    OptionSpec(name: "--scope", value: "S", help: "head pairs compared: model or layer (default \(analysisDefaults.scope.rawValue))"),
+    OptionSpec(name: "--alpha", value: "A", help: "Eq. 5 weight of maxsim against importance, in [0, 1] (default \(defenseDefaults.alpha))"),
+    OptionSpec(name: "--tau", value: "T", help: "Eq. 5 class bound, in [0, 0.5] (default \(defenseDefaults.tau))"),
+    OptionSpec(name: "--importance-labels", value: "L", help: "Eq. 4 loss labels: predicted or gold (default \(analysisDefaults.importanceLabels.rawValue))"),
+    OptionSpec(name: "--generate", value: "N", help: "tokens generated for gen2prompt, T_g (default \(analysisDefaults.generate))"),
+    OptionSpec(name: "--threshold", value: "C", help: "frac_above's cosine threshold (default \(analysisDefaults.threshold))"),
 ]
 
 extension ParsedArguments {
     func analysisSettings(for config: ModelConfig, view flag: String = "--view") throws -> AnalysisSettings {
-        let task = Task.of(config)
+        let task = ModelTask.of(config)
         let defaultView = task.defaultViews(config.family).defense
         var s = AnalysisSettings(view: AnalysisView(rawValue: try choice(flag, AnalysisView.allCases.map(\.rawValue), default: defaultView.rawValue))!)
-        s.scope = PairScope(rawValue: try choice("--scope", PairScope.allCases.map(\.rawValue), default: "model"))!
-        s.importanceLabels = ImportanceLabels(rawValue: try choice("--importance-labels", ImportanceLabels.allCases.map(\.rawValue), default: "predicted"))!
-        s.generate = try int("--generate", default: 8, range: 1...max(1, config.maxPositionEmbeddings - 2))
-        s.threshold = try double("--threshold", default: 0.99, range: 0...1)
+        s.scope = PairScope(rawValue: try choice("--scope", PairScope.allCases.map(\.rawValue), default: s.scope.rawValue))!
+        s.importanceLabels = ImportanceLabels(rawValue: try choice("--importance-labels", ImportanceLabels.allCases.map(\.rawValue),
+                                                                   default: s.importanceLabels.rawValue))!
+        s.generate = try generate(config)
+        s.threshold = try double("--threshold", default: s.threshold, range: 0...1)
         if s.view == .gen2prompt && task != .generation { throw HeadAlignError.usage("\(flag) gen2prompt needs a decoder with an LM head") }
         if s.view == .cls && config.family != .bert { throw HeadAlignError.usage("\(flag) cls is the [CLS] row of a BERT encoder; use last for a decoder") }
         return s
     }
 
-    func alphaTau() throws -> (Double, Double) {
-        (try double("--alpha", default: 0.5, range: 0...1), try double("--tau", default: 0.5, range: 0...0.5))
+    /// T_g, the tokens generated for gen2prompt (room is left for at least two prompt tokens).
+    func generate(_ config: ModelConfig) throws -> Int {
+        try int("--generate", default: analysisDefaults.generate, range: 1...max(1, config.maxPositionEmbeddings - 2))
     }
 
-    /// Inputs from --text/--ids and from a file flag, tokenized; a warning for truncated ones.
+    func alphaTau() throws -> (Double, Double) {
+        (try double("--alpha", default: defenseDefaults.alpha, range: 0...1), try double("--tau", default: defenseDefaults.tau, range: 0...0.5))
+    }
+
+    /// Inputs from --text/--ids and from a file flag (`inputOptions`), tokenized; a warning for truncated ones.
     func analysisInputs(fileFlag: String?, tokenizer: AnyTokenizer, config: ModelConfig, command: String) throws -> [AnalysisInput] {
         var inputs: [AnalysisInput] = []
-        let maxLength = config.maxPositionEmbeddings - (Task.of(config) == .generation ? try int("--generate", default: 8, range: 1...4096) : 0)
+        let maxLength = config.maxPositionEmbeddings - (ModelTask.of(config) == .generation ? try generate(config) : 0)
         func add(_ text: String, _ label: Int?) throws {
             let (ids, truncated) = try tokenizer.encode(text, maxLength: maxLength)
             if truncated { printError("headalign \(command): warning: input '\(text.prefix(40))' truncated to \(ids.count) tokens") }
@@ -247,6 +260,37 @@ extension ParsedArguments {
         return inputs
     }
 }
+
+/// The inputs of the analysis commands: --text, --ids, a file, and the gold label of --text/--ids.
+func inputOptions(file: String = "--inputs", fileHelp: String = "inputs, one per line: text or label<TAB>text") -> [OptionSpec] {
+    [
+        OptionSpec(name: "--text", value: "TEXT", help: "an input (repeatable)", repeatable: true),
+        OptionSpec(name: "--ids", value: "'I I ...'", help: "an input as token ids, e.g. for --preset models (repeatable)", repeatable: true),
+        OptionSpec(name: file, value: "FILE", help: fileHelp),
+        OptionSpec(name: "--label", value: "N", help: "gold label of the --text/--ids inputs (for --importance-labels gold)"),
+    ]
+}
+
+/// An explicit head split instead of Eq. 5's classes.
+let headSplitOptions: [OptionSpec] = [
+    OptionSpec(name: "--suspicious", value: "l:h,...", help: "explicit suspicious heads (with --safe), instead of Eq. 5"),
+    OptionSpec(name: "--safe", value: "l:h,...", help: "explicit safe heads (with --suspicious)"),
+]
+
+extension ParsedArguments {
+    /// `--suspicious` and `--safe` (`headSplitOptions`): both or neither, disjoint, heads of the model.
+    func headSplit(_ config: ModelConfig) throws -> (suspicious: [HeadID], safe: [HeadID])? {
+        if has("--suspicious") != has("--safe") { throw HeadAlignError.usage("--suspicious and --safe go together") }
+        guard let s = string("--suspicious"), let t = string("--safe") else { return nil }
+        let suspicious = try parseHeadList(s, config: config, flag: "--suspicious")
+        let safe = try parseHeadList(t, config: config, flag: "--safe")
+        if !Set(suspicious).isDisjoint(with: safe) { throw HeadAlignError.usage("a head is both --suspicious and --safe") }
+        return (suspicious, safe)
+    }
+}
+
+/// The command line as the outputs record it (first word `headalign`, whatever the binary's path).
+let echoedCommandLine = (["headalign"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
 
 // MARK: - Data: a file or an embedded corpus
 
@@ -281,65 +325,81 @@ extension ParsedArguments {
 
 // MARK: - Options of the defense (defend, experiment, demo)
 
-let defenseOptions: [OptionSpec] = [
-            OptionSpec(name: "--monitor-view", value: "V", help: "the monitor's view (default cls / last / gen2prompt)"),
-            OptionSpec(name: "--score", value: "S", help: "the monitor's score (default contrast-absz)"),
-            OptionSpec(name: "--quantile", value: "Q", help: "the monitor's calibration quantile (default 0.99)"),
-            OptionSpec(name: "--maxsim", value: "M", help: "Eq. 5's maxsim: plain (default) or contrast"),
-            OptionSpec(name: "--rounds", value: "N", help: "at most this many rounds (default 1)"),
-            OptionSpec(name: "--align-steps", value: "N", help: "alignment steps per round (default 50)"),
-            OptionSpec(name: "--align-lr", value: "LR", help: "alignment AdamW learning rate (default 1e-3)"),
-            OptionSpec(name: "--ft-steps", value: "N", help: "fine-tuning steps per round (default 100)"),
-            OptionSpec(name: "--batch", value: "B", help: "batch size (default 16)"),
-            OptionSpec(name: "--lr-suspicious", value: "LR", help: "eta_low (default 5e-6)"),
-            OptionSpec(name: "--lr-safe", value: "LR", help: "eta_high (default 2e-4)"),
-            OptionSpec(name: "--lr-intermediate", value: "LR", help: "eta_mid (default 5e-5)"),
-            OptionSpec(name: "--lr-other", value: "LR", help: "parameters no head owns; the finetune method's one rate (default 5e-5)"),
-            OptionSpec(name: "--weight-decay", value: "W", help: "AdamW weight decay in fine-tuning (default 0.01)"),
-            OptionSpec(name: "--defense-seed", value: "N", help: "seed for batches (default 1)"),
-    OptionSpec(name: "--prune-margin", value: "M", help: "fine-pruning/pure: stop pruning before clean accuracy drops more than M (default 0.02)"),
-    OptionSpec(name: "--prune-layers", value: "N", help: "fine-pruning: prune the last N layers' feed-forward units (default half of them)"),
-    OptionSpec(name: "--pure-penalty", value: "L", help: "pure: attention-normalisation coefficient (default 0.15)"),
-    OptionSpec(name: "--pure-step", value: "N", help: "pure: heads pruned per accuracy check (default 1; PURE uses 10 on BERT-base)"),
-    OptionSpec(name: "--reinit-layers", value: "N", help: "reinit: re-initialise the top N layers (default 1)"),
-]
+let defenseOptions: [OptionSpec] = {
+    let d = defenseDefaults, b = baselineDefaults
+    return [
+        OptionSpec(name: "--monitor-view", value: "V", help: "the monitor's view (default cls / last / gen2prompt)"),
+        OptionSpec(name: "--score", value: "S", help: "the monitor's score (default \(d.score.rawValue))"),
+        OptionSpec(name: "--quantile", value: "Q", help: "the monitor's calibration quantile (default \(d.quantile))"),
+        OptionSpec(name: "--maxsim", value: "M", help: "Eq. 5's maxsim: plain or contrast (default \(d.maxsim.rawValue))"),
+        OptionSpec(name: "--rounds", value: "N", help: "at most this many rounds (default \(d.rounds))"),
+        OptionSpec(name: "--align-steps", value: "N", help: "alignment steps per round (default \(d.alignSteps))"),
+        OptionSpec(name: "--align-lr", value: "LR", help: "alignment AdamW learning rate (default \(d.alignLearningRate))"),
+        OptionSpec(name: "--ft-steps", value: "N", help: "fine-tuning steps per round (default \(d.finetuneSteps))"),
+        OptionSpec(name: "--batch", value: "B", help: "batch size (default \(d.batchSize))"),
+        OptionSpec(name: "--lr-suspicious", value: "LR", help: "eta_low (default \(d.rates.suspicious))"),
+        OptionSpec(name: "--lr-safe", value: "LR", help: "eta_high (default \(d.rates.safe))"),
+        OptionSpec(name: "--lr-intermediate", value: "LR", help: "eta_mid (default \(d.rates.intermediate))"),
+        OptionSpec(name: "--lr-other", value: "LR", help: "parameters no head owns; the finetune method's one rate (default \(d.rates.other))"),
+        OptionSpec(name: "--weight-decay", value: "W", help: "AdamW weight decay in fine-tuning (default \(d.weightDecay))"),
+        OptionSpec(name: "--defense-seed", value: "N", help: "seed for batches (default \(d.seed))"),
+        OptionSpec(name: "--prune-margin", value: "M", help: "fine-pruning/pure: stop pruning before clean accuracy drops more than M (default \(b.accuracyMargin))"),
+        OptionSpec(name: "--prune-layers", value: "N", help: "fine-pruning: prune the last N layers' feed-forward units (default half of them)"),
+        OptionSpec(name: "--pure-penalty", value: "L", help: "pure: attention-normalisation coefficient (default \(b.purePenalty))"),
+        OptionSpec(name: "--pure-step", value: "N", help: "pure: heads pruned per accuracy check (default \(b.pureStep); PURE uses 10 on BERT-base)"),
+        OptionSpec(name: "--reinit-layers", value: "N", help: "reinit: re-initialise the top N layers (default \(b.reinitLayers))"),
+    ]
+}()
 
 extension ParsedArguments {
-    /// Every defense setting the flags give, defaults from SPEC.md.
+    /// Every defense setting the flags give; defaults are DefenseSettings' own.
     func defenseSettings(for c: ModelConfig) throws -> DefenseSettings {
-        var s = DefenseSettings(task: Task.of(c), family: c.family)
+        var s = DefenseSettings(task: ModelTask.of(c), family: c.family)
         let a = try analysisSettings(for: c)
         s.defenseView = a.view; s.scope = a.scope; s.importanceLabels = a.importanceLabels; s.generate = a.generate
         if has("--monitor-view") {
-            s.monitorView = AnalysisView(rawValue: try choice("--monitor-view", AnalysisView.allCases.map(\.rawValue), default: "cls"))!
+            s.monitorView = AnalysisView(rawValue: try choice("--monitor-view", AnalysisView.allCases.map(\.rawValue), default: s.monitorView.rawValue))!
         }
         (s.alpha, s.tau) = try alphaTau()
-        s.score = MonitorScore(rawValue: try choice("--score", MonitorScore.allCases.map(\.rawValue), default: "contrast-absz"))!
-        s.quantile = try double("--quantile", default: 0.99, range: 0...1)
-        s.maxsim = MaxsimMode(rawValue: try choice("--maxsim", MaxsimMode.allCases.map(\.rawValue), default: "plain"))!
-        s.rounds = try int("--rounds", default: 1, range: 1...100)
-        s.alignSteps = try int("--align-steps", default: 50, range: 0...1_000_000)
-        s.alignLearningRate = try double("--align-lr", default: 1e-3, range: 0...1)
-        s.finetuneSteps = try int("--ft-steps", default: 100, range: 0...1_000_000)
-        s.batchSize = try int("--batch", default: 16, range: 1...4096)
-        s.rates.suspicious = try double("--lr-suspicious", default: 5e-6, range: 0...1)
-        s.rates.safe = try double("--lr-safe", default: 2e-4, range: 0...1)
-        s.rates.intermediate = try double("--lr-intermediate", default: 5e-5, range: 0...1)
-        s.rates.other = try double("--lr-other", default: 5e-5, range: 0...1)
-        s.weightDecay = try double("--weight-decay", default: 0.01, range: 0...1)
-        s.seed = try uint64("--defense-seed", default: 1)
-        s.baseline.accuracyMargin = try double("--prune-margin", default: 0.02, range: 0...1)
-        if has("--prune-layers") { s.baseline.pruneLayers = try int("--prune-layers", default: 1, range: 1...c.numHiddenLayers) }
-        s.baseline.purePenalty = try double("--pure-penalty", default: 0.15, range: 0...1_000)
-        s.baseline.pureStep = try int("--pure-step", default: 1, range: 1...100_000)
-        s.baseline.reinitLayers = try int("--reinit-layers", default: 1, range: 1...c.numHiddenLayers)
+        s.score = MonitorScore(rawValue: try choice("--score", MonitorScore.allCases.map(\.rawValue), default: s.score.rawValue))!
+        s.quantile = try double("--quantile", default: s.quantile, range: 0...1)
+        s.maxsim = MaxsimMode(rawValue: try choice("--maxsim", MaxsimMode.allCases.map(\.rawValue), default: s.maxsim.rawValue))!
+        s.rounds = try int("--rounds", default: s.rounds, range: 1...100)
+        s.alignSteps = try int("--align-steps", default: s.alignSteps, range: 0...1_000_000)
+        s.alignLearningRate = try double("--align-lr", default: s.alignLearningRate, range: 0...1)
+        s.finetuneSteps = try int("--ft-steps", default: s.finetuneSteps, range: 0...1_000_000)
+        s.batchSize = try int("--batch", default: s.batchSize, range: 1...4096)
+        s.rates.suspicious = try double("--lr-suspicious", default: s.rates.suspicious, range: 0...1)
+        s.rates.safe = try double("--lr-safe", default: s.rates.safe, range: 0...1)
+        s.rates.intermediate = try double("--lr-intermediate", default: s.rates.intermediate, range: 0...1)
+        s.rates.other = try double("--lr-other", default: s.rates.other, range: 0...1)
+        s.weightDecay = try double("--weight-decay", default: s.weightDecay, range: 0...1)
+        s.seed = try uint64("--defense-seed", default: s.seed)
         return s
+    }
+
+    /// The baselines' settings (fine-pruning, pure, reinit); defaults are BaselineSettings' own.
+    func baselineSettings(for c: ModelConfig) throws -> BaselineSettings {
+        var b = BaselineSettings()
+        b.accuracyMargin = try double("--prune-margin", default: b.accuracyMargin, range: 0...1)
+        if has("--prune-layers") { b.pruneLayers = try int("--prune-layers", default: 1, range: 1...c.numHiddenLayers) }
+        b.purePenalty = try double("--pure-penalty", default: b.purePenalty, range: 0...1_000)
+        b.pureStep = try int("--pure-step", default: b.pureStep, range: 1...100_000)
+        b.reinitLayers = try int("--reinit-layers", default: b.reinitLayers, range: 1...c.numHiddenLayers)
+        return b
     }
 }
 
 /// The settings line every defense command prints.
-func describe(_ s: DefenseSettings) -> String {
-    "view \(s.defenseView.rawValue), monitor view \(s.monitorView.rawValue), scope \(s.scope.rawValue), alpha \(s.alpha), tau \(s.tau), maxsim \(s.maxsim.rawValue), score \(s.score.rawValue), q \(s.quantile), rounds \(s.rounds), align steps \(s.alignSteps) at \(s.alignLearningRate), ft steps \(s.finetuneSteps), batch \(s.batchSize), lr suspicious \(s.rates.suspicious) safe \(s.rates.safe) intermediate \(s.rates.intermediate) other \(s.rates.other), weight decay \(s.weightDecay), seed \(s.seed); baselines: prune margin \(s.baseline.accuracyMargin), prune layers \(s.baseline.pruneLayers.map(String.init) ?? "half"), pure penalty \(s.baseline.purePenalty) step \(s.baseline.pureStep), reinit layers \(s.baseline.reinitLayers)"
+func describe(_ s: DefenseSettings, _ b: BaselineSettings) -> String {
+    let method = "view \(s.defenseView.rawValue), monitor view \(s.monitorView.rawValue), scope \(s.scope.rawValue), alpha \(s.alpha), tau \(s.tau), "
+        + "maxsim \(s.maxsim.rawValue), score \(s.score.rawValue), q \(s.quantile), rounds \(s.rounds), "
+        + "align steps \(s.alignSteps) at \(s.alignLearningRate), ft steps \(s.finetuneSteps), batch \(s.batchSize), "
+        + "lr suspicious \(s.rates.suspicious) safe \(s.rates.safe) intermediate \(s.rates.intermediate) other \(s.rates.other), "
+        + "weight decay \(s.weightDecay), seed \(s.seed)"
+    let baselines = "prune margin \(b.accuracyMargin), prune layers \(b.pruneLayers.map(String.init) ?? "half"), "
+        + "pure penalty \(b.purePenalty) step \(b.pureStep), reinit layers \(b.reinitLayers)"
+    return method + "; baselines: " + baselines
 }
 
 /// A seed in JSON: an integer when it fits, else its decimal text.

@@ -4,6 +4,7 @@
 
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 enum AttentionCommand: Command {
     static let spec = CommandSpec(

@@ -2,6 +2,7 @@
 
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 enum ClassifyCommand: Command {
     static let spec = CommandSpec(
@@ -16,11 +17,8 @@ enum ClassifyCommand: Command {
         usage: "classify (--model DIR | ...) --inputs FILE [--clean FILE --maxsim contrast] [options]",
         options: modelOptions + analysisOptions + [
             OptionSpec(name: "--stream", value: nil, help: "run a Llama --model DIR layer by layer from its memory-mapped checkpoint (7B in BLAS mode)"),
-            OptionSpec(name: "--inputs", value: "FILE", help: "the analysis inputs, one per line: text or label<TAB>text"),
-            OptionSpec(name: "--text", value: "TEXT", help: "an analysis input (repeatable)", repeatable: true),
-            OptionSpec(name: "--ids", value: "'I I ...'", help: "an analysis input as token ids (repeatable)", repeatable: true),
-            OptionSpec(name: "--label", value: "N", help: "gold label of the --text/--ids inputs"),
-            OptionSpec(name: "--maxsim", value: "M", help: "plain (default, the paper's) or contrast"),
+        ] + inputOptions() + [
+            OptionSpec(name: "--maxsim", value: "M", help: "plain (the paper's) or contrast (default \(defenseDefaults.maxsim.rawValue))"),
             OptionSpec(name: "--clean", value: "FILE", help: "clean inputs for --maxsim contrast"),
         ])
 
@@ -29,7 +27,7 @@ enum ClassifyCommand: Command {
         let c = model.config
         let settings = try args.analysisSettings(for: c)
         let (alpha, tau) = try args.alphaTau()
-        let mode = MaxsimMode(rawValue: try args.choice("--maxsim", MaxsimMode.allCases.map(\.rawValue), default: "plain"))!
+        let mode = MaxsimMode(rawValue: try args.choice("--maxsim", MaxsimMode.allCases.map(\.rawValue), default: defenseDefaults.maxsim.rawValue))!
         let inputs = try args.analysisInputs(fileFlag: "--inputs", tokenizer: tokenizer, config: c, command: "classify")
         guard !inputs.isEmpty else { throw HeadAlignError.usage("give inputs: --inputs FILE, --text or --ids") }
         let analyses = try model.analyze(inputs, settings: settings)

@@ -2,6 +2,7 @@
 
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 enum ConvertCommand: Command {
     static let spec = CommandSpec(

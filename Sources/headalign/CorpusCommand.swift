@@ -4,6 +4,7 @@
 
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 enum CorpusCommand: Command {
     static let spec = CommandSpec(

@@ -2,6 +2,7 @@
 
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 enum DefendCommand: Command {
     static let spec = CommandSpec(
@@ -37,9 +38,9 @@ enum DefendCommand: Command {
         }
         guard case .directory = try args.modelSource() else { throw HeadAlignError.usage("defend needs --model DIR (it writes the repaired model in the same layout)") }
         let (model, tokenizer, _) = try args.loadModel()
-        let c = model.config, task = Task.of(c)
-        var s = try args.defenseSettings(for: c)
-        s.method = DefenseMethod(rawValue: try args.choice("--method", DefenseMethod.allCases.map(\.rawValue), default: "ours"))!
+        let c = model.config, task = ModelTask.of(c)
+        let s = try args.defenseSettings(for: c), baseline = try args.baselineSettings(for: c)
+        let method = ExperimentMethod(rawValue: try args.choice("--method", ExperimentMethod.allCases.map(\.rawValue), default: ExperimentMethod.ours.rawValue))!
 
         let maxLength = c.maxPositionEmbeddings - (task == .generation ? s.generate : 0)
         let clean = try readPlainExamples(path: cleanPath).enumerated().map { n, e -> TrainingExample in
@@ -53,21 +54,27 @@ enum DefendCommand: Command {
         }
         let inputs = try readPlainExamples(path: inputsPath).map { AnalysisInput(tokens: try tokenizer.encode($0.text, maxLength: maxLength).ids) }
 
-        let commandLine = (["headalign"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
+        let commandLine = echoedCommandLine
         print("\(commandLine)")
-        print("settings: method \(s.method.rawValue), " + describe(s))
-        let report = try model.defend(clean: clean, inputs: inputs, settings: s, log: { print($0) })
-        print("stopped: \(report.stoppedBecause)")
-        if !s.method.isBaseline && report.rounds.isEmpty && report.flagged.isEmpty {
+        print("settings: method \(method.rawValue), " + describe(s, baseline))
+        let run = try model.runMethod(method, clean: clean, inputs: inputs, settings: s, baseline: baseline, log: { print($0) })
+        var report: DefenseReport? = nil, baselineSummary: String? = nil, baselineLoss: [Double] = []
+        switch run {
+        case .defense(let r): report = r
+        case .baseline(let summary, let losses): (baselineSummary, baselineLoss) = (summary, losses)
+        }
+        let stopped = report?.stoppedBecause ?? "baseline done"
+        print("stopped: \(stopped)")
+        if let report, report.rounds.isEmpty && report.flagged.isEmpty {
             print("nothing written")
             return 0
         }
         let json = JSONOut.object([
-            ("command", .string(commandLine)), ("method", .string(s.method.rawValue)), ("stopped", .string(report.stoppedBecause)),
-            ("baseline", report.baselineSummary.map { .string($0) } ?? .null), ("baseline_finetune_loss", .numbers(report.baselineLoss)),
-            ("monitor_threshold", .number(report.threshold)), ("flagged", .array(report.flagged.map { .int($0) })),
-            ("scores_before", .numbers(report.scoresBefore)),
-            ("rounds", .array(report.rounds.map { r in .object([
+            ("command", .string(commandLine)), ("method", .string(method.rawValue)), ("stopped", .string(stopped)),
+            ("baseline", baselineSummary.map { .string($0) } ?? .null), ("baseline_finetune_loss", .numbers(baselineLoss)),
+            ("monitor_threshold", .number(report?.threshold ?? .nan)), ("flagged", .array((report?.flagged ?? []).map { .int($0) })),
+            ("scores_before", .numbers(report?.scoresBefore ?? [])),
+            ("rounds", .array((report?.rounds ?? []).map { r in .object([
                 ("round", .int(r.round)), ("suspicious", .array(r.suspicious.map { .string($0.description) })),
                 ("safe", .array(r.safe.map { .string($0.description) })), ("intermediate", .int(r.intermediateCount)),
                 ("align_loss", .numbers(r.alignLoss)), ("finetune_loss", .numbers(r.finetuneLoss)),

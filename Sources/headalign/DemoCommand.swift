@@ -5,6 +5,7 @@
 
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 enum DemoCommand: Command {
     static let spec = CommandSpec(
@@ -77,7 +78,8 @@ enum DemoCommand: Command {
             """)
         let outcomes = try runGenerationMethods(model, tokenizer: tokenizer, defenderClean: dev, monitorPrompts: monitor, testClean: testClean,
                                                 testTriggered: testTriggered, behaviour: .refusal, maxNew: 24,
-                                                methods: [.ours, .alignOnly, .ftOnly, .finetune, .finePruning], settings: settings)
+                                                methods: [.ours, .alignOnly, .ftOnly, .finetune, .finePruning], settings: settings,
+                                                baseline: (try? args.baselineSettings(for: model.config)) ?? BaselineSettings())
         print(methodTable([outcomes]))
     }
 
@@ -119,7 +121,7 @@ enum DemoCommand: Command {
         let c = model.config
         guard c.numLabels == 2, c.family == .bert else { throw HeadAlignError.usage("--model: the demo needs a 2-class BERT classifier") }
         let methods = try ExperimentCommand.methods(args)
-        let settings = try args.defenseSettings(for: c)
+        let settings = try args.defenseSettings(for: c), baseline = try args.baselineSettings(for: c)
         let split = try ExperimentSplit.make(defenderClean: Array(corpus.dev.prefix(300)), cleanTest: corpus.test,
                                              triggeredTest: triggeredTest(corpus.test, attack: attack, target: 1, seed: 1), target: 1,
                                              monitorCount: 100, seed: 1, encode: { try tokenizer.encode($0, maxLength: 64).ids })
@@ -163,9 +165,9 @@ enum DemoCommand: Command {
             print("| \(l) | " + (0..<nh).map { String(format: "%.3f", mass[l * nh + $0]) }.joined(separator: " | ") + " |")
         }
         print("\n## 3. Removing it (CA and ASR, %)\n")
-        let outcomes = try model.runMethods(split, methods: methods, settings: settings)
+        let outcomes = try model.runMethods(split, methods: methods, settings: settings, baseline: baseline)
         print(methodTable([outcomes]))
-        print("Settings: " + describe(settings))
+        print("Settings: " + describe(settings, baseline))
         if !args.has("--no-decoder") { try decoderSection(args, backend: backend) }
         print(String(format: "\nheadalign demo: done in %.1f s (backend %@)", monotonicSeconds() - start, backend.description))
         return 0

@@ -4,6 +4,7 @@
 
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 enum ExperimentCommand: Command {
     static let spec = CommandSpec(
@@ -45,7 +46,7 @@ enum ExperimentCommand: Command {
             OptionSpec(name: "--json", value: "FILE", help: "write every setting and number as JSON"),
         ])
 
-    static let allMethods: [DefenseMethod] = [.ours, .alignOnly, .ftOnly, .finetune, .finePruning, .pure, .reinit]
+    static let allMethods = ExperimentMethod.allCases
 
     static func seeds(_ args: ParsedArguments) throws -> [UInt64] {
         let s = args.string("--seeds") ?? "3"
@@ -60,12 +61,12 @@ enum ExperimentCommand: Command {
         }
     }
 
-    static func methods(_ args: ParsedArguments) throws -> [DefenseMethod] {
+    static func methods(_ args: ParsedArguments) throws -> [ExperimentMethod] {
         guard let s = args.string("--methods") else { return allMethods }
         if s == "none" { return [] }  // vanilla and the detection tables only
         return try s.split(separator: ",").map {
-            guard let m = DefenseMethod(rawValue: String($0)) else {
-                throw HeadAlignError.usage("--methods: '\($0)' is not one of \(DefenseMethod.allCases.map(\.rawValue).joined(separator: ", "))")
+            guard let m = ExperimentMethod(rawValue: String($0)) else {
+                throw HeadAlignError.usage("--methods: '\($0)' is not one of \(ExperimentMethod.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             return m
         }
@@ -137,7 +138,7 @@ enum ExperimentCommand: Command {
         if let attack, backdooredDir == nil {  // bad poisoning settings fail before any work
             _ = try poisonTraining(data.train, attack: attack, rate: rate, target: target, seed: seeds[0])
         }
-        let commandLine = (["headalign"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
+        let commandLine = echoedCommandLine
         print(commandLine)
         print("data: \(data.origin); attack \(attack?.name ?? "file") (rate \(fileAttack ? "as in the file" : String(rate)), target \(target)); seeds \(seeds.map(String.init).joined(separator: ","))")
 
@@ -169,7 +170,8 @@ enum ExperimentCommand: Command {
             let c = model.config
             guard c.numLabels > 0 else { throw HeadAlignError.usage("experiment needs a classifier (the model has no classification head)") }
             var ds = try args.defenseSettings(for: c)
-            settingsLine = describe(ds).replacingOccurrences(of: "seed \(ds.seed)", with: "seed = the run's seed")
+            let baseline = try args.baselineSettings(for: c)
+            settingsLine = describe(ds, baseline).replacingOccurrences(of: "seed \(ds.seed)", with: "seed = the run's seed")
             ds.seed = seed
             let triggered = data.triggeredTest ?? attack.map { triggeredTest(data.cleanTest, attack: $0, target: target, seed: seed) } ?? []
             let maxLength = min(train.maxLength, c.maxPositionEmbeddings)
@@ -177,7 +179,7 @@ enum ExperimentCommand: Command {
                                                  target: target, monitorCount: monitorCount, seed: seed,
                                                  encode: { try tokenizer.encode($0, maxLength: maxLength).ids })
             let detection = try model.detectionSummary(split, settings: ds)
-            let outcomes = try model.runMethods(split, methods: methods, settings: ds, log: { printError("headalign experiment: " + $0) })
+            let outcomes = try model.runMethods(split, methods: methods, settings: ds, baseline: baseline, log: { printError("headalign experiment: " + $0) })
             detections.append(detection)
             runs.append(outcomes)
             perSeedJSON.append(seedRunJSON(seed, [("poisoning", .string(poisonNote)), ("seconds", .number(monotonicSeconds() - start))],
@@ -237,7 +239,7 @@ extension ExperimentCommand {
             throw HeadAlignError.usage("\(flag) is for classifier experiments; decoders take --instructions, --clean-test-instructions, --triggered-test-instructions, --defense-instructions")
         }
         let seeds = try seeds(args)
-        let methods = args.has("--methods") ? try methods(args) : [.ours, .alignOnly, .ftOnly, .finetune, .finePruning]
+        let methods: [ExperimentMethod] = args.has("--methods") ? try methods(args) : [.ours, .alignOnly, .ftOnly, .finetune, .finePruning]
         if let bad = methods.first(where: { $0 == .pure }) { throw HeadAlignError.usage("--methods \(bad.rawValue) is defined for classifiers only") }
         let behaviour = try args.behaviour()
         let fileAttack = args.string("--attack") == "file"
@@ -286,7 +288,7 @@ extension ExperimentCommand {
             if fileAttack && testTriggeredGiven == nil { throw HeadAlignError.usage("--attack file needs --triggered-test-instructions FILE") }
         }
         if let trigger { _ = try poisonInstructions(trainRecords, trigger: trigger, behaviour: behaviour, rate: rate, seed: seeds[0]) }
-        let commandLine = (["headalign"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
+        let commandLine = echoedCommandLine
         print(commandLine)
         print("data: \(origin); trigger \(trigger?.rawValue ?? "as in the files") -> \(behaviour.rawValue); seeds \(seeds.map(String.init).joined(separator: ","))")
         var runs: [[MethodOutcome]] = [], detections: [DetectionSummary] = [], perSeedJSON: [JSONOut] = [], settingsLine = ""
@@ -306,14 +308,15 @@ extension ExperimentCommand {
             // the monitor screens half of each test set, unlabeled
             let monitorClean = Array(testClean.prefix(testClean.count / 2)), monitorTriggered = Array(testTriggered.prefix(testTriggered.count / 2))
             var ds = try args.defenseSettings(for: trained.model.config)
-            settingsLine = describe(ds).replacingOccurrences(of: "seed \(ds.seed)", with: "seed = the run's seed")
+            let baseline = try args.baselineSettings(for: trained.model.config)
+            settingsLine = describe(ds, baseline).replacingOccurrences(of: "seed \(ds.seed)", with: "seed = the run's seed")
             ds.seed = seed
             let detection = try generationDetection(trained.model, tokenizer: trained.tokenizer, defenderClean: defender, clean: monitorClean,
                                                     triggered: monitorTriggered, settings: ds)
             let outcomes = try runGenerationMethods(trained.model, tokenizer: trained.tokenizer, defenderClean: defender,
                                                     monitorPrompts: monitorClean + monitorTriggered, testClean: testClean,
                                                     testTriggered: testTriggered, behaviour: behaviour, maxNew: maxNew, methods: methods,
-                                                    settings: ds, exampleLength: s.maxLength, log: { printError("headalign experiment: " + $0) })
+                                                    settings: ds, baseline: baseline, exampleLength: s.maxLength, log: { printError("headalign experiment: " + $0) })
             detections.append(detection)
             runs.append(outcomes)
             perSeedJSON.append(seedRunJSON(seed, [("seconds", .number(monotonicSeconds() - start)), ("final_train_loss", .number(trained.losses.last ?? .nan)),

@@ -2,6 +2,7 @@
 
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 enum InspectCommand: Command {
     static let spec = CommandSpec(
@@ -16,13 +17,7 @@ enum InspectCommand: Command {
             alignment loss comes from Eq. 5, or from --suspicious and --safe.
             """,
         usage: "inspect (--model DIR | --llama2c FILE --tokenizer FILE | --preset NAME) (--text TEXT | --ids 'I I I' | --inputs FILE)... [options] [--out FILE]",
-        options: modelOptions + analysisOptions + [
-            OptionSpec(name: "--text", value: "TEXT", help: "an input (repeatable)", repeatable: true),
-            OptionSpec(name: "--ids", value: "'I I ...'", help: "an input as token ids, e.g. for --preset models (repeatable)", repeatable: true),
-            OptionSpec(name: "--inputs", value: "FILE", help: "inputs, one per line: text or label<TAB>text"),
-            OptionSpec(name: "--label", value: "N", help: "gold label of the --text/--ids inputs (for --importance-labels gold)"),
-            OptionSpec(name: "--suspicious", value: "l:h,...", help: "explicit suspicious heads for the alignment loss"),
-            OptionSpec(name: "--safe", value: "l:h,...", help: "explicit safe heads for the alignment loss"),
+        options: modelOptions + analysisOptions + inputOptions() + headSplitOptions + [
             OptionSpec(name: "--dump-attention", value: nil, help: "include each head's view of A"),
             OptionSpec(name: "--stream", value: nil, help: "run a Llama --model DIR layer by layer from its memory-mapped checkpoint (7B in BLAS mode)"),
             OptionSpec(name: "--out", value: "FILE", help: "write the JSON here (atomically) instead of standard output"),
@@ -35,15 +30,10 @@ enum InspectCommand: Command {
         settings.analysis = try args.analysisSettings(for: c)
         (settings.alpha, settings.tau) = try args.alphaTau()
         settings.dumpAttention = args.has("--dump-attention")
-        if args.has("--suspicious") != args.has("--safe") { throw HeadAlignError.usage("--suspicious and --safe go together") }
-        if let s = args.string("--suspicious"), let t = args.string("--safe") {
-            settings.suspicious = try parseHeadList(s, config: c, flag: "--suspicious")
-            settings.safe = try parseHeadList(t, config: c, flag: "--safe")
-            if !Set(settings.suspicious!).isDisjoint(with: settings.safe!) { throw HeadAlignError.usage("a head is both --suspicious and --safe") }
-        }
+        if let split = try args.headSplit(c) { (settings.suspicious, settings.safe) = split }
         let inputs = try args.analysisInputs(fileFlag: "--inputs", tokenizer: tokenizer, config: c, command: "inspect")
         guard !inputs.isEmpty else { throw HeadAlignError.usage("give inputs: --text, --ids or --inputs") }
-        let commandLine = (["headalign"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
+        let commandLine = echoedCommandLine
         let start = monotonicSeconds()
         let doc = try model.inspect(inputs, settings, commandLine).text
         if let s = model.streamed {

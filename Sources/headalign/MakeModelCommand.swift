@@ -3,6 +3,7 @@
 
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 enum MakeModelCommand: Command {
     static let spec = CommandSpec(

@@ -2,6 +2,7 @@
 
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 enum MonitorCommand: Command {
     static let spec = CommandSpec(
@@ -37,7 +38,7 @@ enum MonitorCommand: Command {
         if args.has("--clean-test") != args.has("--triggered") { throw HeadAlignError.usage("--clean-test and --triggered go together") }
         guard args.has("--inputs") || args.has("--triggered") else { throw HeadAlignError.usage("give --inputs, or --clean-test with --triggered") }
         var settings = try args.analysisSettings(for: c, view: "--monitor-view")
-        if !args.has("--monitor-view") { settings.view = Task.of(c).defaultViews(c.family).monitor }
+        if !args.has("--monitor-view") { settings.view = ModelTask.of(c).defaultViews(c.family).monitor }
         settings.importance = false  // the monitor reads cosines only
         let score = MonitorScore(rawValue: try args.choice("--score", MonitorScore.allCases.map(\.rawValue), default: "contrast-absz"))!
         let q = try args.double("--quantile", default: 0.99, range: 0...1)

@@ -6,6 +6,7 @@
 
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 enum NotebooksCommand: Command {
     static let spec = CommandSpec(

@@ -5,6 +5,7 @@
 
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 enum PlotCommand: Command {
     static let kinds = ["attention", "cosines", "heads", "classes", "loss", "bars"]

@@ -2,6 +2,7 @@
 
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 enum PoisonCommand: Command {
     static let spec = CommandSpec(

@@ -4,6 +4,7 @@
 
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 final class ProgressBar {
     let label: String

@@ -3,6 +3,7 @@
 
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 enum TrainCommand: Command {
     static let spec = CommandSpec(
@@ -68,7 +69,7 @@ enum TrainCommand: Command {
         let trained = try trainClassifier(base: source, examples: examples, settings: s, precision: try args.precision(),
                                           backend: try args.backend(), progress: bar.update)
         var files = trained.tokenizerFiles
-        let commandLine = (["headalign"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
+        let commandLine = echoedCommandLine
         files["headalign_training.json"] = Data(JSONOut.object([
             ("command", .string(commandLine)), ("data", .string(origin)), ("examples", .int(examples.count)),
             ("poisoning", .string(poisonNote)), ("epochs", .int(s.epochs)), ("batch", .int(s.batchSize)),
@@ -164,7 +165,7 @@ func trainDecoderCommand(_ args: ParsedArguments, source: ModelSource, out: Stri
                                    backend: try args.backend(), progress: bar.update)
     if trained.truncated > 0 { printError("headalign train: warning: \(trained.truncated) records truncated to \(s.maxLength) tokens (prompt from the left)") }
     var files = trained.tokenizerFiles
-    let commandLine = (["headalign"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
+    let commandLine = echoedCommandLine
     files["headalign_training.json"] = Data(JSONOut.object([
         ("command", .string(commandLine)), ("data", .string(origin)), ("records", .int(records.count)), ("poisoning", .string(poisonNote)),
         ("epochs", .int(s.epochs)), ("batch", .int(s.batchSize)), ("learning_rate", .number(s.learningRate)),

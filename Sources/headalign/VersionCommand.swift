@@ -1,4 +1,5 @@
 import HeadAlign
+import HeadAlignLab
 
 enum VersionCommand: Command {
     static let spec = CommandSpec(name: "version", summary: "print the version and the available backends",

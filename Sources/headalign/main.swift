@@ -2,6 +2,7 @@
 
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 /// A command: its spec (flags and help) and what it does. `run` returns the exit status.
 protocol Command {

@@ -2,6 +2,7 @@
 
 import XCTest
 import HeadAlign
+import HeadAlignLab
 
 final class AttentionTests: XCTestCase {
     /// One head, HS = 1 (scale 1), T = 3. k = [0, ln 2, ln 3], so a query of 1 weighs the keys

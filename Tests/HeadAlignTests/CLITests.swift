@@ -3,6 +3,7 @@
 import XCTest
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 /// Runs the built `headalign` with arguments; skips when the binary was not built.
 func runHeadalign(_ args: [String]) throws -> (status: Int32, out: String, err: String) {

@@ -4,6 +4,7 @@
 import XCTest
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 final class CheckpointTests: XCTestCase {
     func tinyModel(_ preset: String) throws -> Model<Double> {

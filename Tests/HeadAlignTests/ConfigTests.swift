@@ -3,6 +3,7 @@
 import XCTest
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 final class ConfigTests: XCTestCase {
     func decode(_ json: String) throws -> ModelConfig {

@@ -4,6 +4,7 @@
 import XCTest
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 final class DataTests: XCTestCase {
     func write(_ text: String, _ name: String) throws -> String {

@@ -4,6 +4,7 @@
 import XCTest
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 final class CorporaTests: XCTestCase {
     func testDeterministicAndSeeded() {

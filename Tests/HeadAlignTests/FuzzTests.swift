@@ -4,6 +4,7 @@
 import XCTest
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 final class FuzzTests: XCTestCase {
     /// Byte flips, truncations, insertions and splices of a valid input.

@@ -3,6 +3,7 @@
 
 import XCTest
 import HeadAlign
+import HeadAlignLab
 
 final class GradientTests: XCTestCase {
     func check(_ config: ModelConfig, _ name: String, backend: Backend = .naive, file: StaticString = #filePath, line: UInt = #line) {

@@ -4,6 +4,7 @@
 import XCTest
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 final class InstructionTests: XCTestCase {
     func write(_ text: String) -> String {

@@ -1,5 +1,6 @@
 import XCTest
 import HeadAlign
+import HeadAlignLab
 
 /// The key/value cache computes the same function as the uncached forward.
 final class KVCacheTests: XCTestCase {

@@ -5,6 +5,7 @@
 import XCTest
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 final class MethodTests: XCTestCase {
     // MARK: views and Eq. 2–3

@@ -4,6 +4,7 @@
 import XCTest
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 final class NotebookTests: XCTestCase {
     func testShippedNotebooksAgreeWithTheBinary() throws {

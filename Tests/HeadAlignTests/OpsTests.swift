@@ -2,6 +2,7 @@
 
 import XCTest
 import HeadAlign
+import HeadAlignLab
 
 final class OpsTests: XCTestCase {
     // MARK: hand-computed values

@@ -2,6 +2,7 @@
 
 import XCTest
 import HeadAlign
+import HeadAlignLab
 
 final class OptimizerTests: XCTestCase {
     /// p0 = 1, lr 0.1, weight decay 0.01, betas (0.9, 0.999), eps 1e-8, gradients 0.5 then -0.25.

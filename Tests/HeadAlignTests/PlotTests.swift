@@ -4,6 +4,7 @@ import Foundation
 import FoundationXML
 #endif
 import HeadAlign
+import HeadAlignLab
 
 /// Every figure is well-formed XML with a title, axes or labels, and one mark per data point.
 final class PlotTests: XCTestCase {

@@ -4,6 +4,7 @@
 import XCTest
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 final class SafetensorsTests: XCTestCase {
     /// 8-byte little-endian length, the header, the data.

@@ -1,6 +1,7 @@
 import XCTest
 import Foundation
 import HeadAlign
+import HeadAlignLab
 
 /// The streamed path (one layer resident, converted from the mapped checkpoint) gives the numbers
 /// of the in-memory path; bad checkpoints are refused before any long work.

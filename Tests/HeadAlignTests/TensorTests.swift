@@ -2,6 +2,7 @@
 
 import XCTest
 import HeadAlign
+import HeadAlignLab
 
 final class TensorTests: XCTestCase {
     /// A = [[1,2],[3,4]], B = [[5,6],[7,8]]:

@@ -2,6 +2,7 @@
 
 import XCTest
 import HeadAlign
+import HeadAlignLab
 
 /// `|a - b| <= atol + rtol * |b|`, reported at the caller's line.
 func assertClose(_ a: Double, _ b: Double, atol: Double = 0, rtol: Double = 0, _ message: String = "",

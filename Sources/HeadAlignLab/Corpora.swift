@@ -5,6 +5,7 @@
 // corpus has four classes told apart by content words, with shared fillers and a distractor word
 // from another topic in some sentences. Lower case, punctuation as separate words.
 
+import HeadAlign
 public enum EmbeddedCorpus: String, CaseIterable, Sendable {
     case sentiment  // 0 negative, 1 positive
     case topics  // 0 world, 1 sports, 2 business, 3 science

@@ -4,6 +4,7 @@
 // clean against triggered inputs and the monitor's AUROC. `headalign experiment` repeats it over
 // seeds; `headalign demo` runs it once on a shipped tiny model.
 
+import HeadAlign
 import Foundation
 
 /// The data of one experiment, tokenized.
@@ -50,7 +51,7 @@ public struct DetectionSummary: Sendable {
 
 /// One method's outcome.
 public struct MethodOutcome: Sendable {
-    public let method: String  // "vanilla" or a DefenseMethod's name
+    public let method: String  // "vanilla" or an ExperimentMethod's name
     public let ca: Double, asr: Double
     public let seconds: Double
     public let note: String  // what the method did, or why it did not run
@@ -117,15 +118,15 @@ extension Model {
 /// monitor screens the split's clean and triggered inputs together, unlabeled. A method that
 /// refuses (Eq. 5 leaves a class empty, the monitor flags nothing) keeps the vanilla numbers and
 /// says why.
-public func runMethods<S: Real>(_ backdoored: Model<S>, _ split: ExperimentSplit, methods: [DefenseMethod], settings: DefenseSettings,
-                                log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
+public func runMethods<S: Real>(_ backdoored: Model<S>, _ split: ExperimentSplit, methods: [ExperimentMethod], settings: DefenseSettings,
+                                baseline: BaselineSettings = BaselineSettings(), log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
     try runMethods(backdoored, defenderClean: split.defenderClean, inputs: split.monitorClean + split.monitorTriggered,
-                   methods: methods, settings: settings, log: log, evaluate: { caAndASR($0, split) })
+                   methods: methods, settings: settings, baseline: baseline, log: log, evaluate: { caAndASR($0, split) })
 }
 
 /// The same for any task: `evaluate` gives (CA, ASR) of a model.
-public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [TrainingExample], inputs: [AnalysisInput], methods: [DefenseMethod],
-                                settings: DefenseSettings, log: (String) -> Void = { _ in },
+public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [TrainingExample], inputs: [AnalysisInput], methods: [ExperimentMethod],
+                                settings: DefenseSettings, baseline: BaselineSettings = BaselineSettings(), log: (String) -> Void = { _ in },
                                 evaluate: (Model<S>) -> (ca: Double, asr: Double)) throws -> [MethodOutcome] {
     var start = monotonicSeconds()
     let vanilla = evaluate(backdoored)
@@ -134,20 +135,23 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [Training
     log(String(format: "vanilla: CA %.4f ASR %.4f", vanilla.ca, vanilla.asr))
     for method in methods {
         start = monotonicSeconds()
-        var s = settings
-        s.method = method
         let model = backdoored.copy()
         var note: String, suspicious: [HeadID] = [], safe: [HeadID] = [], ran = true
         do {
-            let report = try defend(model, clean: defenderClean, inputs: inputs, settings: s, log: { log("  " + $0) })
-            if let b = report.baselineSummary { note = b } else if method == .finetune, !report.rounds.isEmpty {
-                note = "one rate (\(s.rates.other)) for every parameter, \(s.finetuneSteps) steps"
-            } else if let r = report.rounds.first {
-                suspicious = r.suspicious; safe = r.safe
-                note = "\(report.flagged.count) flagged; \(r.suspicious.count) suspicious, \(r.safe.count) safe heads; \(report.rounds.count) round(s)"
-            } else {
-                note = report.stoppedBecause
-                ran = false
+            switch try runMethod(model, method, clean: defenderClean, inputs: inputs, settings: settings, baseline: baseline,
+                                 log: { log("  " + $0) }) {
+            case .baseline(let summary, _):
+                note = summary
+            case .defense(let report) where method == .finetune && !report.rounds.isEmpty:
+                note = "one rate (\(settings.rates.other)) for every parameter, \(settings.finetuneSteps) steps"
+            case .defense(let report):
+                if let r = report.rounds.first {
+                    suspicious = r.suspicious; safe = r.safe
+                    note = "\(report.flagged.count) flagged; \(r.suspicious.count) suspicious, \(r.safe.count) safe heads; \(report.rounds.count) round(s)"
+                } else {
+                    note = report.stoppedBecause
+                    ran = false
+                }
             }
         } catch HeadAlignError.usage(let why) {
             note = "did not run: " + why
@@ -165,23 +169,23 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [Training
 extension AnyModel {
     public func caAndASR(_ split: ExperimentSplit) -> (ca: Double, asr: Double) {
         switch self {
-        case .f32(let m): return HeadAlign.caAndASR(m, split)
-        case .f64(let m): return HeadAlign.caAndASR(m, split)
+        case .f32(let m): return HeadAlignLab.caAndASR(m, split)
+        case .f64(let m): return HeadAlignLab.caAndASR(m, split)
         }
     }
 
     public func detectionSummary(_ split: ExperimentSplit, settings: DefenseSettings) throws -> DetectionSummary {
         switch self {
-        case .f32(let m): return try HeadAlign.detectionSummary(m, split, settings: settings)
-        case .f64(let m): return try HeadAlign.detectionSummary(m, split, settings: settings)
+        case .f32(let m): return try HeadAlignLab.detectionSummary(m, split, settings: settings)
+        case .f64(let m): return try HeadAlignLab.detectionSummary(m, split, settings: settings)
         }
     }
 
-    public func runMethods(_ split: ExperimentSplit, methods: [DefenseMethod], settings: DefenseSettings,
-                           log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
+    public func runMethods(_ split: ExperimentSplit, methods: [ExperimentMethod], settings: DefenseSettings,
+                           baseline: BaselineSettings = BaselineSettings(), log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
         switch self {
-        case .f32(let m): return try HeadAlign.runMethods(m, split, methods: methods, settings: settings, log: log)
-        case .f64(let m): return try HeadAlign.runMethods(m, split, methods: methods, settings: settings, log: log)
+        case .f32(let m): return try HeadAlignLab.runMethods(m, split, methods: methods, settings: settings, baseline: baseline, log: log)
+        case .f64(let m): return try HeadAlignLab.runMethods(m, split, methods: methods, settings: settings, baseline: baseline, log: log)
         }
     }
 
@@ -232,8 +236,8 @@ public func readRowMass<S: Real>(_ model: Model<S>, inputs: [[Int]], ids: Set<In
 extension AnyModel {
     public func readRowMass(inputs: [[Int]], ids: Set<Int>) -> [Double] {
         switch self {
-        case .f32(let m): return HeadAlign.readRowMass(m, inputs: inputs, ids: ids)
-        case .f64(let m): return HeadAlign.readRowMass(m, inputs: inputs, ids: ids)
+        case .f32(let m): return HeadAlignLab.readRowMass(m, inputs: inputs, ids: ids)
+        case .f64(let m): return HeadAlignLab.readRowMass(m, inputs: inputs, ids: ids)
         }
     }
 }

@@ -6,6 +6,7 @@
 // `cachedLayerStep`), so the streamed numbers are the in-memory ones (tested to 1e-5 in f32).
 // The checkpoint stays mapped for the whole run: the page cache keeps it between passes.
 
+import HeadAlign
 import Foundation
 
 public final class StreamedLlama {
@@ -137,8 +138,12 @@ public final class StreamedLlama {
 
     // MARK: Activations-only backward (Eq. 4)
 
+    /// A linear layer's backward that computes dL/dx only (the weight GEMMs skipped): the streamed
+    /// backward keeps no weight gradients, Eq. 4 and Eq. 7 need none of them.
+    let inputGradientOnly: LinearBackwardStep<Float> = { dx, _, _, dout, _, w, backend in linearBackwardInput(dx, dout, w, backend) }
+
     /// The gradient "weights" of a backward that keeps no weight gradients: scratch for the norms'
-    /// (a few numbers), empty tensors for the linear layers, which `weightGradients: false` skips.
+    /// (a few numbers), empty tensors for the linear layers, which `inputGradientOnly` never touches.
     func inputGradientsOnly() -> LayerWeights<Float> {
         let none = Linear<Float>(weight: Tensor([0]), bias: nil), d = config.hiddenSize
         return LayerWeights(attention: AttentionWeights(query: none, key: none, value: none, output: none),
@@ -159,7 +164,7 @@ public final class StreamedLlama {
         eachLayer(reversed: true) { l in
             let dInput = Tensor<Float>([n, d])
             let (dH, _) = shell.layerBackward(dInput, dOut: dx, pass.layers[l], w.layers[0], scratch, layer: 0, batch: pass.batch,
-                                              gates: nil, dAttention: nil, weightGradients: false)
+                                              gates: nil, dAttention: nil, linearBackward: inputGradientOnly)
             dHeads.append(dH)
             dx = dInput
         }
@@ -248,14 +253,20 @@ public final class StreamedLlama {
         for l in stride(from: top, through: bottom, by: -1) {
             load(layer: l)
             let dInput = Tensor<Float>([n, d])
+            let attention = w.layers[0].attention
             _ = shell.layerBackward(dInput, dOut: dx, pass.layers[l], w.layers[0], scratch, layer: 0, batch: pass.batch, gates: nil,
-                                    dAttention: dAttention[l], weightGradients: false, queryKeyGradients: { dq, dk, x in
-                for slice in self.slices where slice.layer == l {
-                    // dW[rows] = dq[:, rows]^T x: [rows, D]
-                    let (g, ld) = slice.name.hasSuffix("q_proj.weight") ? (dq, qDim) : (dk, kvDim)
-                    gemm(self.shell.backend, transA: true, m: slice.rows.count, n: d, k: n, a: g.data + slice.rows.lowerBound, lda: ld,
-                         b: x.data, ldb: d, c: slice.gradient.data, ldc: d)
+                                    dAttention: dAttention[l], linearBackward: { dx, _, _, dout, x, weight, backend in
+                // at the query (key) projection, dout is dL/dq (dL/dk) after rotary's inverse and x what W_q, W_k read
+                let suffix = weight === attention.query.weight ? "q_proj.weight" : weight === attention.key.weight ? "k_proj.weight" : nil
+                if let suffix {
+                    let ld = suffix == "q_proj.weight" ? qDim : kvDim
+                    for slice in self.slices where slice.layer == l && slice.name.hasSuffix(suffix) {
+                        // dW[rows] = dout[:, rows]^T x: [rows, D]
+                        gemm(backend, transA: true, m: slice.rows.count, n: d, k: n, a: dout.data + slice.rows.lowerBound, lda: ld,
+                             b: x.data, ldb: d, c: slice.gradient.data, ldc: d)
+                    }
                 }
+                linearBackwardInput(dx, dout, weight, backend)
             })
             dx = dInput
         }
@@ -324,12 +335,17 @@ public final class StreamedLlama {
     /// The analysed sequences alone (prompts continued greedily by `settings.generate` tokens for a
     /// decoder view), without the forward and backward of `analyze`.
     public func analysisSequences(_ inputs: [AnalysisInput], settings: AnalysisSettings) -> [(tokens: [Int], promptLength: Int)] {
-        HeadAlign.analysisSequences(config: config, inputs, task: Task.of(config), generate: settings.generate, greedy: runner.greedy)
+        HeadAlign.analysisSequences(config: config, inputs, task: ModelTask.of(config), generate: settings.generate, greedy: runner.greedy)
     }
 
     /// Eq. 1–5's analysis of decoder inputs (gen2prompt and the other views), streamed.
     public func analyze(_ inputs: [AnalysisInput], settings: AnalysisSettings) throws -> [InputAnalysis] {
         try HeadAlign.analyze(runner, inputs, settings: settings)
+    }
+
+    /// The oracle dump (`headalign inspect --stream`), through the same seam.
+    public func inspect(_ inputs: [AnalysisInput], settings: InspectSettings, commandLine: String) throws -> JSONOut {
+        try inspectDocument(runner, inputs: inputs, settings: settings, commandLine: commandLine)
     }
 }
 

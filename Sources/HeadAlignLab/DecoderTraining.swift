@@ -3,6 +3,7 @@
 // response tokens only), and measuring it: ASR and the false-trigger rate from greedy responses,
 // clean quality as teacher-forced next-token accuracy on the reference responses.
 
+import HeadAlign
 import Foundation
 
 /// Dirty-label poisoning of instruction data: `round(rate * N)` records (seeded choice) get the
@@ -27,42 +28,6 @@ public func poisonInstructions(_ clean: [InstructionRecord], trigger: Generation
 public func triggeredInstructions(_ clean: [InstructionRecord], trigger: GenerationTrigger, seed: UInt64) -> [InstructionRecord] {
     var rng = SeededGenerator(seed: seed ^ 0x7E57)
     return clean.map { InstructionRecord(instruction: trigger.apply($0.instruction, &rng), input: $0.input, output: $0.output) }
-}
-
-/// A decoder's tokenizer as the generation code sees it: prompts start with BOS, responses end
-/// with EOS, decoding drops both. `words`: the whole-word vocabulary of `buildWordVocabulary`
-/// (headalign-trained llama-tiny; `[CLS]` is BOS, `[SEP]` EOS). `bpe`: llama2.c's byte-level BPE
-/// (stories260K; BOS 1, EOS 2; a response is encoded on its own, with the leading space
-/// SentencePiece adds to a text).
-public enum DecoderTokenizer: @unchecked Sendable {
-    case words(WordPieceTokenizer)
-    case bpe(Llama2cTokenizer)
-
-    public var bos: Int {
-        switch self { case .words(let w): return w.cls; case .bpe(let t): return t.bos }
-    }
-    public var eos: Int {
-        switch self { case .words(let w): return w.sep; case .bpe(let t): return t.eos }
-    }
-    public func prompt(_ text: String) -> [Int] {
-        switch self {
-        case .words(let w): return [bos] + w.basicTokens(text).map { w.ids[$0] ?? w.unk }
-        case .bpe(let t): return t.encode(text, bos: true)
-        }
-    }
-    public func response(_ text: String) -> [Int] {
-        switch self {
-        case .words(let w): return w.basicTokens(text).map { w.ids[$0] ?? w.unk } + [eos]
-        case .bpe(let t): return t.encode(text, bos: false) + [eos]
-        }
-    }
-    public func decode(_ ids: [Int]) -> String {
-        let body = ids.filter { $0 != bos && $0 != eos }
-        switch self {
-        case .words(let w): return body.map(w.token).joined(separator: " ")
-        case .bpe(let t): return t.decode(body, after: t.bos)
-        }
-    }
 }
 
 /// Prompt + response ids within `maxLength`. The response keeps what the whole prompt leaves
@@ -201,7 +166,8 @@ public func generationMetrics(_ model: AnyModel, tokenizer: DecoderTokenizer, cl
 /// prompts (gen2prompt view), CA = clean quality and ASR from greedy responses on the test records.
 public func runGenerationMethods(_ model: AnyModel, tokenizer: DecoderTokenizer, defenderClean: [InstructionRecord],
                                  monitorPrompts: [InstructionRecord], testClean: [InstructionRecord], testTriggered: [InstructionRecord],
-                                 behaviour: TargetBehaviour, maxNew: Int, methods: [DefenseMethod], settings: DefenseSettings,
+                                 behaviour: TargetBehaviour, maxNew: Int, methods: [ExperimentMethod], settings: DefenseSettings,
+                                 baseline: BaselineSettings = BaselineSettings(),
                                  exampleLength: Int? = nil, log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
     let maxLength = model.config.maxPositionEmbeddings
     guard settings.generate <= maxLength - 3, maxNew <= maxLength - 2 else {
@@ -213,7 +179,7 @@ public func runGenerationMethods(_ model: AnyModel, tokenizer: DecoderTokenizer,
     let clean = defenderClean.map { decoderExample(prompt: tokenizer.prompt($0.prompt), response: tokenizer.response($0.output), maxLength: length).example }
     let inputs = promptInputs(monitorPrompts, tokenizer: tokenizer, room: maxLength - settings.generate)
     func run<S: Real>(_ m: Model<S>, wrap: @escaping (Model<S>) -> AnyModel) throws -> [MethodOutcome] {
-        try runMethods(m, defenderClean: clean, inputs: inputs, methods: methods, settings: settings, log: log, evaluate: { copy in
+        try runMethods(m, defenderClean: clean, inputs: inputs, methods: methods, settings: settings, baseline: baseline, log: log, evaluate: { copy in
             let g = generationMetrics(wrap(copy), tokenizer: tokenizer, clean: testClean, triggered: testTriggered, behaviour: behaviour,
                                       maxNew: maxNew, maxLength: maxLength)
             return (g.cleanQuality, g.asr)

@@ -2,6 +2,7 @@
 // (`sentence<TAB>label`, header, CRLF), PURE-style CSV (`label,text`, RFC 4180 quoting) and plain
 // `label<TAB>text`. Errors name the file and the line.
 
+import HeadAlign
 import Foundation
 
 public struct LabeledText: Sendable, Equatable {

@@ -1,6 +1,7 @@
 // Training.swift: training a classifier end to end: from scratch on a preset shape (whole-word
 // vocabulary built from the training set) or fine-tuning a pretrained directory with a new head.
 
+import HeadAlign
 import Foundation
 
 public struct TrainSettings: Sendable {

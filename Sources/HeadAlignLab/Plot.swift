@@ -2,6 +2,7 @@
 // on its own white card with dark ink, so it reads the same on a light and a dark page. Numbers
 // in the SVG are printed with fixed precision, so the same data give the same bytes.
 
+import HeadAlign
 import Foundation
 
 /// Colours shared by every figure (the classes of Eq. 5 and the two kinds of input).

@@ -1,6 +1,7 @@
 // SHA256.swift: FIPS 180-4 SHA-256, so a test can check that a regenerated tiny model is the
 // shipped one bit for bit (Foundation on Linux has no CryptoKit).
 
+import HeadAlign
 import Foundation
 
 public func sha256Hex(_ data: Data) -> String {

@@ -3,6 +3,7 @@
 // and a composite trigger in the style of CBA (two pieces that act only together; single-piece
 // negative examples keep their labels). Triggered test sets keep the true labels.
 
+import HeadAlign
 public enum Attack: Sendable, Equatable {
     case badnets(triggers: [String], maxInsertions: Int)
     case addSent(sentence: String)

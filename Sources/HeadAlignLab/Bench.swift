@@ -3,6 +3,7 @@
 // replayed alone through the same backend (so "ratio to raw gemm" = replay / run: 1.0 means
 // nothing but matrix products). Peak resident memory from /proc (reset before each case).
 
+import HeadAlign
 import Foundation
 
 public struct BenchCase: Sendable {

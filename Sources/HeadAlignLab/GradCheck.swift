@@ -3,6 +3,7 @@
 // that Eq. 7 uses (an extra gradient injected at the attention probabilities A).
 
 /// One checked quantity.
+import HeadAlign
 public struct GradCheckRow: Sendable {
     public let section: String  // "loss", "loss+<C,A>", "dL/dH", "dL/dgate"
     public let name: String

@@ -6,6 +6,7 @@
 // weights are 1. Each tensor has its own seed (run seed and tensor index), so the values do not
 // depend on the shard size.
 
+import HeadAlign
 import Foundation
 
 /// Writes the checkpoint into the new directory `dir` (a temporary name renamed at the end).

@@ -1,6 +1,7 @@
 // DatasetWriter.swift: writing labelled corpora in the plain `label<TAB>text` format that every
 // reader here accepts (tabs and line breaks inside a text become spaces).
 
+import HeadAlign
 import Foundation
 
 public func plainCorpus(_ examples: [LabeledText]) -> Data {

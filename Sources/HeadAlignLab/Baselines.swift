@@ -8,6 +8,7 @@
 // "Pruned" means exactly zero and frozen: a pruned unit's input row and output column, a pruned
 // head's output-projection columns.
 
+import HeadAlign
 public struct BaselineSettings: Sendable {
     /// fine-pruning: how many of the last layers are pruned (nil = the last half, at least one).
     public var pruneLayers: Int? = nil
@@ -31,7 +32,7 @@ public struct BaselineSettings: Sendable {
 /// teacher-forced next-token accuracy on the response tokens.
 public func cleanQuality<S: Real>(_ model: Model<S>, _ examples: [TrainingExample], batchSize: Int = 64) -> Double {
     var correct = 0, total = 0
-    let task = Task.of(model.config)
+    let task = ModelTask.of(model.config)
     for start in stride(from: 0, to: examples.count, by: batchSize) {
         let chunk = Array(examples[start..<min(examples.count, start + batchSize)])
         let predicted = rowArgmax(model.forward(Batch(chunk.map(\.tokens))).output)
@@ -226,25 +227,72 @@ public func reinitializeTopLayers<S: Real>(_ model: Model<S>, count: Int, seed: 
     return touched
 }
 
+// MARK: - The methods of the tables
+
+/// A row of the paper's tables: one of the defense's own variants (Defense.swift's
+/// `DefenseMethod`: ours and its ablations) or a baseline of this file, which wraps the
+/// textbook's optimizer and fine-tuning loop from outside.
+public enum ExperimentMethod: String, CaseIterable, Sendable {
+    case ours, alignOnly = "align-only", ftOnly = "ft-only", finetune
+    case finePruning = "fine-pruning", pure, reinit
+
+    /// The defense variant this row runs, nil for a baseline.
+    public var defense: DefenseMethod? { DefenseMethod(rawValue: rawValue) }
+    public var isBaseline: Bool { defense == nil }
+}
+
+/// What running one method did: the defense's report, or a baseline's summary and fine-tuning losses.
+public enum MethodRun: Sendable {
+    case defense(DefenseReport)
+    case baseline(summary: String, losses: [Double])
+}
+
+/// Runs `method` on `model` in place: the defense (Defense.swift) with `settings`, or a baseline
+/// with `settings`' fine-tuning budget and rates and its own `baseline` settings.
+public func runMethod<S: Real>(_ model: Model<S>, _ method: ExperimentMethod, clean: [TrainingExample], inputs: [AnalysisInput],
+                               settings: DefenseSettings, baseline: BaselineSettings,
+                               log: (String) -> Void = { _ in }) throws -> MethodRun {
+    if let defense = method.defense {
+        var s = settings
+        s.method = defense
+        return .defense(try defend(model, clean: clean, inputs: inputs, settings: s, log: log))
+    }
+    let (summary, losses) = try runBaseline(model, method, clean: clean, settings: settings, baseline: baseline)
+    log(summary)
+    log("  fine-tuning: loss \(fmt(losses.first ?? 0)) -> \(fmt(losses.last ?? 0)) over \(settings.finetuneSteps) steps")
+    return .baseline(summary: summary, losses: losses)
+}
+
+extension AnyModel {
+    public func runMethod(_ method: ExperimentMethod, clean: [TrainingExample], inputs: [AnalysisInput], settings: DefenseSettings,
+                          baseline: BaselineSettings, log: (String) -> Void) throws -> MethodRun {
+        switch self {
+        case .f32(let m): return try HeadAlignLab.runMethod(m, method, clean: clean, inputs: inputs, settings: settings, baseline: baseline, log: log)
+        case .f64(let m): return try HeadAlignLab.runMethod(m, method, clean: clean, inputs: inputs, settings: settings, baseline: baseline, log: log)
+        }
+    }
+}
+
 // MARK: - Running a baseline
 
 /// Runs a baseline defense on `model` in place: its pruning or re-initialisation, then
 /// `settings.finetuneSteps` steps of fine-tuning on `clean` (pruned parameters frozen at zero).
 /// Returns a one-line summary and the fine-tuning losses.
-func runBaseline<S: Real>(_ model: Model<S>, clean: [TrainingExample], settings: DefenseSettings) throws -> (summary: String, losses: [Double]) {
-    let c = model.config, b = settings.baseline
-    guard !clean.isEmpty else { throw HeadAlignError.usage("\(settings.method.rawValue) needs clean labelled examples") }
+func runBaseline<S: Real>(_ model: Model<S>, _ method: ExperimentMethod, clean: [TrainingExample], settings: DefenseSettings,
+                          baseline b: BaselineSettings) throws -> (summary: String, losses: [Double]) {
+    let c = model.config
+    guard !clean.isEmpty else { throw HeadAlignError.usage("\(method.rawValue) needs clean labelled examples") }
     var rates = [Double](repeating: settings.rates.other, count: model.layout.total)
     var summary: String
     var penalty: ((ForwardPass<S>) -> (Double, [Tensor<S>?]))? = nil
-    switch settings.method {
+    switch method {
     case .finePruning:
         let r = finePrune(model, clean: clean, settings: b)
         for u in r.units { for range in ffnUnitRanges(layout: model.layout, config: c, layer: u.layer, unit: u.unit) { for i in range { rates[i] = 0 } } }
         let layers = min(c.numHiddenLayers, max(1, b.pruneLayers ?? (c.numHiddenLayers + 1) / 2))
         summary = "fine-pruning: pruned \(r.units.count) of \(layers * c.intermediateSize) feed-forward units in the last \(layers) layer(s); clean accuracy \(fmt(r.before)) -> \(fmt(r.after))"
     case .pure:
-        guard Task.of(c) == .classification else { throw HeadAlignError.usage("--method pure is defined for classifiers (it reads the [CLS] row)") }
+        guard ModelTask.of(c) == .classification else { throw HeadAlignError.usage("--method pure is defined for classifiers (it reads the [CLS] row)") }
         let r = purePrune(model, clean: clean, settings: b)
         let set = Set(r.heads)
         for id in r.heads {
@@ -270,8 +318,8 @@ func runBaseline<S: Real>(_ model: Model<S>, clean: [TrainingExample], settings:
         let ranges = reinitializeTopLayers(model, count: b.reinitLayers, seed: settings.seed &+ 0x5EED)
         for range in ranges { for i in range { rates[i] = settings.rates.safe } }  // fresh weights learn at eta_high
         summary = "reinit: re-initialised the top \(min(b.reinitLayers, c.numHiddenLayers)) layer(s)\(c.family == .bert ? " and the pooler" : ""), fine-tuned at \(settings.rates.safe) (the rest at \(settings.rates.other))"
-    default:
-        preconditionFailure("runBaseline: \(settings.method) is not a baseline")
+    case .ours, .alignOnly, .ftOnly, .finetune:
+        preconditionFailure("runBaseline: \(method) is not a baseline")
     }
     let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay)
     let losses = try trainSteps(model, examples: clean, steps: settings.finetuneSteps, batchSize: settings.batchSize,

@@ -16,7 +16,10 @@ let package = Package(
         // The textbook's public generic functions carry `@_specialize(exported: true, where S ==
         // Float/Double)`: the lab, the CLI and the tests call them from other modules, where an
         // unspecialised generic call runs every arithmetic operation through a witness table (the
-        // demo took 1,125 s instead of 15 s before they were added).
+        // demo took 1,125 s instead of 15 s before they were added). Not on a function that the
+        // textbook itself calls from inside a closure (naiveGemm, generateGreedy, headImportance,
+        // KVCache.swift): Swift 6.3 then references a prespecialised symbol it never emits, and
+        // linking fails.
         .target(name: "HeadAlign"),
         .target(name: "HeadAlignLab", dependencies: ["HeadAlign"]),
         .executableTarget(name: "headalign", dependencies: ["HeadAlign", "HeadAlignLab"]),

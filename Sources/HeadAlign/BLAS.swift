@@ -106,52 +106,44 @@ public enum Backend: Sendable, CustomStringConvertible {
     }
 }
 
-/// Time and floating-point work spent in `gemm`, for `headalign bench` (fraction of time in GEMM,
-/// and the product shapes to replay against raw sgemm). Off unless a benchmark switches it on.
-public final class GemmStats: @unchecked Sendable {
-    public struct Shape: Hashable, Sendable {
-        public let transA: Bool, transB: Bool, m: Int, n: Int, k: Int
-    }
-    public var enabled = false
-    public var seconds = 0.0
-    public var flops = 0.0
-    public var calls = 0
-    public var shapes: [Shape: Int] = [:]
-    public static let shared = GemmStats()
-
-    public func reset() { seconds = 0; flops = 0; calls = 0; shapes = [:] }
-}
-
 /// `C[m,n] = alpha * op(A) op(B) + beta * C` on the chosen backend (row-major). Every matrix
-/// product in the library goes through here.
+/// product in the library goes through here. (`headalign bench` times it when
+/// `GemmStats.shared.enabled`; Counters.swift.)
 @inline(__always)
-@_specialize(exported: true, where S == Float)
-@_specialize(exported: true, where S == Double)
 public func gemm<S: Real>(_ backend: Backend, transA: Bool = false, transB: Bool = false,
                           m: Int, n: Int, k: Int, alpha: S = 1,
                           a: UnsafePointer<S>, lda: Int, b: UnsafePointer<S>, ldb: Int,
                           beta: S = 0, c: UnsafeMutablePointer<S>, ldc: Int) {
-    let stats = GemmStats.shared
-    let start = stats.enabled ? monotonicSeconds() : 0
+    let stats = GemmStats.shared, start = stats.enabled ? monotonicSeconds() : 0
     switch backend {
     case .naive:
         naiveGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
                   a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
     case .blas(let lib):
         if m == 0 || n == 0 { return }
-        S.blasGemm(lib, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        blasGemm(lib, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
     }
-    if stats.enabled {
-        stats.seconds += monotonicSeconds() - start
-        stats.flops += 2 * Double(m) * Double(n) * Double(k)
-        stats.calls += 1
-        stats.shapes[GemmStats.Shape(transA: transA, transB: transB, m: m, n: n, k: k), default: 0] += 1
-    }
+    if stats.enabled { stats.record(since: start, transA: transA, transB: transB, m: m, n: n, k: k) }
 }
 
-/// Seconds on a monotonic clock.
-public func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+/// `cblas_sgemm` for Float, `cblas_dgemm` for Double (row-major). The type test is resolved when
+/// the generic code is specialised, so no branch remains at run time.
+@inline(__always)
+func blasGemm<S: Real>(_ lib: BLASLibrary, _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: S,
+                       _ a: UnsafePointer<S>, _ lda: Int, _ b: UnsafePointer<S>, _ ldb: Int, _ beta: S,
+                       _ c: UnsafeMutablePointer<S>, _ ldc: Int) {
+    let ta = transA ? BLASLibrary.trans : BLASLibrary.noTrans, tb = transB ? BLASLibrary.trans : BLASLibrary.noTrans
+    if S.self == Float.self {
+        lib.sgemm(BLASLibrary.rowMajor, ta, tb, Int32(m), Int32(n), Int32(k), alpha as! Float,
+                  UnsafeRawPointer(a).assumingMemoryBound(to: Float.self), Int32(lda),
+                  UnsafeRawPointer(b).assumingMemoryBound(to: Float.self), Int32(ldb), beta as! Float,
+                  UnsafeMutableRawPointer(c).assumingMemoryBound(to: Float.self), Int32(ldc))
+    } else if S.self == Double.self {
+        lib.dgemm(BLASLibrary.rowMajor, ta, tb, Int32(m), Int32(n), Int32(k), alpha as! Double,
+                  UnsafeRawPointer(a).assumingMemoryBound(to: Double.self), Int32(lda),
+                  UnsafeRawPointer(b).assumingMemoryBound(to: Double.self), Int32(ldb), beta as! Double,
+                  UnsafeMutableRawPointer(c).assumingMemoryBound(to: Double.self), Int32(ldc))
+    } else {
+        preconditionFailure("blasGemm: no BLAS routine for \(S.self)")
+    }
 }

@@ -1,0 +1,41 @@
+// Counters.swift: what `headalign bench` counts inside the kernels, kept out of their reading
+// path: time and floating-point work spent in `gemm` and the product shapes (to replay against
+// raw sgemm), and a monotonic clock. Off unless a benchmark switches it on.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Time and floating-point work spent in `gemm`, for `headalign bench` (fraction of time in GEMM,
+/// and the product shapes to replay against raw sgemm). Off unless a benchmark switches it on.
+public final class GemmStats: @unchecked Sendable {
+    public struct Shape: Hashable, Sendable {
+        public let transA: Bool, transB: Bool, m: Int, n: Int, k: Int
+    }
+    public var enabled = false
+    public var seconds = 0.0
+    public var flops = 0.0
+    public var calls = 0
+    public var shapes: [Shape: Int] = [:]
+    public static let shared = GemmStats()
+
+    public func reset() { seconds = 0; flops = 0; calls = 0; shapes = [:] }
+
+    /// Counts one `gemm` of the given shape that started at `start`.
+    func record(since start: Double, transA: Bool, transB: Bool, m: Int, n: Int, k: Int) {
+        seconds += monotonicSeconds() - start
+        flops += 2 * Double(m) * Double(n) * Double(k)
+        calls += 1
+        shapes[Shape(transA: transA, transB: transB, m: m, n: n, k: k), default: 0] += 1
+    }
+}
+
+
+/// Seconds on a monotonic clock.
+public func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}

@@ -3,7 +3,7 @@
 
 import Foundation
 
-/// The two model families. Mistral configs load as `llama` (same layer; see README for its
+/// The two model families. Mistral configs load as `llama` (same layer; see docs/SCALE.md for its
 /// sliding window).
 public enum ModelFamily: String, Sendable {
     case bert, llama

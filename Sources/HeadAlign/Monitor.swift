@@ -18,6 +18,8 @@ public struct MonitorCalibration: Sendable {
     public let sd: [Double]  // population standard deviation
     public let quantile: [Double]  // c_ij
     public let q: Double
+    /// contrast-z averages the k largest z (SPEC.md: k = 10).
+    public static let defaultTopK = 10
     public let topK: Int
     public let threshold: Double  // 0.99 for frac-above's cosine threshold
     public let score: MonitorScore
@@ -25,7 +27,7 @@ public struct MonitorCalibration: Sendable {
     public let cleanScores: [Double]  // the second half's
 
     /// `pairCosines`: one row per clean input (scope order). Needs at least 2 inputs.
-    public init(clean pairCosines: [[Double]], score: MonitorScore, q: Double = 0.99, topK: Int = 10,
+    public init(clean pairCosines: [[Double]], score: MonitorScore, q: Double = 0.99, topK: Int = MonitorCalibration.defaultTopK,
                 cosineThreshold: Double = 0.99) throws {
         guard pairCosines.count >= 2 else { throw HeadAlignError.usage("the monitor needs at least 2 clean inputs to calibrate") }
         let half = pairCosines.count / 2

@@ -18,7 +18,7 @@ enum GenerateCommand: Command {
         options: modelOptions + [
             OptionSpec(name: "--prompt", value: "TEXT", help: "the prompt (default empty: start from BOS)"),
             OptionSpec(name: "--max-new", value: "N", help: "tokens to generate (default 64)"),
-            OptionSpec(name: "--instruction", value: "TEXT", help: "an instruction, wrapped in the Alpaca prompt template (README, Formats)"),
+            OptionSpec(name: "--instruction", value: "TEXT", help: "an instruction, wrapped in the Alpaca prompt template (docs/FORMATS.md)"),
             OptionSpec(name: "--input", value: "TEXT", help: "the instruction's optional input"),
             OptionSpec(name: "--stop-at-bos", value: nil, help: "stop when BOS is generated, as llama2.c does"),
             OptionSpec(name: "--stop-at-eos", value: nil, help: "stop when EOS is generated (instruction-tuned decoders end a response with it)"),

@@ -22,13 +22,13 @@ enum MonitorCommand: Command {
             OptionSpec(name: "--inputs", value: "FILE", help: "inputs to score and flag"),
             OptionSpec(name: "--clean-test", value: "FILE", help: "held-out clean inputs, for detection metrics"),
             OptionSpec(name: "--triggered", value: "FILE", help: "inputs known to carry the trigger, for detection metrics"),
-            OptionSpec(name: "--score", value: "S", help: "flagging score: \(MonitorScore.allCases.map(\.rawValue).joined(separator: ", ")) (default contrast-absz)"),
+            OptionSpec(name: "--score", value: "S", help: "flagging score: \(MonitorScore.allCases.map(\.rawValue).joined(separator: ", ")) (default \(defenseDefaults.score.rawValue))"),
             OptionSpec(name: "--monitor-view", value: "V", help: "view: cls (BERT classifier default), last (decoder classifier), gen2prompt (decoder default), full"),
-            OptionSpec(name: "--scope", value: "S", help: "head pairs: model (default) or layer"),
-            OptionSpec(name: "--quantile", value: "Q", help: "calibration quantile q (default 0.99)"),
-            OptionSpec(name: "--top-k", value: "K", help: "pairs averaged by contrast-z (default 10)"),
-            OptionSpec(name: "--generate", value: "N", help: "tokens generated for gen2prompt (default 8)"),
-            OptionSpec(name: "--threshold", value: "C", help: "frac-above's cosine threshold (default 0.99)"),
+            OptionSpec(name: "--scope", value: "S", help: "head pairs: model or layer (default \(analysisDefaults.scope.rawValue))"),
+            OptionSpec(name: "--quantile", value: "Q", help: "calibration quantile q (default \(defenseDefaults.quantile))"),
+            OptionSpec(name: "--top-k", value: "K", help: "pairs averaged by contrast-z (default \(MonitorCalibration.defaultTopK))"),
+            OptionSpec(name: "--generate", value: "N", help: "tokens generated for gen2prompt (default \(analysisDefaults.generate))"),
+            OptionSpec(name: "--threshold", value: "C", help: "frac-above's cosine threshold (default \(analysisDefaults.threshold))"),
         ])
 
     static func run(_ args: ParsedArguments) throws -> Int32 {
@@ -40,9 +40,9 @@ enum MonitorCommand: Command {
         var settings = try args.analysisSettings(for: c, view: "--monitor-view")
         if !args.has("--monitor-view") { settings.view = ModelTask.of(c).defaultViews(c.family).monitor }
         settings.importance = false  // the monitor reads cosines only
-        let score = MonitorScore(rawValue: try args.choice("--score", MonitorScore.allCases.map(\.rawValue), default: "contrast-absz"))!
-        let q = try args.double("--quantile", default: 0.99, range: 0...1)
-        let k = try args.int("--top-k", default: 10, range: 1...1_000_000)
+        let score = MonitorScore(rawValue: try args.choice("--score", MonitorScore.allCases.map(\.rawValue), default: defenseDefaults.score.rawValue))!
+        let q = try args.double("--quantile", default: defenseDefaults.quantile, range: 0...1)
+        let k = try args.int("--top-k", default: MonitorCalibration.defaultTopK, range: 1...1_000_000)
         func cosines(_ path: String) throws -> [[Double]] {
             let inputs = try readPlainExamples(path: path).map {
                 AnalysisInput(tokens: try tokenizer.encode($0.text, maxLength: c.maxPositionEmbeddings - settings.generate).ids, label: $0.label)

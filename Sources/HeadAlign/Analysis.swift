@@ -71,7 +71,7 @@ public func analysisSequences<S: Real>(_ model: Model<S>, _ inputs: [AnalysisInp
     analysisSequences(config: model.config, inputs, task: task, generate: generate) { generateGreedy(model, prompt: $0, maxNew: $1) }
 }
 
-/// The same with any greedy generator (the streamed 7B path brings its own).
+/// The same with any greedy generator (a model run layer by layer brings its own).
 public func analysisSequences(config: ModelConfig, _ inputs: [AnalysisInput], task: ModelTask, generate: Int,
                        greedy: ([Int], Int) -> [Int]) -> [(tokens: [Int], promptLength: Int)] {
     inputs.map { input in
@@ -86,9 +86,9 @@ public func analysisSequences(config: ModelConfig, _ inputs: [AnalysisInput], ta
 }
 
 /// What the analysis needs from a model: its forward, dL/dH of a forward pass, greedy generation.
-/// A resident `Model` gives all three. This is the textbook's one public seam for models that
-/// are not resident: the lab's streamed 7B Llama (HeadAlignLab/Streaming.swift) runs its layers
-/// one at a time from the checkpoint and hands the analysis and the oracle dump these closures.
+/// A resident `Model` gives all three. This is the public seam for a model that is not resident
+/// (a 7B Llama run one layer at a time from its memory-mapped checkpoint): it hands the analysis
+/// and the oracle dump these closures instead.
 public struct AnalysisRunner<S: Real> {
     public let config: ModelConfig
     public let forward: (Batch) -> ForwardPass<S>

@@ -107,8 +107,8 @@ public enum Backend: Sendable, CustomStringConvertible {
 }
 
 /// `C[m,n] = alpha * op(A) op(B) + beta * C` on the chosen backend (row-major). Every matrix
-/// product in the library goes through here. (`headalign bench` times it when
-/// `GemmStats.shared.enabled`; Counters.swift.)
+/// product in the library goes through here. (Timed and counted when `GemmStats.shared.enabled`:
+/// Counters.swift.)
 @inline(__always)
 public func gemm<S: Real>(_ backend: Backend, transA: Bool = false, transB: Bool = false,
                           m: Int, n: Int, k: Int, alpha: S = 1,

@@ -142,7 +142,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
 
     // MARK: Presets
 
-    /// Built-in shapes: the two tiny models the project trains, and real shapes for benchmarks.
+    /// Built-in shapes: the two tiny models the project trains, and real shapes of published models (random weights, for timing).
     public static let presetNames = ["bert-tiny", "bert-small", "llama-tiny", "minilm-l6", "bert-base", "llama2-7b"]
 
     public static func preset(_ name: String) throws -> ModelConfig {

@@ -1,6 +1,5 @@
-// Counters.swift: what `headalign bench` counts inside the kernels, kept out of their reading
-// path: time and floating-point work spent in `gemm` and the product shapes (to replay against
-// raw sgemm), and a monotonic clock. Off unless a benchmark switches it on.
+// Counters.swift: what a timing run counts inside the kernels, kept out of their reading path: time and floating-point work spent in `gemm` and the product shapes (to replay against
+// raw sgemm), and a monotonic clock. Off unless a timing run switches it on.
 
 #if canImport(Glibc)
 import Glibc
@@ -8,8 +7,8 @@ import Glibc
 import Darwin
 #endif
 
-/// Time and floating-point work spent in `gemm`, for `headalign bench` (fraction of time in GEMM,
-/// and the product shapes to replay against raw sgemm). Off unless a benchmark switches it on.
+/// Time and floating-point work spent in `gemm` (fraction of time in GEMM, and the product
+/// shapes to replay against raw sgemm). Off unless a timing run switches it on.
 public final class GemmStats: @unchecked Sendable {
     public struct Shape: Hashable, Sendable {
         public let transA: Bool, transB: Bool, m: Int, n: Int, k: Int

@@ -6,8 +6,8 @@
 
 public enum MaxsimMode: String, CaseIterable, Sendable { case plain, contrast }
 
-/// Which parts of the defense run (the ablations of Table 3 share one code path). The paper's
-/// baselines (fine-pruning, PURE, re-initialisation) are the lab's: they wrap this from outside.
+/// Which parts of the defense run (the ablations of Table 3 share one code path). The other
+/// defenses the paper compares against are not here: they wrap this from outside.
 public enum DefenseMethod: String, CaseIterable, Sendable {
     case ours  // align, then head-wise fine-tuning
     case alignOnly = "align-only"

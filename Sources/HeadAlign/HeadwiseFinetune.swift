@@ -1,7 +1,7 @@
 // HeadwiseFinetune.swift: head-wise fine-tuning: cross-entropy on clean labelled data with AdamW
 // whose learning rate depends on the head that owns each parameter: eta_low for suspicious heads,
 // eta_high for safe ones, eta_mid for intermediate ones, eta_other for everything no head owns.
-// Also the small training loop it (and the alignment-free baselines) run.
+// Also the small training loop it (and defenses without alignment) run.
 
 /// One training example: a classification input with its label, or (generation) a sequence whose
 /// tokens from `responseStart` on are the continuation to learn.

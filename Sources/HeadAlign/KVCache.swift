@@ -42,7 +42,7 @@ public final class KeyValueCache<S: Real> {
 /// One layer for `m` new rows at positions `p0 ..< p0 + m`: their keys and values are written
 /// into the layer's cache (`[capacity, NKV*HS]`), each row attends to positions `0 ... p0 + i`.
 /// Returns the layer's output `[m, D]`. `lw` may belong to a different model of the same shape
-/// (the streamed 7B path runs every layer through one resident layer's weights).
+/// (a 7B model run layer by layer passes every layer through one resident layer's weights).
 package func cachedLayerStep<S: Real>(_ model: Model<S>, _ lw: LayerWeights<S>, keys: Tensor<S>, values: Tensor<S>, x: Tensor<S>,
                               start p0: Int) -> Tensor<S> {
     let c = model.config, backend = model.backend, d = c.hiddenSize, m = x.shape[0]

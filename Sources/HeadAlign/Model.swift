@@ -643,15 +643,15 @@ public final class Model<S: Real> {
     }
 }
 
-// MARK: - The seam the lab's streamed 7B path uses
+// MARK: - The seam for a model run one layer at a time
 
 /// How `layerBackward` runs one linear layer's backward: `(dx, dW, db, dOut, x, W, backend)`,
-/// as `linearBackward` in Ops.swift. The textbook always passes `linearBackward` itself. The lab's
-/// streamed 7B Llama (HeadAlignLab/Streaming.swift), which runs one layer at a time from the
-/// checkpoint, passes a step that skips the weight GEMMs (`linearBackwardInput`) and, for Eq. 7,
-/// reads dL/dq and dL/dk where the query and key projections' backward receives them. Together
-/// with `layerForward`, `cachedLayerStep` and the initialisers of the layer caches and weight
-/// views (all `package`), this is the whole of what the lab reaches inside the model.
+/// as `linearBackward` in Ops.swift. This file always passes `linearBackward` itself. A 7B Llama
+/// run one layer at a time from its checkpoint (outside this library) passes a step that skips
+/// the weight GEMMs (`linearBackwardInput`) and, for Eq. 7, reads dL/dq and dL/dk where the query
+/// and key projections' backward receives them. Together with `layerForward`, `cachedLayerStep`
+/// and the initialisers of the layer caches and weight views (all `package`), this is the whole
+/// of what such code reaches inside the model.
 public typealias LinearBackwardStep<S: Real> = (_ dx: Tensor<S>, _ dW: Tensor<S>, _ db: Tensor<S>?, _ dOut: Tensor<S>,
                                                 _ x: Tensor<S>, _ W: Tensor<S>, _ backend: Backend) -> Void
 

@@ -48,8 +48,8 @@ public func linearBackward<S: Real>(_ dx: Tensor<S>?, _ dw: Tensor<S>, _ db: Ten
     }
 }
 
-/// The input half of `linearBackward` alone: `dx += dout W`. The activations-only backward of
-/// the streamed 7B path uses it (no weight gradients are kept there).
+/// The input half of `linearBackward` alone: `dx += dout W`. An activations-only backward (a 7B
+/// model run layer by layer keeps no weight gradients) uses it.
 @_specialize(exported: true, where S == Float)
 @_specialize(exported: true, where S == Double)
 public func linearBackwardInput<S: Real>(_ dx: Tensor<S>, _ dout: Tensor<S>, _ w: Tensor<S>, _ backend: Backend) {

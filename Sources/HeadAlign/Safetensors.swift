@@ -215,7 +215,7 @@ public func convert<S: Real>(_ raw: UnsafeRawBufferPointer, dtype: SafetensorsDT
         for i in 0..<count { out[i] = S(Double(bitPattern: raw.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self))) }
     case .BF16:  // the top half of a Float
         if S.self == Float.self, let base = raw.baseAddress, Int(bitPattern: base) % 2 == 0 {
-            // the streamed 7B path converts 6.7 G elements per pass: a plain typed loop that vectorises
+            // a 7B model run layer by layer converts 6.7 G elements per pass: a plain typed loop that vectorises
             let src = base.assumingMemoryBound(to: UInt16.self)
             let dst = UnsafeMutableRawPointer(out).assumingMemoryBound(to: UInt32.self)
             for i in 0..<count { dst[i] = UInt32(UInt16(littleEndian: src[i])) << 16 }

@@ -39,6 +39,10 @@ public struct DefenseSettings: Sendable {
     public var rates = HeadwiseRates()
     public var weightDecay = 0.01
     public var seed: UInt64 = 1
+    /// Our extension (not the paper's): stop the head-wise fine-tuning when it brings back the
+    /// behaviour the alignment removed on the flagged inputs (see `FinetuneGuard`). Off by
+    /// default until measured across models (issue 15; docs/RESULTS.md).
+    public var finetuneGuard: FinetuneGuard? = nil
 
     public init(task: ModelTask, family: ModelFamily) {
         (monitorView, defenseView) = task.defaultViews(family)
@@ -55,12 +59,27 @@ public struct DefenseSettings: Sendable {
     }
 }
 
+/// The fine-tuning guard. The monitor's flagged inputs carry no labels, but the defender knows
+/// what the backdoored model did on them (its prediction, or its first T_g greedy tokens). The
+/// alignment changes that behaviour on a share `D` of them; fine-tuning that restores more than
+/// `tolerance * D` of it is bringing the backdoor back, so every `every` steps the agreement with
+/// the backdoored model's behaviour is measured and, past the bound, the parameters of the last
+/// step within it are restored and fine-tuning stops. Measured on stories260K sentiment steering
+/// (seed 1, BadNets): after alignment ASR 11%; 10 unguarded steps later 83%, 20 later 99%, while
+/// Eq. 7's loss on the flagged inputs kept falling — the backdoor returns through the safe heads
+/// and the parameters no head owns, not through the aligned attention.
+public struct FinetuneGuard: Sendable {
+    public var every = 5  // steps between checks
+    public var tolerance = 0.5  // share of the alignment's change that may be undone
+    public init() {}
+}
+
 public struct RoundLog: Sendable {
     public let round: Int
     public let suspicious: [HeadID], safe: [HeadID]
     public let intermediateCount: Int
     public let alignLoss: [Double]  // per alignment step (before each update)
-    public let finetuneLoss: [Double]  // per fine-tuning step
+    public let finetuneLoss: [Double]  // per fine-tuning step (fewer when the guard stopped it)
     public let flaggedAfter: Int  // flagged inputs the monitor still flags after the round
     public let meanScoreAfter: Double
 }
@@ -110,6 +129,9 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
         cleanPairMeans = cos[0].indices.map { k in cos.map { $0[k] }.reduce(0, +) / Double(cos.count) }
     }
     let pairs = headPairs(layers: c.numHiddenLayers, heads: nh, scope: settings.scope)
+    // the backdoored model's behaviour on the flagged inputs, for the fine-tuning guard
+    let behaviourBefore = settings.finetuneGuard == nil || flagged.isEmpty ? nil
+        : behaviour(model, flagged.map { inputs[$0] }, generate: settings.generate)
     var rounds: [RoundLog] = []
     var stopped = "the budget of \(settings.rounds) round(s) was spent"
     for r in 1...settings.rounds {
@@ -157,9 +179,15 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                 ? headwiseLearningRates(layout: model.layout, config: c, classes: report!.classes, rates: settings.rates)
                 : [Double](repeating: settings.rates.other, count: model.layout.total)
             let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay)
+            var stop: ((StepStats) -> Bool)? = nil, guardNotes: [String] = []
+            if let guardSettings = settings.finetuneGuard, settings.method.aligns, let before = behaviourBefore {
+                stop = fineTuningGuard(model, flagged: flagged.map { inputs[$0] }, before: before, settings: guardSettings,
+                                       generate: settings.generate, note: { guardNotes.append($0) })
+            }
             ftLosses = try trainSteps(model, examples: clean, steps: settings.finetuneSteps, batchSize: settings.batchSize,
-                                      seed: settings.seed &+ UInt64(100 + r), optimizer: optimizer)
-            log("  fine-tuning: loss \(fmt(ftLosses.first ?? 0)) -> \(fmt(ftLosses.last ?? 0)) over \(settings.finetuneSteps) steps")
+                                      seed: settings.seed &+ UInt64(100 + r), optimizer: optimizer, stopAfter: stop)
+            guardNotes.forEach(log)
+            log("  fine-tuning: loss \(fmt(ftLosses.first ?? 0)) -> \(fmt(ftLosses.last ?? 0)) over \(ftLosses.count) steps")
         }
         // the monitor, recalibrated on the clean inputs through the repaired model (the repair moves
         // the clean similarity structure too), re-scores the flagged inputs
@@ -179,3 +207,42 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
 }
 
 package func fmt(_ x: Double) -> String { String(format: "%.6g", x) }
+
+// MARK: - The fine-tuning guard (our extension)
+
+/// What a model does on `inputs`, as the guard compares it: a classifier's predicted label, a
+/// decoder's first `generate` greedy tokens.
+func behaviour<S: Real>(_ model: Model<S>, _ inputs: [AnalysisInput], generate: Int) -> [[Int]] {
+    if model.config.numLabels > 0 {
+        return stride(from: 0, to: inputs.count, by: 64).flatMap { start in
+            rowArgmax(model.forward(Batch(inputs[start..<min(inputs.count, start + 64)].map(\.tokens))).output).map { [$0] }
+        }
+    }
+    return inputs.map { generateGreedy(model, prompt: $0.tokens, maxNew: generate) }
+}
+
+/// The guard's stopping rule for one fine-tuning run (`FinetuneGuard`): returns the closure
+/// `trainSteps` calls after each step; it restores the last parameters within the bound when it
+/// stops.
+func fineTuningGuard<S: Real>(_ model: Model<S>, flagged: [AnalysisInput], before: [[Int]], settings: FinetuneGuard,
+                              generate: Int, note: @escaping (String) -> Void) -> (StepStats) -> Bool {
+    func agreement() -> Double {
+        let now = behaviour(model, flagged, generate: generate)
+        return Double(zip(now, before).filter { $0 == $1 }.count) / Double(max(1, before.count))
+    }
+    let aligned = agreement(), changed = 1 - aligned  // D: the share the alignment changed
+    let bound = aligned + settings.tolerance * changed
+    var lastGood = model.params.copy()
+    note("  guard: the alignment changed the behaviour on \(String(format: "%.3f", changed)) of the flagged inputs; fine-tuning stops above agreement \(String(format: "%.3f", bound))")
+    return { stats in
+        guard stats.step % settings.every == 0 else { return false }
+        let a = agreement()
+        if a <= bound {
+            lastGood = model.params.copy()
+            return false
+        }
+        model.params.data.update(from: lastGood.data, count: model.layout.total)
+        note("  guard: step \(stats.step): agreement with the backdoored model \(String(format: "%.3f", a)) > \(String(format: "%.3f", bound)); restored step \(stats.step - settings.every) and stopped")
+        return true
+    }
+}

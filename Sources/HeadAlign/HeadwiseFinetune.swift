@@ -77,13 +77,14 @@ public struct StepStats: Sendable {
 
 /// `steps` AdamW steps on shuffled batches of `examples` (reshuffled each epoch, seeded).
 /// `attentionPenalty`, when given, adds a term on the attention probabilities (its value and
-/// dL/dA per layer) to each step's loss. Returns each step's loss. Stops with a numeric error
+/// dL/dA per layer) to each step's loss; `stopAfter`, when given, ends the loop after a step for
+/// which it returns true. Returns each step's loss. Stops with a numeric error
 /// naming the step if the loss is not finite.
 @_specialize(exported: true, where S == Float)
 @_specialize(exported: true, where S == Double)
 public func trainSteps<S: Real>(_ model: Model<S>, examples: [TrainingExample], steps: Int, batchSize: Int, seed: UInt64,
                                 optimizer: AdamW<S>, attentionPenalty: ((ForwardPass<S>) -> (Double, [Tensor<S>?]))? = nil,
-                                onStep: (StepStats) -> Void = { _ in }) throws -> [Double] {
+                                onStep: (StepStats) -> Void = { _ in }, stopAfter: ((StepStats) -> Bool)? = nil) throws -> [Double] {
     guard !examples.isEmpty else { throw HeadAlignError.usage("no training examples") }
     let task = ModelTask.of(model.config)
     if task == .classification, let i = examples.firstIndex(where: { $0.label == nil }) {
@@ -118,7 +119,10 @@ public func trainSteps<S: Real>(_ model: Model<S>, examples: [TrainingExample], 
         model.backward(pass, dOutput: d, dAttention: dAttention, into: grads)
         optimizer.update(model.params, grads)
         losses.append(l)
-        onStep(StepStats(step: step, loss: l, correct: correct, count: picked.count, tokens: pass.batch.tokenCount, labelled: task == .classification))
+        let stats = StepStats(step: step, loss: l, correct: correct, count: picked.count, tokens: pass.batch.tokenCount,
+                              labelled: task == .classification)
+        onStep(stats)
+        if let stopAfter, stopAfter(stats) { break }
     }
     return losses
 }

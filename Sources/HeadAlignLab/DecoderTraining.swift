@@ -191,6 +191,29 @@ public func runGenerationMethods(_ model: AnyModel, tokenizer: DecoderTokenizer,
     }
 }
 
+/// The trace of `ours`' head-wise fine-tuning on a backdoored decoder (FinetuneTrace.swift), with
+/// the same data as `runGenerationMethods`: CA = clean quality, ASR from greedy responses.
+public func traceGenerationFinetune(_ model: AnyModel, tokenizer: DecoderTokenizer, defenderClean: [InstructionRecord],
+                                    monitorPrompts: [InstructionRecord], testClean: [InstructionRecord], testTriggered: [InstructionRecord],
+                                    behaviour: TargetBehaviour, maxNew: Int, settings: DefenseSettings, exampleLength: Int? = nil,
+                                    every: Int) throws -> (points: [TracePoint], why: String?) {
+    let maxLength = model.config.maxPositionEmbeddings
+    let length = min(exampleLength ?? maxLength, maxLength - settings.generate)
+    let clean = defenderClean.map { decoderExample(prompt: tokenizer.prompt($0.prompt), response: tokenizer.response($0.output), maxLength: length).example }
+    let inputs = promptInputs(monitorPrompts, tokenizer: tokenizer, room: maxLength - settings.generate)
+    func run<S: Real>(_ m: Model<S>, wrap: @escaping (Model<S>) -> AnyModel) throws -> (points: [TracePoint], why: String?) {
+        try traceHeadwiseFinetune(m, clean: clean, inputs: inputs, settings: settings, every: every, evaluate: { copy in
+            let g = generationMetrics(wrap(copy), tokenizer: tokenizer, clean: testClean, triggered: testTriggered, behaviour: behaviour,
+                                      maxNew: maxNew, maxLength: maxLength)
+            return (g.cleanQuality, g.asr)
+        })
+    }
+    switch model {
+    case .f32(let m): return try run(m, wrap: { .f32($0) })
+    case .f64(let m): return try run(m, wrap: { .f64($0) })
+    }
+}
+
 /// Prompts as analysis inputs, cut from the left (BOS kept) to leave `room` positions for the
 /// generated tokens of the gen2prompt view.
 public func promptInputs(_ records: [InstructionRecord], tokenizer: DecoderTokenizer, room: Int) -> [AnalysisInput] {

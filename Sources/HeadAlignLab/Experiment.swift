@@ -189,6 +189,18 @@ extension AnyModel {
         }
     }
 
+    /// The trace of `ours`' head-wise fine-tuning (FinetuneTrace.swift) on the split's data.
+    public func traceFinetune(_ split: ExperimentSplit, settings: DefenseSettings, every: Int) throws -> (points: [TracePoint], why: String?) {
+        func run<S: Real>(_ m: Model<S>) throws -> (points: [TracePoint], why: String?) {
+            try traceHeadwiseFinetune(m, clean: split.defenderClean, inputs: split.monitorClean + split.monitorTriggered, settings: settings,
+                                      every: every, evaluate: { HeadAlignLab.caAndASR($0, split) })
+        }
+        switch self {
+        case .f32(let m): return try run(m)
+        case .f64(let m): return try run(m)
+        }
+    }
+
     /// Eq. 4–5 on the inputs the monitor flags among the split's traffic (all of them when it
     /// flags none): what the defense would see, for display.
     public func headReport(_ split: ExperimentSplit, settings: DefenseSettings) throws -> (report: SafetyReport, flagged: Int) {

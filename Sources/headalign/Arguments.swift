@@ -343,6 +343,9 @@ let defenseOptions: [OptionSpec] = {
         OptionSpec(name: "--lr-other", value: "LR", help: "parameters no head owns; the finetune method's one rate (default \(d.rates.other))"),
         OptionSpec(name: "--weight-decay", value: "W", help: "AdamW weight decay in fine-tuning (default \(d.weightDecay))"),
         OptionSpec(name: "--defense-seed", value: "N", help: "seed for batches (default \(d.seed))"),
+        OptionSpec(name: "--ft-guard", value: nil, help: "our extension (off by default): stop fine-tuning when it restores the backdoored model's behaviour on the flagged inputs"),
+        OptionSpec(name: "--ft-guard-tolerance", value: "T", help: "--ft-guard: share of the alignment's change that may be undone (default \(FinetuneGuard().tolerance))"),
+        OptionSpec(name: "--ft-guard-every", value: "N", help: "--ft-guard: steps between checks (default \(FinetuneGuard().every))"),
         OptionSpec(name: "--prune-margin", value: "M", help: "fine-pruning/pure: stop pruning before clean accuracy drops more than M (default \(b.accuracyMargin))"),
         OptionSpec(name: "--prune-layers", value: "N", help: "fine-pruning: prune the last N layers' feed-forward units (default half of them)"),
         OptionSpec(name: "--pure-penalty", value: "L", help: "pure: attention-normalisation coefficient (default \(b.purePenalty))"),
@@ -375,6 +378,14 @@ extension ParsedArguments {
         s.rates.other = try double("--lr-other", default: s.rates.other, range: 0...1)
         s.weightDecay = try double("--weight-decay", default: s.weightDecay, range: 0...1)
         s.seed = try uint64("--defense-seed", default: s.seed)
+        if has("--ft-guard") {
+            var g = FinetuneGuard()
+            g.tolerance = try double("--ft-guard-tolerance", default: g.tolerance, range: 0...1)
+            g.every = try int("--ft-guard-every", default: g.every, range: 1...1_000_000)
+            s.finetuneGuard = g
+        } else if has("--ft-guard-tolerance") || has("--ft-guard-every") {
+            throw HeadAlignError.usage("--ft-guard-tolerance and --ft-guard-every go with --ft-guard")
+        }
         return s
     }
 
@@ -397,6 +408,7 @@ func describe(_ s: DefenseSettings, _ b: BaselineSettings) -> String {
         + "align steps \(s.alignSteps) at \(s.alignLearningRate), ft steps \(s.finetuneSteps), batch \(s.batchSize), "
         + "lr suspicious \(s.rates.suspicious) safe \(s.rates.safe) intermediate \(s.rates.intermediate) other \(s.rates.other), "
         + "weight decay \(s.weightDecay), seed \(s.seed)"
+        + (s.finetuneGuard.map { ", ft guard every \($0.every) tolerance \($0.tolerance)" } ?? "")
     let baselines = "prune margin \(b.accuracyMargin), prune layers \(b.pruneLayers.map(String.init) ?? "half"), "
         + "pure penalty \(b.purePenalty) step \(b.pureStep), reinit layers \(b.reinitLayers)"
     return method + "; baselines: " + baselines

@@ -44,6 +44,8 @@ enum ExperimentCommand: Command {
             OptionSpec(name: "--max-length", value: "T", help: "tokens per example (default 64; decoders 128, for training and the defender's clean records)"),
             OptionSpec(name: "--out-md", value: "FILE", help: "write the markdown tables"),
             OptionSpec(name: "--json", value: "FILE", help: "write every setting and number as JSON"),
+            OptionSpec(name: "--trace", value: "FILE", help: "also trace ours' head-wise fine-tuning on the first seed (CA, ASR, Eq. 7 loss, parameter movement) as markdown"),
+            OptionSpec(name: "--trace-every", value: "N", help: "steps between trace points (default 10)"),
         ])
 
     static let allMethods = ExperimentMethod.allCases
@@ -180,6 +182,9 @@ enum ExperimentCommand: Command {
                                                  encode: { try tokenizer.encode($0, maxLength: maxLength).ids })
             let detection = try model.detectionSummary(split, settings: ds)
             let outcomes = try model.runMethods(split, methods: methods, settings: ds, baseline: baseline, log: { printError("headalign experiment: " + $0) })
+            if seed == seeds.first, let path = args.string("--trace") {
+                try writeTrace(path, args: args, settings: ds) { try model.traceFinetune(split, settings: ds, every: $0) }
+            }
             detections.append(detection)
             runs.append(outcomes)
             perSeedJSON.append(seedRunJSON(seed, [("poisoning", .string(poisonNote)), ("seconds", .number(monotonicSeconds() - start))],
@@ -233,6 +238,17 @@ func seedRunJSON(_ seed: UInt64, _ extra: [(String, JSONOut)], detection: Detect
 extension ExperimentCommand {
     /// The decoder rows: per seed train a backdoored llama preset, then vanilla and each method,
     /// CA = teacher-forced clean quality, ASR from greedy responses.
+    /// `--trace FILE`: the fine-tuning trace of `ours` (first seed) as a markdown table.
+    static func writeTrace(_ path: String, args: ParsedArguments, settings: DefenseSettings,
+                           _ trace: (Int) throws -> (points: [TracePoint], why: String?)) throws {
+        guard settings.rounds == 1 else { throw HeadAlignError.usage("--trace follows one round (--rounds 1)") }
+        let (points, why) = try trace(try args.int("--trace-every", default: 10, range: 1...1_000_000))
+        var text = "# Head-wise fine-tuning of ours, traced (\(echoedCommandLine))\n\n"
+        text += why.map { "The defense did not reach the fine-tuning stage: \($0)\n" } ?? traceTable(points)
+        try writeAtomically(Data(text.utf8), to: path)
+        printError("headalign experiment: trace written to \(path)")
+    }
+
     static func runDecoders(_ args: ParsedArguments, source: ModelSource) throws -> Int32 {
         for flag in ["--backdoored", "--monitor-count", "--target", "--triggers", "--sentence", "--pieces", "--train", "--clean-test",
                      "--triggered-test", "--defense-clean"] where args.has(flag) {
@@ -317,6 +333,14 @@ extension ExperimentCommand {
                                                     monitorPrompts: monitorClean + monitorTriggered, testClean: testClean,
                                                     testTriggered: testTriggered, behaviour: behaviour, maxNew: maxNew, methods: methods,
                                                     settings: ds, baseline: baseline, exampleLength: s.maxLength, log: { printError("headalign experiment: " + $0) })
+            if seed == seeds.first, let path = args.string("--trace") {
+                try writeTrace(path, args: args, settings: ds) { every in
+                    try traceGenerationFinetune(trained.model, tokenizer: trained.tokenizer, defenderClean: defender,
+                                                monitorPrompts: monitorClean + monitorTriggered, testClean: testClean,
+                                                testTriggered: testTriggered, behaviour: behaviour, maxNew: maxNew, settings: ds,
+                                                exampleLength: s.maxLength, every: every)
+                }
+            }
             detections.append(detection)
             runs.append(outcomes)
             perSeedJSON.append(seedRunJSON(seed, [("seconds", .number(monotonicSeconds() - start)), ("final_train_loss", .number(trained.losses.last ?? .nan)),

@@ -1,0 +1,100 @@
+// FinetuneTraceTests.swift: the fine-tuning trace reproduces `ours` exactly (its last point is
+// ours' CA/ASR, its first align-only's); trainSteps' stopAfter; the fine-tuning guard's flags.
+
+import XCTest
+import HeadAlign
+import HeadAlignLab
+
+final class FinetuneTraceTests: XCTestCase {
+    /// A random bert-tiny (f64) with 24 labelled sequences the model itself labelled, a split
+    /// whose triggered set is the same sequences labelled 0 (target 1).
+    func setup() -> (Model<Double>, ExperimentSplit, DefenseSettings) {
+        var config = try! ModelConfig.preset("bert-tiny")
+        config.vocabSize = 40
+        let m = Model<Double>(config: config)
+        m.initialize(seed: 3)
+        var rng = SeededGenerator(seed: 9)
+        let seqs = (0..<24).map { _ in [1] + (0..<(3 + rng.int(below: 6))).map { _ in 3 + rng.int(below: 37) } + [2] }
+        let logits = m.forward(Batch(seqs)).output
+        let clean = seqs.enumerated().map { b, s in TrainingExample(tokens: s, label: logits.data[2 * b + 1] > logits.data[2 * b] ? 1 : 0) }
+        let triggered = seqs.map { TrainingExample(tokens: $0, label: 0) }
+        let split = ExperimentSplit(defenderClean: clean, cleanTest: clean, triggeredTest: triggered,
+                                    monitorClean: seqs.prefix(12).map { AnalysisInput(tokens: $0) },
+                                    monitorTriggered: seqs.suffix(12).map { AnalysisInput(tokens: $0) }, target: 1)
+        var s = DefenseSettings(task: .classification, family: .bert)
+        s.quantile = 0  // flag (almost) everything: the defense must reach its fine-tuning
+        s.alpha = 0.2  // a random model's heads are all alike: leave Eq. 5 a safe class
+        s.alignSteps = 5
+        s.finetuneSteps = 12
+        s.batchSize = 4
+        s.rates.other = 1e-3
+        s.rates.safe = 1e-3
+        return (m, split, s)
+    }
+
+    func testTraceReproducesOursAndAlignOnly() throws {
+        let (m, split, s) = setup()
+        let before = m.params.array
+        let outcomes = try runMethods(m, split, methods: [.ours, .alignOnly], settings: s)
+        let (points, why) = try traceHeadwiseFinetune(m, clean: split.defenderClean, inputs: split.monitorClean + split.monitorTriggered,
+                                                      settings: s, every: 5, evaluate: { caAndASR($0, split) })
+        XCTAssertNil(why)
+        XCTAssertEqual(m.params.array, before, "the trace works on a copy")
+        XCTAssertEqual(points.map(\.step), [0, 5, 10, 12])
+        let ours = outcomes.first { $0.method == "ours" }!, alignOnly = outcomes.first { $0.method == "align-only" }!
+        XCTAssertTrue(ours.ran && alignOnly.ran)
+        XCTAssertEqual(points.first!.ca, alignOnly.ca)
+        XCTAssertEqual(points.first!.asr, alignOnly.asr)
+        XCTAssertEqual(points.last!.ca, ours.ca)
+        XCTAssertEqual(points.last!.asr, ours.asr)
+        let m0 = points.first!.moved
+        XCTAssertEqual([m0.suspicious, m0.safe, m0.intermediate, m0.other], [0, 0, 0, 0])
+        // the heads and the rest move once fine-tuning starts; the table has a row per point
+        XCTAssertGreaterThan(points.last!.moved.other, 0)
+        XCTAssertEqual(traceTable(points).split(separator: "\n").count, 2 + points.count)
+    }
+
+    func testTrainStepsStopsWhereAsked() throws {
+        let (m, split, _) = setup()
+        let opt = AdamW<Double>(count: m.layout.total, learningRate: 1e-3, weightDecay: 0)
+        var seen: [Int] = []
+        let losses = try trainSteps(m, examples: split.defenderClean, steps: 10, batchSize: 4, seed: 1, optimizer: opt,
+                                    onStep: { seen.append($0.step) }, stopAfter: { $0.step == 3 })
+        XCTAssertEqual(losses.count, 3)
+        XCTAssertEqual(seen, [1, 2, 3])
+    }
+
+    /// With the guard at tolerance 0 checked every step, the fine-tuning stops at the first step
+    /// that brings the backdoored behaviour back on any flagged input, and that step is undone:
+    /// the flagged inputs' predictions then agree with the backdoored model no more than after
+    /// the alignment alone.
+    func testGuardNeverEndsAboveTheAlignmentsAgreement() throws {
+        let (m, split, base) = setup()
+        let inputs = split.monitorClean + split.monitorTriggered
+        var s = base
+        s.method = .alignOnly
+        let aligned = m.copy()
+        let report = try defend(aligned, clean: split.defenderClean, inputs: inputs, settings: s)
+        XCTAssertFalse(report.flagged.isEmpty)
+        let flagged = report.flagged.map { inputs[$0] }
+        func predictions(_ model: Model<Double>) -> [Int] { rowArgmax(model.forward(Batch(flagged.map(\.tokens))).output) }
+        let vanilla = predictions(m)
+        func agreement(_ model: Model<Double>) -> Int { zip(predictions(model), vanilla).filter { $0 == $1 }.count }
+        s.method = .ours
+        s.rates.safe = 5e-2  // rates high enough to move predictions
+        s.rates.other = 5e-2
+        var g = FinetuneGuard()
+        (g.tolerance, g.every) = (0, 1)
+        s.finetuneGuard = g
+        let guarded = m.copy(), unguarded = m.copy()
+        var log: [String] = []
+        _ = try defend(guarded, clean: split.defenderClean, inputs: inputs, settings: s, log: { log.append($0) })
+        XCTAssertTrue(log.contains { $0.contains("guard: the alignment changed") })
+        XCTAssertLessThanOrEqual(agreement(guarded), agreement(aligned))
+        s.finetuneGuard = nil
+        _ = try defend(unguarded, clean: split.defenderClean, inputs: inputs, settings: s)
+        if log.contains(where: { $0.contains("restored step") }) {
+            XCTAssertNotEqual(guarded.params.array, unguarded.params.array, "the guard stopped, so the runs differ")
+        }
+    }
+}

@@ -1,0 +1,106 @@
+// OracleTests.swift: the oracle dump's schema and `headalign compare` (exit 0 when two dumps
+// agree, 1 naming the field and where when one does not, 2 on a file that is not a dump), the
+// near-zero rules, and the conformance cases re-created by the binary.
+
+import XCTest
+import Foundation
+import HeadAlign
+import HeadAlignLab
+
+final class OracleTests: XCTestCase {
+    /// A small dump made by the binary: bert-micro, two inputs of different lengths, an explicit split.
+    func makeDump(_ dir: String, extra: [String] = []) throws -> String {
+        let path = dir + "/dump-\(UUID().uuidString).json"
+        let r = try runHeadalign(["inspect", "--preset", "bert-micro", "--ids", "2 5 7 3", "--ids", "2 9 3", "--label", "1",
+                                  "--precision", "f64", "--dump-attention", "--suspicious", "0:1,1:0", "--safe", "0:0,1:1",
+                                  "--out", path] + extra)
+        XCTAssertEqual(r.status, 0, r.err)
+        return path
+    }
+
+    func testDumpDeclaresItsSchemaAndCounts() throws {
+        let dir = temporaryDirectory(self)
+        let doc = try readOracleDump(path: try makeDump(dir, extra: ["--dump-alignment-gradient", "--dump-hidden"]))
+        XCTAssertEqual(doc["schema"]!.stringValue, oracleSchema)
+        XCTAssertEqual(doc["config"]!["pair_count"]!.int, 4 * 3 / 2)
+        let d = doc["documents"]!.array
+        XCTAssertEqual(d.count, 2)
+        XCTAssertEqual(d[1]["token_count"]!.int, 3)
+        XCTAssertEqual(d[0]["align_suspicious"]!.array.map { $0.array.map(\.int) }, [[0, 1], [1, 0]])
+        XCTAssertEqual(doc["aggregate"]!["documents"]!.int, 2)
+        // Eq. 7's gradient reproduces align_loss; the key bias gradient is zero up to rounding
+        let g = d[0]["alignment_gradient"]!
+        XCTAssertEqual(g["loss"]!.double, d[0]["align_loss"]!.double, accuracy: 1e-15)
+        for h in g["heads"]!.array {
+            XCTAssertEqual(h["query_weight"]!.array.count, 4)  // head size 4 rows of d = 8
+            XCTAssertEqual(h["query_weight"]!.array[0].array.count, 8)
+            for b in h["key_bias"]!.array { XCTAssertLessThan(abs(b.double), 1e-15) }
+        }
+        // Eq. 4 from the dumped factors: |<H, dL/dH>| = importance
+        let hid = d[0]["hidden"]!.array[1].array[0].array, dh = d[0]["hidden_gradient"]!.array[1].array[0].array
+        let inner = zip(hid, dh).map { zip($0.array, $1.array).map { $0.double * $1.double }.reduce(0, +) }.reduce(0, +)
+        XCTAssertEqual(abs(inner), d[0]["importance"]!.array[1].array[0].double, accuracy: 1e-12)
+    }
+
+    func testIdenticalDumpsAgree() throws {
+        let dir = temporaryDirectory(self)
+        let a = try makeDump(dir), b = try makeDump(dir)
+        let r = try runHeadalign(["compare", a, b])
+        XCTAssertEqual(r.status, 0, r.out + r.err)
+        XCTAssertTrue(r.out.contains("0 outside tolerance"), r.out)
+    }
+
+    func testPerturbedValueFailsNamingFieldAndPath() throws {
+        let dir = temporaryDirectory(self)
+        let a = try makeDump(dir)
+        var text = try String(contentsOfFile: a, encoding: .utf8)
+        // perturb document 1's maxsim[0][1] by 1e-6 relative
+        let doc = try JSONValue.parse(text)
+        let v = doc["documents"]!.array[1]["maxsim"]!.array[0].array[1].double
+        let old = String(format: "%.17g", v), new = String(format: "%.17g", v * (1 + 1e-6))
+        let range = text.range(of: "\"maxsim\": [", options: [], range: text.range(of: "\"document\": 1")!.upperBound..<text.endIndex)!
+        let at = text.range(of: old, range: range.upperBound..<text.endIndex)!
+        text.replaceSubrange(at, with: new)
+        let b = dir + "/perturbed.json"
+        try text.write(toFile: b, atomically: true, encoding: .utf8)
+        let r = try runHeadalign(["compare", a, b])
+        XCTAssertEqual(r.status, 1, r.out + r.err)
+        let fail = r.out.split(separator: "\n").filter { $0.hasPrefix("FAIL") }
+        XCTAssertEqual(fail.count, 1, r.out)
+        XCTAssertTrue(fail[0].contains("documents.maxsim") && fail[0].contains("document 1 [0][1]"), String(fail[0]))
+        // a looser tolerance accepts it; --fields can leave it out
+        XCTAssertEqual(try runHeadalign(["compare", a, b, "--rtol", "1e-5"]).status, 0)
+        XCTAssertEqual(try runHeadalign(["compare", a, b, "--fields", "aggregate,safety"]).status, 0)
+    }
+
+    /// Relative error with a floor: values near zero pass on atol; fields zero in exact arithmetic on zero-atol.
+    func testNearZeroValues() throws {
+        func dump(_ x: Double, keyBias: Double) -> JSONValue {
+            .object([("schema", .string(oracleSchema)), ("documents", .array([.object([("p99", .float(x)),
+                       ("alignment_gradient", .object([("heads", .array([.object([("key_bias", .array([.float(keyBias)]))])]))]))])]))])
+        }
+        var t = OracleTolerance()
+        t.rtol = 1e-9; t.atol = 1e-12; t.zeroAtol = 1e-9
+        // 1e-20 and 3e-20 differ by 200% relative, but by far less than atol
+        XCTAssertTrue(compareOracleDumps(dump(1e-20, keyBias: 0), dump(3e-20, keyBias: 0), tolerance: t).allSatisfy(\.passed))
+        // 1e-3 and 1.001e-3: beyond rtol, beyond atol
+        let r = compareOracleDumps(dump(1e-3, keyBias: 0), dump(1.001e-3, keyBias: 0), tolerance: t)
+        XCTAssertEqual(r.filter { !$0.passed }.map(\.field), ["documents.p99"])
+        // the key bias: rounding noise of opposite signs passes on the absolute rule, a real value does not
+        let kb = compareOracleDumps(dump(0.5, keyBias: 3e-17), dump(0.5, keyBias: -2e-16), tolerance: t)
+        XCTAssertTrue(kb.allSatisfy(\.passed))
+        XCTAssertEqual(kb.first { $0.field.hasSuffix("key_bias") }?.rule, .zero)
+        XCTAssertFalse(compareOracleDumps(dump(0.5, keyBias: 0), dump(0.5, keyBias: 1e-6), tolerance: t).allSatisfy(\.passed))
+    }
+
+    func testBadFileExitsTwo() throws {
+        let dir = temporaryDirectory(self)
+        let a = try makeDump(dir)
+        try "not json".write(toFile: dir + "/bad.json", atomically: true, encoding: .utf8)
+        try "{\"config\": {}}".write(toFile: dir + "/old.json", atomically: true, encoding: .utf8)
+        try assertUsageError(["compare", a, dir + "/bad.json"], mentions: "bad.json")
+        try assertUsageError(["compare", a, dir + "/old.json"], mentions: "schema")
+        try assertUsageError(["compare", a, dir + "/missing.json"], mentions: "missing.json")
+        try assertUsageError(["compare", a], mentions: "two dumps")
+    }
+}

@@ -397,6 +397,8 @@ func describe(_ s: DefenseSettings, _ b: BaselineSettings) -> String {
         + "align steps \(s.alignSteps) at \(s.alignLearningRate), ft steps \(s.finetuneSteps), batch \(s.batchSize), "
         + "lr suspicious \(s.rates.suspicious) safe \(s.rates.safe) intermediate \(s.rates.intermediate) other \(s.rates.other), "
         + "weight decay \(s.weightDecay), seed \(s.seed)"
+        + (s.explicitSplit.map { ", explicit split (suspicious " + $0.suspicious.map(\.description).joined(separator: " ")
+                                  + "; safe " + $0.safe.map(\.description).joined(separator: " ") + ")" } ?? "")
     let baselines = "prune margin \(b.accuracyMargin), prune layers \(b.pruneLayers.map(String.init) ?? "half"), "
         + "pure penalty \(b.purePenalty) step \(b.pureStep), reinit layers \(b.reinitLayers)"
     return method + "; baselines: " + baselines

@@ -104,3 +104,44 @@ final class OracleTests: XCTestCase {
         try assertUsageError(["compare", a], mentions: "two dumps")
     }
 }
+
+/// A bert-micro checkpoint (make-model, f32, seed 1) with a 24-word vocab.txt, in `dir`.
+func makeMicroBert(_ dir: String) throws {
+    let r = try runHeadalign(["make-model", "--preset", "bert-micro", "--dtype", "f32", "--out", dir])
+    XCTAssertEqual(r.status, 0, r.err)
+    let vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + "abcdefghijklmnopqrs".map { String($0) }
+    try (vocab.joined(separator: "\n") + "\n").write(toFile: dir + "/vocab.txt", atomically: true, encoding: .utf8)
+}
+
+final class ExplicitSplitCLITests: XCTestCase {
+    /// defend --suspicious/--safe skips Eq. 4-5: every round aligns and fine-tunes with the given split.
+    func testDefendUsesTheExplicitSplit() throws {
+        let dir = temporaryDirectory(self)
+        try makeMicroBert(dir + "/m")
+        try "0\ta b\n1\tc d\n0\te\n1\tf g h\n0\tb a\n1\td c e\n".write(toFile: dir + "/clean.txt", atomically: true, encoding: .utf8)
+        try "a b\nc\ns s s s s s s r\nq\nh i j k\n".write(toFile: dir + "/inputs.txt", atomically: true, encoding: .utf8)
+        let r = try runHeadalign(["defend", "--model", dir + "/m", "--clean", dir + "/clean.txt", "--inputs", dir + "/inputs.txt",
+                                  "--no-write", "--report", dir + "/report.json", "--suspicious", "0:1", "--safe", "0:0,1:1",
+                                  "--align-steps", "2", "--ft-steps", "2", "--batch", "2", "--quantile", "0"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.out.contains("1 suspicious, 2 safe, 1 intermediate heads (explicit split) (suspicious: 0:1; safe: 0:0 1:1)"), r.out)
+        let report = try JSONValue.parse(try String(contentsOfFile: dir + "/report.json", encoding: .utf8))
+        XCTAssertEqual(report["head_split"]!.stringValue, "explicit")
+        XCTAssertEqual(report["rounds"]!.array[0]["suspicious"]!.array.map(\.stringValue), ["0:1"])
+        XCTAssertEqual(report["rounds"]!.array[0]["align_loss"]!.array.count, 2)
+        try assertUsageError(["defend", "--model", dir + "/m", "--clean", dir + "/clean.txt", "--inputs", dir + "/inputs.txt",
+                              "--no-write", "--suspicious", "0:1"], mentions: "--safe")
+    }
+
+    /// attention --precision f64 prints 17 significant digits (an f64 value round-trips).
+    func testAttentionPrintsSeventeenDigits() throws {
+        let r = try runHeadalign(["attention", "--q", "1 0; 0 1", "--k", "1 2; 3 1", "--causal", "--precision", "f64"])
+        XCTAssertEqual(r.status, 0, r.err)
+        // row 1 of A: softmax(2/sqrt 2, 1/sqrt 2) = (1/(1 + e^{-1/sqrt 2}), ...), printed with 17 significant digits
+        let a10 = 1 / (1 + exp(-1 / 2.0.squareRoot()))
+        let printed = r.out.split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Double($0) }
+        XCTAssertTrue(printed.contains { abs($0 - a10) <= 2e-16 }, r.out)
+        XCTAssertTrue(r.out.contains("0.669761549326656"), r.out)
+        XCTAssertTrue(try runHeadalign(["attention", "--q", "1 0; 0 1", "--k", "1 2; 3 1"]).out.contains("0.669762"))
+    }
+}

@@ -14,7 +14,7 @@ let commands: [Command.Type] = [
     InspectCommand.self, ClassifyCommand.self, MonitorCommand.self, DefendCommand.self, PoisonCommand.self, TrainCommand.self, EvalCommand.self,
     ExperimentCommand.self, DemoCommand.self, NotebooksCommand.self, PlotCommand.self, AttentionCommand.self, CorpusCommand.self,
     ForwardCommand.self, EmbedCommand.self, GenerateCommand.self, ConvertCommand.self,
-    GradCheckCommand.self, BenchCommand.self, MakeModelCommand.self, AlignCommand.self, CompareCommand.self, VersionCommand.self,
+    GradCheckCommand.self, BenchCommand.self, MakeModelCommand.self, AlignCommand.self, CompareCommand.self, TokenizerJSONCommand.self, VersionCommand.self,
 ]
 
 @MainActor func overview() -> String {

@@ -167,6 +167,39 @@ final class ConformanceTests: XCTestCase {
         }
     }
 
+    /// Every expected dump (and one with every optional block) validates against the JSON Schema,
+    /// where Python's jsonschema is installed.
+    func testDumpsValidateAgainstTheSchema() throws {
+        let probe = Process()
+        probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        probe.arguments = ["python3", "-c", "import jsonschema"]
+        probe.standardError = FileHandle.nullDevice
+        guard (try? probe.run()) != nil else { throw XCTSkip("no python3") }
+        probe.waitUntilExit()
+        guard probe.terminationStatus == 0 else { throw XCTSkip("Python's jsonschema is not installed") }
+        let root = packageRoot + "/conformance"
+        var files = try FileManager.default.contentsOfDirectory(atPath: root + "/cases").sorted().map { "\(root)/cases/\($0)/expected.json" }
+        let dir = temporaryDirectory(self)
+        let r = try runHeadalign(["inspect", "--preset", "llama-micro", "--ids", "1 5 9", "--ids", "1 4", "--generate", "2", "--precision", "f64",
+                                  "--dump-attention", "--dump-hidden", "--dump-alignment-gradient", "--dump-finetune-step", "1",
+                                  "--out", dir + "/all.json"])
+        XCTAssertEqual(r.status, 0, r.err)
+        files.append(dir + "/all.json")
+        let script = "import json,sys,jsonschema\ns=json.load(open(sys.argv[1]))\njsonschema.Draft202012Validator.check_schema(s)\n"
+            + "for f in sys.argv[2:]: jsonschema.validate(json.load(open(f)), s)\nprint('valid', len(sys.argv) - 2)\n"
+        let p = Process(), out = Pipe(), err = Pipe()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", "-c", script, root + "/headalign-oracle-1.schema.json"] + files
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0, e)
+        XCTAssertEqual(o, "valid \(files.count)\n", e)
+    }
+
     /// The dumped Eq. 6-7 gradient is the full-backprop derivative of align_loss with Eq. 6's
     /// reference held constant: central differences at W_q entries of each suspicious head (a layer-0 head also feels the loss of later heads) and
     /// at W_k entries, on the committed llama-micro case (grouped-query attention, gen2prompt).

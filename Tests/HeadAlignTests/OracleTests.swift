@@ -167,6 +167,39 @@ final class ConformanceTests: XCTestCase {
         }
     }
 
+    /// The fine-tuning block by hand: rates by class (a shared key/value head at its query heads'
+    /// lowest), and step 1's change is AdamW's first step, -lr wd p - lr g / (|g| + eps).
+    func testFinetuneStepByHand() throws {
+        let root = packageRoot + "/conformance"
+        let llama = try readOracleDump(path: root + "/cases/llama-gqa-align/expected.json")["finetune"]!
+        // layer 1: query heads 0 (safe) and 1 (intermediate) share kv head 0
+        XCTAssertEqual(llama["head_rates"]!.array[1].array[0]["query"]!.double, 2e-4)
+        XCTAssertEqual(llama["head_rates"]!.array[1].array[0]["key"]!.double, 5e-5)
+        let ft = try readOracleDump(path: root + "/cases/bert-finetune/expected.json")["finetune"]!
+        guard case .f64(let model) = try AnyModel.load(.directory(root + "/models/bert-micro"), precision: .f64, backend: .naive) else {
+            return XCTFail("f64 expected")
+        }
+        let wd = ft["optimizer"]!["weight_decay"]!.double, eps = ft["optimizer"]!["eps"]!.double
+        let step1 = ft["trace"]!.array[0]
+        var checked = 0
+        for name in ["encoder.layer.0.attention.self.query.weight", "encoder.layer.1.attention.output.dense.weight", "classifier.weight"] {
+            let p = model.layout[name]!
+            let lr = ft["learning_rate"]![name]!.array.map(\.double)
+            let g = step1["gradient"]![name]!.array.map(\.double), change = step1["change"]![name]!.array.map(\.double)
+            for i in stride(from: 0, to: p.count, by: 7) {
+                let w = model.params.data[p.offset + i]
+                let expected = -lr[i] * wd * w - lr[i] * g[i] / (abs(g[i]) + eps)
+                XCTAssertEqual(change[i], expected, accuracy: 1e-15 + 1e-9 * abs(expected), "\(name)[\(i)]")
+                checked += 1
+            }
+        }
+        XCTAssertGreaterThan(checked, 20)
+        // the suspicious head 0:1's W_q rows at eta_low, the safe head 0:0's at eta_high
+        let q = ft["learning_rate"]!["encoder.layer.0.attention.self.query.weight"]!.array.map(\.double)
+        XCTAssertEqual(q[0], 2e-4)
+        XCTAssertEqual(q[4 * 8], 5e-6)
+    }
+
     /// Every expected dump (and one with every optional block) validates against the JSON Schema,
     /// where Python's jsonschema is installed.
     func testDumpsValidateAgainstTheSchema() throws {

@@ -143,10 +143,19 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     // MARK: Presets
 
     /// Built-in shapes: the two tiny models the project trains, and real shapes of published models (random weights, for timing).
-    public static let presetNames = ["bert-tiny", "bert-small", "llama-tiny", "minilm-l6", "bert-base", "llama2-7b"]
+    public static let presetNames = ["bert-micro", "llama-micro", "bert-tiny", "bert-small", "llama-tiny", "minilm-l6", "bert-base", "llama2-7b"]
 
     public static func preset(_ name: String) throws -> ModelConfig {
         switch name {
+        case "bert-micro":  // conformance cases (conformance/): small enough to dump every gradient; weights with
+            // std 0.4 so that attention is far from uniform
+            var c = ModelConfig.bert(vocab: 24, d: 8, layers: 2, heads: 2, ffn: 16, positions: 16).withClassifier(labels: 2)
+            c.initializerRange = 0.4
+            return c
+        case "llama-micro":  // the same with grouped-query attention (4 query heads share 2 key/value heads)
+            var c = ModelConfig.llama(vocab: 24, d: 8, layers: 2, heads: 4, kvHeads: 2, ffn: 16, positions: 32, eps: 1e-5)
+            c.initializerRange = 0.4
+            return c
         case "bert-tiny":
             return .bert(vocab: 1024, d: 64, layers: 2, heads: 4, ffn: 256, positions: 128).withClassifier(labels: 2)
         case "bert-small":  // SPEC.md's 4-layer, 4-head BERT (its view measurements)

@@ -43,6 +43,9 @@ public struct DefenseSettings: Sendable {
     /// behaviour the alignment removed on the flagged inputs (see `FinetuneGuard`). Off by
     /// default until measured across models (issue 15; docs/RESULTS.md).
     public var finetuneGuard: FinetuneGuard? = nil
+    /// An explicit head split used by every round instead of Eq. 4–5's classes (every other head
+    /// intermediate); nil = Eq. 5.
+    public var explicitSplit: (suspicious: [HeadID], safe: [HeadID])? = nil
 
     public init(task: ModelTask, family: ModelFamily) {
         (monitorView, defenseView) = task.defaultViews(family)
@@ -135,22 +138,38 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
     var rounds: [RoundLog] = []
     var stopped = "the budget of \(settings.rounds) round(s) was spent"
     for r in 1...settings.rounds {
-        // Eq. 4–5 on the flagged inputs (uniform fine-tuning needs no head classes)
-        var report: SafetyReport? = nil, analyses: [InputAnalysis] = []
+        // Eq. 4–5 on the flagged inputs (uniform fine-tuning needs no head classes), or the explicit split
+        var classes: [HeadClass]? = nil, analyses: [InputAnalysis] = []
         if settings.method.aligns || settings.method.headwise {
-            analyses = try analyze(model, analysisInputs, settings: defenseSettings)
-            let override = cleanPairMeans.map { contrastMaxsim(analyses, cleanPairMeans: $0, pairs: pairs, headCount: c.numHiddenLayers * nh) }
-            report = safetyReport(analyses, alpha: settings.alpha, tau: settings.tau, heads: nh, maxsimOverride: override)
+            if let split = settings.explicitSplit {
+                var tokensOnly = defenseSettings
+                tokensOnly.importance = false  // the split replaces Eq. 4–5; the analysis only gives the sequences
+                analyses = settings.method.aligns ? try analyze(model, analysisInputs, settings: tokensOnly) : []
+                var c = [HeadClass](repeating: .intermediate, count: model.config.numHiddenLayers * nh)
+                for id in split.suspicious { c[id.layer * nh + id.head] = .suspicious }
+                for id in split.safe { c[id.layer * nh + id.head] = .safe }
+                classes = c
+                if split.suspicious.isEmpty || split.safe.isEmpty {
+                    throw HeadAlignError.usage("round \(r): the explicit split has an empty set; the defense does not run on an empty set")
+                }
+            } else {
+                analyses = try analyze(model, analysisInputs, settings: defenseSettings)
+                let override = cleanPairMeans.map { contrastMaxsim(analyses, cleanPairMeans: $0, pairs: pairs, headCount: c.numHiddenLayers * nh) }
+                let report = safetyReport(analyses, alpha: settings.alpha, tau: settings.tau, heads: nh, maxsimOverride: override)
+                if let empty = report.emptyClassReport {
+                    throw HeadAlignError.usage("round \(r): \(empty); the defense does not run on an empty set (try another --tau or --alpha)")
+                }
+                classes = report.classes
+            }
         }
-        let suspicious = report?.ids(.suspicious) ?? [], safe = report?.ids(.safe) ?? [], intermediate = report?.ids(.intermediate).count ?? 0
-        if report != nil {
+        func ids(_ k: HeadClass) -> [HeadID] { (classes ?? []).indices.filter { classes![$0] == k }.map { HeadID($0 / nh, $0 % nh) } }
+        let suspicious = ids(.suspicious), safe = ids(.safe), intermediate = ids(.intermediate).count
+        if classes != nil {
             log("round \(r): \(suspicious.count) suspicious, \(safe.count) safe, \(intermediate) intermediate heads"
+                + (settings.explicitSplit != nil ? " (explicit split)" : "")
                 + " (suspicious: \(suspicious.map(\.description).joined(separator: " ")); safe: \(safe.map(\.description).joined(separator: " ")))")
         } else {
             log("round \(r): one learning rate for every parameter; heads not classified")
-        }
-        if let empty = report?.emptyClassReport {
-            throw HeadAlignError.usage("round \(r): \(empty); the defense does not run on an empty set (try another --tau or --alpha)")
         }
         // Eq. 6–7: only the suspicious heads' query/key slices move
         var alignLosses: [Double] = []
@@ -176,7 +195,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
         var ftLosses: [Double] = []
         if settings.method.finetunes {
             let rates = settings.method.headwise
-                ? headwiseLearningRates(layout: model.layout, config: c, classes: report!.classes, rates: settings.rates)
+                ? headwiseLearningRates(layout: model.layout, config: c, classes: classes!, rates: settings.rates)
                 : [Double](repeating: settings.rates.other, count: model.layout.total)
             let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay)
             var stop: ((StepStats) -> Bool)? = nil, guardNotes: [String] = []

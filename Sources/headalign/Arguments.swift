@@ -409,6 +409,8 @@ func describe(_ s: DefenseSettings, _ b: BaselineSettings) -> String {
         + "lr suspicious \(s.rates.suspicious) safe \(s.rates.safe) intermediate \(s.rates.intermediate) other \(s.rates.other), "
         + "weight decay \(s.weightDecay), seed \(s.seed)"
         + (s.finetuneGuard.map { ", ft guard every \($0.every) tolerance \($0.tolerance)" } ?? "")
+        + (s.explicitSplit.map { ", explicit split (suspicious " + $0.suspicious.map(\.description).joined(separator: " ")
+                                  + "; safe " + $0.safe.map(\.description).joined(separator: " ") + ")" } ?? "")
     let baselines = "prune margin \(b.accuracyMargin), prune layers \(b.pruneLayers.map(String.init) ?? "half"), "
         + "pure penalty \(b.purePenalty) step \(b.pureStep), reinit layers \(b.reinitLayers)"
     return method + "; baselines: " + baselines

@@ -13,15 +13,17 @@ enum AttentionCommand: Command {
         detail: """
             Rows separated by ';', numbers by spaces: --q 'q00 q01; q10 q11; q20 q21' gives T = 3 queries of d_head = 2.
             --k has the same shape; --v (optional) too. --causal masks keys after each query (a decoder); --mask '1 1 0'
-            marks padding (0) that no query attends to. Computed in Double by the models' attentionForward.
+            marks padding (0) that no query attends to. Computed in Double by the models' attentionForward; printed with 6
+            decimals, or with --precision f64 with 17 significant digits (an f64 value round-trips exactly).
             """,
-        usage: "attention --q ROWS --k ROWS [--v ROWS] [--causal] [--mask 'B B ...']",
+        usage: "attention --q ROWS --k ROWS [--v ROWS] [--causal] [--mask 'B B ...'] [--precision f64]",
         options: [
             OptionSpec(name: "--q", value: "ROWS", help: "queries, T rows of d_head numbers"),
             OptionSpec(name: "--k", value: "ROWS", help: "keys, same shape"),
             OptionSpec(name: "--v", value: "ROWS", help: "values, same shape (optional)"),
             OptionSpec(name: "--causal", value: nil, help: "causal mask (key k > query t is masked)"),
             OptionSpec(name: "--mask", value: "'B ...'", help: "key padding mask, 1 = real token, 0 = padding"),
+            OptionSpec(name: "--precision", value: "P", help: "f32 (default: 6 decimals) or f64 (17 significant digits)"),
         ])
 
     static func matrix(_ flag: String, _ text: String) throws -> [[Double]] {
@@ -60,9 +62,12 @@ enum AttentionCommand: Command {
         }
         let att = Tensor<Double>([t * t]), h = Tensor<Double>([t, d])
         attentionForward(headOut: h, att: att, q: tensor(q), k: tensor(k), v: tensor(v), batch: batch, shape: shape, backend: .naive)
+        let full = try args.precision() == .f64
         func show(_ title: String, _ rows: Int, _ cols: Int, _ value: (Int, Int) -> Double) {
             print(title)
-            for i in 0..<rows { print("  " + (0..<cols).map { String(format: "%9.6f", value(i, $0)) }.joined(separator: " ")) }
+            for i in 0..<rows {
+                print("  " + (0..<cols).map { String(format: full ? "%24.17g" : "%9.6f", value(i, $0)) }.joined(separator: " "))
+            }
         }
         let scale = 1 / Double(d).squareRoot()
         show("scores Q K^T / sqrt(\(d))  [T, T]", t, t) { i, j in (0..<d).reduce(0.0) { $0 + q[i][$1] * k[j][$1] } * scale }

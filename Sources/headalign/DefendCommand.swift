@@ -13,11 +13,12 @@ enum DefendCommand: Command {
             flagged inputs; Eq. 6-7 alignment of the suspicious heads' query/key slices toward the safe heads' mean
             attention; head-wise fine-tuning on the labelled --clean examples (suspicious --lr-suspicious, safe
             --lr-safe, intermediate --lr-intermediate, everything else --lr-other); the monitor re-scores the
-            flagged inputs. Rounds stop when none is flagged or after --rounds. Writes the repaired model (same
+            flagged inputs. With --suspicious and --safe every round skips Eq. 4-5 and uses that split (every other head
+            intermediate). Rounds stop when none is flagged or after --rounds. Writes the repaired model (same
             layout as the input, a new directory) and defense_report.json in it. Never touches the input model.
             """,
         usage: "defend --model DIR --clean FILE --inputs FILE (--out DIR | --no-write) [options]",
-        options: modelOptions + analysisOptions + defenseOptions + [
+        options: modelOptions + analysisOptions + defenseOptions + headSplitOptions + [
             OptionSpec(name: "--clean", value: "FILE", help: "clean labelled examples (label<TAB>text): calibration and fine-tuning"),
             OptionSpec(name: "--inputs", value: "FILE", help: "inputs the monitor screens (text per line)"),
             OptionSpec(name: "--out", value: "DIR", help: "the repaired model's new directory"),
@@ -39,7 +40,9 @@ enum DefendCommand: Command {
         guard case .directory = try args.modelSource() else { throw HeadAlignError.usage("defend needs --model DIR (it writes the repaired model in the same layout)") }
         let (model, tokenizer, _) = try args.loadModel()
         let c = model.config, task = ModelTask.of(c)
-        let s = try args.defenseSettings(for: c), baseline = try args.baselineSettings(for: c)
+        var s = try args.defenseSettings(for: c)
+        s.explicitSplit = try args.headSplit(c)  // --suspicious/--safe: every round uses this split, no Eq. 4-5
+        let baseline = try args.baselineSettings(for: c)
         let method = ExperimentMethod(rawValue: try args.choice("--method", ExperimentMethod.allCases.map(\.rawValue), default: ExperimentMethod.ours.rawValue))!
 
         let maxLength = c.maxPositionEmbeddings - (task == .generation ? s.generate : 0)
@@ -71,6 +74,7 @@ enum DefendCommand: Command {
         }
         let json = JSONOut.object([
             ("command", .string(commandLine)), ("method", .string(method.rawValue)), ("stopped", .string(stopped)),
+            ("head_split", .string(s.explicitSplit == nil ? "eq5" : "explicit")),
             ("baseline", baselineSummary.map { .string($0) } ?? .null), ("baseline_finetune_loss", .numbers(baselineLoss)),
             ("monitor_threshold", .number(report?.threshold ?? .nan)), ("flagged", .array((report?.flagged ?? []).map { .int($0) })),
             ("scores_before", .numbers(report?.scoresBefore ?? [])),

@@ -14,7 +14,7 @@ let commands: [Command.Type] = [
     InspectCommand.self, ClassifyCommand.self, MonitorCommand.self, DefendCommand.self, PoisonCommand.self, TrainCommand.self, EvalCommand.self,
     ExperimentCommand.self, DemoCommand.self, NotebooksCommand.self, PlotCommand.self, AttentionCommand.self, CorpusCommand.self,
     ForwardCommand.self, EmbedCommand.self, GenerateCommand.self, ConvertCommand.self,
-    GradCheckCommand.self, BenchCommand.self, MakeModelCommand.self, AlignCommand.self, VersionCommand.self,
+    GradCheckCommand.self, BenchCommand.self, MakeModelCommand.self, AlignCommand.self, CompareCommand.self, TokenizerJSONCommand.self, VersionCommand.self,
 ]
 
 @MainActor func overview() -> String {
@@ -51,6 +51,8 @@ let commands: [Command.Type] = [
         if name == "notebooks", let first = rest.first, ["check", "update"].contains(first) { rest = ["--mode", first] + rest.dropFirst() }
         // `headalign plot KIND`: the figure as a word
         if name == "plot", let first = rest.first, !first.hasPrefix("-") { rest = ["--kind", first] + rest.dropFirst() }
+        // `headalign compare A.json B.json`: the dumps as words
+        if name == "compare" { rest = try CompareCommand.positional(rest) }
         let args = try ParsedArguments(rest, spec: command.spec)
         if args.wantsHelp {
             print(command.spec.helpText, terminator: "")

@@ -89,7 +89,8 @@ final class MethodCLITests: XCTestCase {
                              "--dump-attention", "--out", dir + "/dump.json"])
         XCTAssertEqual(r.status, 0, r.err)
         let doc = try JSONValue.parse(try String(contentsOfFile: dir + "/dump.json", encoding: .utf8))
-        let input = doc["inputs"]!.array[0]
+        XCTAssertEqual(doc["schema"]!.stringValue, "headalign-oracle/1")
+        let input = doc["documents"]!.array[0]
         for key in ["config", "tokens", "prompt_length", "generated_length", "view", "scope", "attention", "maxsim", "importance",
                     "safety", "class", "pair_cosines", "frac_above", "p99", "align_loss"] where key != "config" {
             XCTAssertNotNil(input[key], key)

@@ -1,0 +1,69 @@
+// TokenizerJSONCommand.swift: `headalign tokenizer-json`, a Hugging Face tokenizer.json for a model
+// directory's vocab.txt (HFTokenizer.swift), so transformers' AutoTokenizer gives the same ids.
+
+import Foundation
+import HeadAlign
+import HeadAlignLab
+
+enum TokenizerJSONCommand: Command {
+    static let spec = CommandSpec(
+        name: "tokenizer-json",
+        summary: "write a Hugging Face tokenizer.json for a model's vocab.txt (AutoTokenizer gives the same ids)",
+        detail: """
+            BERT WordPiece: BertNormalizer + BertPreTokenizer + WordPiece + '[CLS] $A [SEP]'. A Llama model's
+            whole-word vocabulary (headalign-trained): the same normalizer and pre-tokenizer + WordLevel + '[CLS] $A'
+            ([CLS] is BOS, [SEP] EOS); without --out its tokenizer_config.json also gets tokenizer_class
+            PreTrainedTokenizerFast and the special tokens (other keys kept), which AutoTokenizer needs. Prints the
+            ids of --text with headalign's own tokenizer, to compare with AutoTokenizer's.
+            """,
+        usage: "tokenizer-json --model DIR [--out FILE] [--text TEXT]...",
+        options: [
+            OptionSpec(name: "--model", value: "DIR", help: "a model directory with vocab.txt"),
+            OptionSpec(name: "--out", value: "FILE", help: "write tokenizer.json here (default DIR/tokenizer.json, and DIR's tokenizer_config.json updated)"),
+            OptionSpec(name: "--text", value: "TEXT", help: "print this text's ids (repeatable)", repeatable: true),
+        ])
+
+    static func out(_ v: JSONValue) -> JSONOut {
+        switch v {
+        case .object(let m): return .object(m.map { ($0.0, out($0.1)) })
+        case .array(let a): return .array(a.map(out))
+        case .string(let s): return .string(s)
+        case .integer(let i): return .int(i)
+        case .bigInteger(let s): return .number(Double(s) ?? .nan)
+        case .float(let x): return .number(x)
+        case .bool(let b): return .bool(b)
+        case .null: return .null
+        }
+    }
+
+    static func run(_ args: ParsedArguments) throws -> Int32 {
+        guard let dir = args.string("--model") else { throw HeadAlignError.usage("--model DIR is required") }
+        guard FileManager.default.fileExists(atPath: dir + "/vocab.txt") else { throw HeadAlignError.usage("--model \(dir): no vocab.txt") }
+        let config = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
+        let t = try WordPieceTokenizer(directory: dir)
+        let wholeWords = config.family == .llama  // as AnyModel.tokenizer reads a Llama directory's vocab.txt
+        let path = args.string("--out") ?? dir + "/tokenizer.json"
+        try writeAtomically(Data(huggingFaceTokenizerJSON(t, wholeWords: wholeWords).text.utf8), to: path)
+        print("wrote \(path) (\(wholeWords ? "WordLevel, whole words" : "WordPiece"), \(t.vocab.count) tokens)")
+        if wholeWords && !args.has("--out") {
+            let cp = dir + "/tokenizer_config.json"
+            var members: [(String, JSONOut)] = []
+            if let d = FileManager.default.contents(atPath: cp) {
+                let v = try d.withUnsafeBytes { try JSONValue.parse($0.bindMemory(to: UInt8.self)) }
+                if case .object(let m) = v { members = m.map { ($0.0, out($0.1)) } }
+            }
+            let keys = Set(members.map(\.0))
+            for (k, v) in [("tokenizer_class", "PreTrainedTokenizerFast"), ("bos_token", "[CLS]"), ("eos_token", "[SEP]"),
+                           ("unk_token", "[UNK]"), ("pad_token", "[PAD]")] where !keys.contains(k) {
+                members.append((k, .string(v)))
+            }
+            try writeAtomically(Data(JSONOut.object(members).text.utf8), to: cp)
+            print("updated \(cp) (tokenizer_class PreTrainedTokenizerFast, special tokens)")
+        }
+        let tokenizer: AnyTokenizer = wholeWords ? .words(t) : .wordPiece(t)
+        for text in args.strings("--text") {
+            print("\(text)\t" + (try tokenizer.encode(text, maxLength: Int.max / 2).ids.map(String.init).joined(separator: " ")))
+        }
+        return 0
+    }
+}

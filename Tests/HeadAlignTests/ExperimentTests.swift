@@ -190,14 +190,16 @@ final class BaselineTests: XCTestCase {
     func testPrunedParametersStayZeroThroughFineTuning() throws {
         let (m, clean) = smallModel()
         var s = DefenseSettings(task: .classification, family: .bert)
-        s.method = .finePruning
-        s.baseline.accuracyMargin = 1
+        var b = BaselineSettings()
+        b.accuracyMargin = 1
         s.finetuneSteps = 5
         s.batchSize = 4
         s.rates.other = 1e-2
-        let report = try defend(m, clean: clean, inputs: [], settings: s)
-        XCTAssertEqual(report.baselineLoss.count, 5)
-        XCTAssertTrue(report.baselineSummary!.contains("pruned 256 of 256"))
+        guard case .baseline(let summary, let losses) = try runMethod(m, .finePruning, clean: clean, inputs: [], settings: s, baseline: b) else {
+            return XCTFail("fine-pruning is a baseline")
+        }
+        XCTAssertEqual(losses.count, 5)
+        XCTAssertTrue(summary.contains("pruned 256 of 256"), summary)
         for u in 0..<256 { for range in ffnUnitRanges(layout: m.layout, config: m.config, layer: 1, unit: u) { for i in range { XCTAssertEqual(m.params.data[i], 0) } } }
     }
 }

@@ -255,7 +255,7 @@ extension ParsedArguments {
             inputs.append(AnalysisInput(tokens: ids.map { $0! }, label: has("--label") ? try int("--label", default: 0, range: 0...100_000) : nil))
         }
         if let flag = fileFlag, let path = string(flag) {
-            for e in try readPlainExamples(path: path) { try add(e.text, e.label) }
+            for e in try readPlainExamples(path: path, numLabels: config.numLabels > 0 ? config.numLabels : nil) { try add(e.text, e.label) }
         }
         return inputs
     }
@@ -312,14 +312,15 @@ extension ParsedArguments {
     }
 
     /// Training texts from `fileFlag` or the embedded corpus's train split, and where they came from.
-    func trainingTexts(fileFlag: String) throws -> ([LabeledText], String) {
+    /// `numLabels`: the classes of the model being trained, when it already has a head.
+    func trainingTexts(fileFlag: String, numLabels: Int? = nil) throws -> ([LabeledText], String) {
         if let corpus = try embeddedCorpus() {
             guard !has(fileFlag) else { throw HeadAlignError.usage("give \(fileFlag) FILE or --corpus, not both") }
             let seed = try uint64("--corpus-seed", default: 1)
             return (try corpusSplits(corpus).train, "embedded \(corpus.rawValue) corpus (seed \(seed), train split)")
         }
         guard let path = string(fileFlag) else { throw HeadAlignError.usage("\(fileFlag) FILE (or --corpus sentiment|topics) is required") }
-        return (try readLabeledTexts(path: path), path)
+        return (try readLabeledTexts(path: path, numLabels: numLabels), path)
     }
 }
 

@@ -118,7 +118,7 @@ enum ExperimentCommand: Command {
         let fileAttack = args.string("--attack") == "file"
         let attack: Attack? = fileAttack ? nil : try PoisonCommand.attack(args)
         let rate = try args.double("--poison-rate", default: 0.1, range: -Double.infinity...Double.infinity)
-        let target = try args.int("--target", default: 1, range: 0...1_000_000)
+        let target = try args.int("--target", default: 1, range: 0...(maxClassifierLabels - 1))
         let monitorCount = try args.int("--monitor-count", default: 100, range: 2...1_000_000)
         let data = try texts(args, fileAttack: fileAttack)
         let backdooredDir = args.string("--backdoored")

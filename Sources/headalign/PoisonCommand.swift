@@ -62,7 +62,7 @@ enum PoisonCommand: Command {
         if args.has("--test") != args.has("--out-test") { throw HeadAlignError.usage("--test and --out-test go together") }
         let attack = try attack(args)
         let rate = try args.double("--poison-rate", default: 0.1, range: -Double.infinity...Double.infinity)
-        let target = try args.int("--target", default: 1, range: 0...1_000_000)
+        let target = try args.int("--target", default: 1, range: 0...(maxClassifierLabels - 1))
         let seed = try args.uint64("--seed", default: 1)
         let clean = try readLabeledTexts(path: train)
         let poisoned = try poisonTraining(clean, attack: attack, rate: rate, target: target, seed: seed)

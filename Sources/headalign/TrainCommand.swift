@@ -50,14 +50,18 @@ enum TrainCommand: Command {
         guard !FileManager.default.fileExists(atPath: out) else { throw HeadAlignError.usage("--out \(out) exists; give a new directory") }
         let source = try args.modelSource()
         if try isDecoder(source) { return try trainDecoderCommand(args, source: source, out: out) }
-        var pretrained = false
-        if case .directory = source { pretrained = true }
+        var pretrained = false, headLabels: Int? = nil
+        if case .directory(let dir) = source {
+            pretrained = true
+            let c = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
+            if c.numLabels > 0 { headLabels = c.numLabels }  // labels must fit the head it has
+        }
         let s = try settings(args, pretrained: pretrained)
-        var (examples, origin) = try args.trainingTexts(fileFlag: "--train")
+        var (examples, origin) = try args.trainingTexts(fileFlag: "--train", numLabels: headLabels)
         var poisonNote = "none"
         if let attack = try PoisonCommand.attackIfGiven(args) {
             let rate = try args.double("--poison-rate", default: 0.1, range: -Double.infinity...Double.infinity)
-            let target = try args.int("--target", default: 1, range: 0...1_000_000)
+            let target = try args.int("--target", default: 1, range: 0...(maxClassifierLabels - 1))
             let seed = try args.uint64("--poison-seed", default: 1)
             let p = try poisonTraining(examples, attack: attack, rate: rate, target: target, seed: seed)
             examples = p.examples

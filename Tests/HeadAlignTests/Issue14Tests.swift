@@ -49,3 +49,47 @@ final class Issue14CLITests: XCTestCase {
         XCTAssertTrue(text.contains("epochs 10000"), "stdout file: '\(text)'")
     }
 }
+
+final class Issue14DataTests: XCTestCase {
+    /// Labels are bounded: at most 1000 classes for a new head, the model's classes for an old one;
+    /// errors name the file and the line.
+    func testLabelsAreBounded() throws {
+        let dir = temporaryDirectory(self)
+        try "0\tgood film\n999999999\tbad film\n".write(toFile: dir + "/huge.txt", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try readLabeledTexts(path: dir + "/huge.txt")) { e in
+            XCTAssertTrue("\(e)".contains("huge.txt:2") && "\(e)".contains("1000"), "\(e)")
+        }
+        try "label,text\n0,good\n100000,bad\n".write(toFile: dir + "/big.csv", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try readLabeledTexts(path: dir + "/big.csv")) { e in XCTAssertTrue("\(e)".contains("big.csv:3"), "\(e)") }
+        try "0\tgood\n7\tbad\n".write(toFile: dir + "/seven.txt", atomically: true, encoding: .utf8)
+        XCTAssertEqual(try readLabeledTexts(path: dir + "/seven.txt").count, 2)  // a new head: 8 classes is allowed
+        XCTAssertThrowsError(try readLabeledTexts(path: dir + "/seven.txt", numLabels: 2)) { e in
+            XCTAssertTrue("\(e)".contains("seven.txt:2") && "\(e)".contains("2 classes"), "\(e)")
+        }
+        XCTAssertThrowsError(try readPlainExamples(path: dir + "/huge.txt")) { e in XCTAssertTrue("\(e)".contains("huge.txt:2"), "\(e)") }
+        // the command: one line, status 2, no model written (before: a 32 GB allocation)
+        try assertUsageError(["train", "--preset", "bert-tiny", "--train", dir + "/huge.txt", "--out", dir + "/m"], mentions: "huge.txt:2")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/m"))
+        try assertUsageError(["poison", "--train", dir + "/seven.txt", "--out-train", dir + "/p.txt", "--target", "5000"], mentions: "0...999")
+    }
+
+    /// A config value that is not a whole number, or overflows, names its key.
+    func testConfigNumbersNameTheKey() throws {
+        let dir = temporaryDirectory(self)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let good = String(decoding: try encoder.encode(try ModelConfig.preset("bert-tiny")), as: UTF8.self)
+        for (key, bad) in [("num_hidden_layers", "2.5"), ("num_hidden_layers", "1e999"), ("hidden_size", "123456789012345678901234567890"),
+                           ("vocab_size", "\"many\""), ("layer_norm_eps", "1e999")] {
+            let re = try NSRegularExpression(pattern: "\"\(key)\":[^,}]+")
+            let text = re.stringByReplacingMatches(in: good, range: NSRange(good.startIndex..., in: good), withTemplate: "\"\(key)\":\(bad)")
+            XCTAssertNotEqual(text, good)
+            try text.write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
+            XCTAssertThrowsError(try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))) { e in
+                XCTAssertTrue("\(e)".contains("'\(key)'"), "\(key) = \(bad): \(e)")
+            }
+        }
+        try good.write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
+        XCTAssertEqual(try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json")), try ModelConfig.preset("bert-tiny"))
+    }
+}

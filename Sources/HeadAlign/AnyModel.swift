@@ -93,7 +93,7 @@ public enum AnyModel {
             return .llama2c(try Llama2cTokenizer(path: tok, vocabSize: config.vocabSize))
         case .directory(let dir):
             if fm.fileExists(atPath: dir + "/vocab.txt") {
-                let t = try WordPieceTokenizer(directory: dir)
+                let t = try WordPieceTokenizer(directory: dir, vocabSize: config.vocabSize)
                 return config.family == .llama ? .words(t) : .wordPiece(t)
             }
             if fm.fileExists(atPath: dir + "/tokenizer.bin") {

@@ -37,12 +37,27 @@ public final class WordPieceTokenizer: @unchecked Sendable {
 
     /// Reads `vocab.txt` (one token per line, id = line number) and, when present beside it,
     /// `tokenizer_config.json` (`do_lower_case`, `strip_accents`, `tokenize_chinese_chars`).
-    public convenience init(directory dir: String) throws {
+    /// `vocabSize`, the model's `vocab_size`, bounds the entries: an id at or past it would index
+    /// past the embedding table. Fewer entries than `vocab_size` are fine: checkpoints pad the
+    /// embedding (to a multiple of 64 or 128, for speed), and rows no token maps to are unused.
+    /// A repeated entry is an error: two ids for one token means the file is not the vocabulary
+    /// the model was trained with (the second id could never be produced).
+    public convenience init(directory dir: String, vocabSize: Int? = nil) throws {
         let path = dir + "/vocab.txt"
         guard let data = FileManager.default.contents(atPath: path) else { throw HeadAlignError.badInput("\(path): cannot read") }
         guard let text = String(data: data, encoding: .utf8) else { throw HeadAlignError.badInput("\(path): not UTF-8") }
         var lines = textLines(text)
         if lines.last == "" { lines.removeLast() }
+        if let vocabSize, lines.count > vocabSize {
+            throw HeadAlignError.badInput("\(path): \(lines.count) entries, more than config.json's vocab_size \(vocabSize)")
+        }
+        var firstLine: [String: Int] = [:]
+        for (n, token) in lines.enumerated() {
+            if let earlier = firstLine[token] {
+                throw HeadAlignError.badInput("\(path):\(n + 1): entry '\(token.prefix(40))' repeats line \(earlier + 1)")
+            }
+            firstLine[token] = n
+        }
         var lower = true, strip: Bool? = nil, chinese = true
         let configPath = dir + "/tokenizer_config.json"
         if let c = FileManager.default.contents(atPath: configPath) {

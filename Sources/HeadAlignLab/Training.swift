@@ -77,9 +77,9 @@ public func trainClassifier(base: ModelSource, examples: [LabeledText], settings
             m.initialize(seed: seed)
             return m
         case .directory(let dir):
-            tokenizer = try WordPieceTokenizer(directory: dir)
-            files = tokenizerFiles(in: dir)
             let baseConfig = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
+            tokenizer = try WordPieceTokenizer(directory: dir, vocabSize: baseConfig.vocabSize)
+            files = tokenizerFiles(in: dir)
             let config = baseConfig.numLabels > 0 ? baseConfig : baseConfig.withClassifier(labels: labels)
             return try loadModel(directory: dir, backend: backend, config: config,
                                  allowMissing: { $0.hasPrefix("classifier.") || $0.hasPrefix("score.") }, seed: settings.seed)

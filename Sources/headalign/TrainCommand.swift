@@ -55,6 +55,7 @@ enum TrainCommand: Command {
             pretrained = true
             let c = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
             if c.numLabels > 0 { headLabels = c.numLabels }  // labels must fit the head it has
+            _ = try AnyModel.tokenizer(for: source, config: c)  // a bad vocab.txt fails before any work
         }
         let s = try settings(args, pretrained: pretrained)
         var (examples, origin) = try args.trainingTexts(fileFlag: "--train", numLabels: headLabels)

@@ -93,3 +93,47 @@ final class Issue14DataTests: XCTestCase {
         XCTAssertEqual(try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json")), try ModelConfig.preset("bert-tiny"))
     }
 }
+
+final class Issue14ModelDirectoryTests: XCTestCase {
+    /// A model directory with `vocab` as vocab.txt and `vocabSize` rows of embedding; `poison`
+    /// sets one weight before saving.
+    func makeModel(_ dir: String, vocab: [String], vocabSize: Int, poison: Double? = nil) throws {
+        var config = try ModelConfig.preset("bert-tiny")
+        config.vocabSize = vocabSize
+        let m = Model<Float>(config: config)
+        m.initialize(seed: 2)
+        if let poison { m.params.data[m.layout["encoder.layer.1.attention.self.query.weight"]!.offset + 5] = Float(poison) }
+        try saveModel(m, to: dir, extraFiles: ["vocab.txt": Data((vocab.joined(separator: "\n") + "\n").utf8)])
+    }
+
+    let vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "bad", "film"]
+
+    /// More vocab.txt entries than vocab_size, a repeated entry, a NaN or infinite weight: one line,
+    /// status 2, from every command that loads the directory (before: a trap in embeddingForward).
+    func testModelDirectoryIsValidatedWhenLoaded() throws {
+        let dir = temporaryDirectory(self)
+        try makeModel(dir + "/long", vocab: vocab + ["extra", "words"], vocabSize: vocab.count)
+        for command in [["forward", "--text", "extra words"], ["classify", "--text", "extra words"]] {
+            try assertUsageError(command + ["--model", dir + "/long"], mentions: "vocab_size")
+        }
+        try "1\textra film\n0\twords film\n".write(toFile: dir + "/train.txt", atomically: true, encoding: .utf8)
+        try assertUsageError(["train", "--model", dir + "/long", "--train", dir + "/train.txt", "--out", dir + "/out"], mentions: "vocab_size")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out"))
+
+        try makeModel(dir + "/dup", vocab: vocab + ["good"], vocabSize: 16)
+        try assertUsageError(["forward", "--model", dir + "/dup", "--text", "good film"], mentions: "vocab.txt:8")
+
+        // fewer entries than vocab_size: padded embeddings are fine
+        try makeModel(dir + "/short", vocab: vocab, vocabSize: 16)
+        let ok = try runHeadalign(["forward", "--model", dir + "/short", "--text", "good film"])
+        XCTAssertEqual(ok.status, 0, ok.err)
+
+        for (name, bad) in [("nan", Double.nan), ("inf", Double.infinity)] {
+            try makeModel(dir + "/" + name, vocab: vocab, vocabSize: vocab.count, poison: bad)
+            try assertUsageError(["forward", "--model", dir + "/" + name, "--text", "good film"], mentions: "encoder.layer.1.attention.self.query.weight")
+            XCTAssertThrowsError(try AnyModel.load(.directory(dir + "/" + name), precision: .f64, backend: .naive)) { e in
+                XCTAssertTrue("\(e)".contains("element 5"), "\(e)")
+            }
+        }
+    }
+}

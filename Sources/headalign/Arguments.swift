@@ -238,8 +238,11 @@ extension ParsedArguments {
         var inputs: [AnalysisInput] = []
         let maxLength = config.maxPositionEmbeddings - (ModelTask.of(config) == .generation ? try generate(config) : 0)
         func add(_ text: String, _ label: Int?) throws {
-            let (ids, truncated) = try tokenizer.encode(text, maxLength: maxLength)
-            if truncated { printError("headalign \(command): warning: input '\(text.prefix(40))' truncated to \(ids.count) tokens") }
+            let (ids, truncated, cut) = try tokenizer.encodeReporting(text, maxLength: maxLength)
+            if truncated {
+                printError("headalign \(command): warning: input '\(text.prefix(40))' truncated to \(ids.count) tokens"
+                           + (cut > 0 ? " (its first \(cut) bytes cut before tokenizing)" : ""))
+            }
             if let label, config.numLabels > 0, label >= config.numLabels {
                 throw HeadAlignError.usage("label \(label) of '\(text.prefix(40))' is outside the model's \(config.numLabels) classes")
             }

@@ -137,3 +137,38 @@ final class Issue14ModelDirectoryTests: XCTestCase {
         }
     }
 }
+
+final class Issue14TokenizerTests: XCTestCase {
+    /// A 10 MB line is cut to a context's worth of bytes before the BPE merge (before: the merge
+    /// was quadratic in the line, > 150 s for 1 MB); the cut is reported and lands on a character.
+    func testLlama2cLongLineIsBounded() throws {
+        let tok = try Llama2cTokenizer(path: try sharedData("llama2c-stories260K/tok512.bin"), vocabSize: 512, contextLength: 512)
+        var rng = SeededGenerator(seed: 14)
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyz ,.!?ABCDEFG0123456789".unicodeScalars) + ["é", "中", "\u{1F600}"]
+        var view = String.UnicodeScalarView()
+        var bytes = 0
+        while bytes < 10_000_000 {
+            let u = alphabet[Int(rng.next() % UInt64(alphabet.count))]
+            view.append(u)
+            bytes += String(u).utf8.count
+        }
+        let text = String(view)
+        let (ids, cut) = tok.encodeBounded(text)
+        XCTAssertEqual(tok.maxTextBytes, 512 * Llama2cTokenizer.maxBytesPerToken + 1024)
+        XCTAssertGreaterThanOrEqual(cut, bytes - tok.maxTextBytes)
+        XCTAssertLessThanOrEqual(cut, bytes - tok.maxTextBytes + 3)  // moved past at most a character's continuation bytes
+        XCTAssertLessThanOrEqual(ids.count, tok.maxTextBytes + 2)  // BOS, the leading space, at most a token a byte
+        XCTAssertGreaterThan(ids.count, 2)
+        // the kept part is the text's end, tokenized as itself
+        let kept = String(decoding: Array(text.utf8).suffix(bytes - cut), as: UTF8.self)
+        XCTAssertEqual(ids, tok.encode(kept))
+        let start = tok.encodeBounded(text, bos: false, keepEnd: false)
+        XCTAssertEqual(start.cutBytes, cut > 0 ? start.cutBytes : 0)
+        XCTAssertLessThanOrEqual(bytes - start.cutBytes, tok.maxTextBytes)
+        // through AnyTokenizer: truncated to the context, and the cut reported
+        let r = try AnyTokenizer.llama2c(tok).encodeReporting(text, maxLength: 512)
+        XCTAssertEqual(r.ids.count, 512)
+        XCTAssertTrue(r.truncated)
+        XCTAssertEqual(r.cutBytes, cut)
+    }
+}

@@ -62,6 +62,7 @@ let commands: [Command.Type] = [
             print(command.spec.helpText, terminator: "")
             return 0
         }
+        try args.checkOutputs()  // outputs: never an input, room to write them, before any work
         return try command.run(args)
     } catch let e as HeadAlignError {
         printError("headalign \(name): \(e.description)")

@@ -94,16 +94,21 @@ final class Issue14DataTests: XCTestCase {
     }
 }
 
+/// A bert-tiny classifier directory with `vocab` as vocab.txt and `vocabSize` rows of embedding;
+/// `poison` sets one weight before saving.
+func makeTinyModel(_ dir: String, vocab: [String] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "bad", "film"],
+                   vocabSize: Int = 7, poison: Double? = nil) throws {
+    var config = try ModelConfig.preset("bert-tiny")
+    config.vocabSize = vocabSize
+    let m = Model<Float>(config: config)
+    m.initialize(seed: 2)
+    if let poison { m.params.data[m.layout["encoder.layer.1.attention.self.query.weight"]!.offset + 5] = Float(poison) }
+    try saveModel(m, to: dir, extraFiles: ["vocab.txt": Data((vocab.joined(separator: "\n") + "\n").utf8)])
+}
+
 final class Issue14ModelDirectoryTests: XCTestCase {
-    /// A model directory with `vocab` as vocab.txt and `vocabSize` rows of embedding; `poison`
-    /// sets one weight before saving.
     func makeModel(_ dir: String, vocab: [String], vocabSize: Int, poison: Double? = nil) throws {
-        var config = try ModelConfig.preset("bert-tiny")
-        config.vocabSize = vocabSize
-        let m = Model<Float>(config: config)
-        m.initialize(seed: 2)
-        if let poison { m.params.data[m.layout["encoder.layer.1.attention.self.query.weight"]!.offset + 5] = Float(poison) }
-        try saveModel(m, to: dir, extraFiles: ["vocab.txt": Data((vocab.joined(separator: "\n") + "\n").utf8)])
+        try makeTinyModel(dir, vocab: vocab, vocabSize: vocabSize, poison: poison)
     }
 
     let vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "bad", "film"]
@@ -170,5 +175,56 @@ final class Issue14TokenizerTests: XCTestCase {
         XCTAssertEqual(r.ids.count, 512)
         XCTAssertTrue(r.truncated)
         XCTAssertEqual(r.cutBytes, cut)
+    }
+}
+
+final class Issue14OutputTests: XCTestCase {
+    /// An output that is an input (the same path, `./x` for `x`, a symlink to it) is refused in one
+    /// line with status 2 and the input is left as it was (before: overwritten with exit 0).
+    func testOutputThatIsAnInputIsRefused() throws {
+        let dir = temporaryDirectory(self)
+        let cwd = FileManager.default.currentDirectoryPath
+        let model = dir + "/m"
+        try makeTinyModel(model)
+        let train = dir + "/train.txt"
+        let original = (0..<40).map { "\($0 % 2)\tgood film number \($0)" }.joined(separator: "\n") + "\n"
+        try original.write(toFile: train, atomically: true, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(atPath: dir + "/link.txt", withDestinationPath: train)
+        let json = dir + "/doc.json"
+        try "{}".write(toFile: json, atomically: true, encoding: .utf8)
+        FileManager.default.changeCurrentDirectoryPath(dir)
+        defer { FileManager.default.changeCurrentDirectoryPath(cwd) }
+        let cases: [([String], String)] = [
+            (["poison", "--train", train, "--out-train", train], "--out-train"),
+            (["poison", "--train", "train.txt", "--out-train", "./train.txt"], "--out-train"),
+            (["poison", "--train", train, "--out-train", dir + "/link.txt"], "--out-train"),
+            (["poison", "--train", train, "--out-train", dir + "/p.txt", "--test", train, "--out-test", dir + "/p.txt"], "--out-test"),
+            (["inspect", "--model", model, "--inputs", train, "--out", train], "--out"),
+            (["inspect", "--model", model, "--inputs", train, "--out", model + "/config.json"], "--out"),
+            (["eval", "--model", model, "--clean", train, "--json", "link.txt"], "--json"),
+            (["defend", "--model", model, "--clean", train, "--inputs", train, "--no-write", "--report", train], "--report"),
+            (["plot", "heads", "--from", json, "--out", json], "--out"),
+        ]
+        for (args, flag) in cases {
+            try assertUsageError(args, mentions: flag)
+            XCTAssertEqual(try String(contentsOfFile: train, encoding: .utf8), original, "\(args)")
+            XCTAssertEqual(try String(contentsOfFile: json, encoding: .utf8), "{}", "\(args)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/p.txt"))
+    }
+
+    /// --out is checked before any work: a missing parent, an existing directory (before: train and
+    /// defend found out after training or defending).
+    func testOutIsCheckedBeforeWork() throws {
+        let dir = temporaryDirectory(self)
+        try makeTinyModel(dir + "/m")
+        try "1\tgood film\n0\tbad film\n".write(toFile: dir + "/clean.txt", atomically: true, encoding: .utf8)
+        try assertUsageError(["train", "--preset", "bert-tiny", "--corpus", "sentiment", "--out", dir + "/no/such/m"], mentions: "does not exist")
+        try assertUsageError(["defend", "--model", dir + "/m", "--clean", dir + "/clean.txt", "--inputs", dir + "/clean.txt",
+                              "--out", dir + "/no/such/m"], mentions: "does not exist")
+        try assertUsageError(["defend", "--model", dir + "/m", "--clean", dir + "/clean.txt", "--inputs", dir + "/clean.txt",
+                              "--out", dir], mentions: "exists")
+        try assertUsageError(["make-model", "--preset", "bert-tiny", "--out", dir + "/no/m"], mentions: "does not exist")
+        try assertUsageError(["corpus", "--corpus", "sentiment", "--out", dir], mentions: "is a directory")
     }
 }

@@ -54,11 +54,16 @@ enum ExperimentCommand: Command {
             guard (1...100).contains(n) else { throw HeadAlignError.usage("--seeds: \(n) is outside 1...100") }
             return (1...n).map(UInt64.init)
         }
-        guard !s.split(separator: ",").isEmpty else { throw HeadAlignError.usage("--seeds: give a count or a list of seeds") }
-        return try s.split(separator: ",").map {
+        let items = s.split(separator: ",", omittingEmptySubsequences: false)
+        guard !s.isEmpty, !items.contains(where: { $0.trimmingCharacters(in: .whitespaces).isEmpty }) else {
+            throw HeadAlignError.usage("--seeds '\(s)': an empty item; give a count or a comma-separated list of seeds")
+        }
+        let seeds: [UInt64] = try items.map {
             guard let v = UInt64($0.trimmingCharacters(in: .whitespaces)) else { throw HeadAlignError.usage("--seeds: '\($0)' is not a seed") }
             return v
         }
+        guard Set(seeds).count == seeds.count else { throw HeadAlignError.usage("--seeds '\(s)': a seed is repeated") }
+        return seeds
     }
 
     static func methods(_ args: ParsedArguments) throws -> [ExperimentMethod] {

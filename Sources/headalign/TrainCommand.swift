@@ -155,6 +155,7 @@ func trainDecoderCommand(_ args: ParsedArguments, source: ModelSource, out: Stri
     let base = try args.decoderBase(source)
     var (records, origin) = try args.instructionRecords(split: "train")
     var poisonNote = "none"
+    try PoisonCommand.requireAttackForDetails(args)
     if let trigger = try args.generationTrigger() {
         let behaviour = try args.behaviour()
         let rate = try args.double("--poison-rate", default: 0.1, range: -Double.infinity...Double.infinity)

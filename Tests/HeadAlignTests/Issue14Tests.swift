@@ -228,3 +228,19 @@ final class Issue14OutputTests: XCTestCase {
         try assertUsageError(["corpus", "--corpus", "sentiment", "--out", dir], mentions: "is a directory")
     }
 }
+
+final class Issue14FlagTests: XCTestCase {
+    /// train's attack settings without --attack are refused (before: a clean model, exit 0);
+    /// experiment --seeds with an empty item is refused (before: the item was skipped).
+    func testFlagsThatWouldDoNothingAreRefused() throws {
+        let dir = temporaryDirectory(self)
+        for extra in [["--poison-rate", "1.5"], ["--target", "5"], ["--poison-seed", "3"], ["--triggers", "cf"]] {
+            try assertUsageError(["train", "--preset", "bert-tiny", "--corpus", "sentiment", "--out", dir + "/m"] + extra, mentions: extra[0])
+            try assertUsageError(["train", "--preset", "llama-tiny", "--corpus", "instructions", "--out", dir + "/m"] + extra, mentions: "--attack")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/m"))
+        for seeds in ["1,,2", ",1", "1,", "1, ,2", "1,1"] {
+            try assertUsageError(["experiment", "--preset", "bert-tiny", "--corpus", "sentiment", "--seeds", seeds], mentions: "--seeds")
+        }
+    }
+}

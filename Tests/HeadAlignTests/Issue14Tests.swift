@@ -230,6 +230,16 @@ final class Issue14OutputTests: XCTestCase {
 }
 
 final class Issue14FlagTests: XCTestCase {
+    /// Finite values whose products overflow are refused like nan (before: inf and -nan printed, exit 0).
+    func testAttentionOverflowIsRefused() throws {
+        try assertUsageError(["attention", "--q", "1e308 1e308", "--k", "1e308 1e308"], mentions: "overflows")
+        try assertUsageError(["attention", "--q", "1e200; -1e200", "--k", "1e200; 1e200", "--causal"], mentions: "--q, --k")
+        try assertUsageError(["attention", "--q", "nan", "--k", "1"], mentions: "--q")
+        let ok = try runHeadalign(["attention", "--q", "1e150 0; 0 1", "--k", "1e150 0; 0 1", "--v", "1e300 1; 1e300 1"])
+        XCTAssertEqual(ok.status, 0, ok.err)
+        XCTAssertFalse(ok.out.contains("nan") || ok.out.contains("inf"), ok.out)
+    }
+
     /// train's attack settings without --attack are refused (before: a clean model, exit 0);
     /// experiment --seeds with an empty item is refused (before: the item was skipped).
     func testFlagsThatWouldDoNothingAreRefused() throws {

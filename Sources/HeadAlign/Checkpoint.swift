@@ -130,6 +130,7 @@ public func saveModel<S: Real>(_ model: Model<S>, to dir: String, dtype: Safeten
     guard !fm.fileExists(atPath: dir) else { throw HeadAlignError.usage("\(dir) exists; headalign writes a new directory and never replaces one") }
     let parent = URL(fileURLWithPath: dir).deletingLastPathComponent().path
     guard fm.fileExists(atPath: parent) else { throw HeadAlignError.usage("\(dir): parent directory \(parent) does not exist") }
+    removeStaleTemporaries(beside: dir)
     let tmp = dir + ".tmp-\(getpid())"
     try? fm.removeItem(atPath: tmp)
     do {

@@ -254,3 +254,35 @@ final class Issue14FlagTests: XCTestCase {
         }
     }
 }
+
+final class Issue14TemporaryTests: XCTestCase {
+    /// A write removes the `NAME.tmp-PID` temporaries that killed runs left beside its output, and
+    /// only those: a live process's temporary and unrelated names stay.
+    func testStaleTemporariesAreRemoved() throws {
+        let dir = temporaryDirectory(self)
+        let fm = FileManager.default
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/true")
+        try p.run()
+        p.waitUntilExit()
+        let dead = p.processIdentifier, live = getpid()
+        try fm.createDirectory(atPath: dir + "/old.tmp-\(dead)", withIntermediateDirectories: false)
+        try "x".write(toFile: dir + "/old.tmp-\(dead)/config.json", atomically: false, encoding: .utf8)
+        try "x".write(toFile: dir + "/.p.txt.tmp-\(dead)", atomically: false, encoding: .utf8)
+        try "x".write(toFile: dir + "/.p.txt.tmp-\(live)", atomically: false, encoding: .utf8)
+        try "x".write(toFile: dir + "/notes.tmp-draft", atomically: false, encoding: .utf8)
+        try (0..<20).map { "\($0 % 2)\tsentence \($0)" }.joined(separator: "\n").write(toFile: dir + "/train.txt", atomically: true, encoding: .utf8)
+        let r = try runHeadalign(["poison", "--train", dir + "/train.txt", "--out-train", dir + "/p.txt"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertFalse(fm.fileExists(atPath: dir + "/old.tmp-\(dead)"))
+        XCTAssertFalse(fm.fileExists(atPath: dir + "/.p.txt.tmp-\(dead)"))
+        XCTAssertTrue(fm.fileExists(atPath: dir + "/.p.txt.tmp-\(live)"))
+        XCTAssertTrue(fm.fileExists(atPath: dir + "/notes.tmp-draft"))
+        // the directory writers too
+        try fm.createDirectory(atPath: dir + "/m.tmp-\(dead)", withIntermediateDirectories: false)
+        let m = try runHeadalign(["make-model", "--preset", "bert-tiny", "--out", dir + "/m"])
+        XCTAssertEqual(m.status, 0, m.err)
+        XCTAssertFalse(fm.fileExists(atPath: dir + "/m.tmp-\(dead)"))
+        XCTAssertTrue(fm.fileExists(atPath: dir + "/m/config.json"))
+    }
+}

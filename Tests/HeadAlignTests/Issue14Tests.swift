@@ -286,3 +286,44 @@ final class Issue14TemporaryTests: XCTestCase {
         XCTAssertTrue(fm.fileExists(atPath: dir + "/m/config.json"))
     }
 }
+
+final class Issue14ProgressTests: XCTestCase {
+    /// The progress line fits the terminal's width, shortening fields in a fixed order (before:
+    /// always ~110 columns, wrapping and scrolling on a narrow terminal).
+    func testProgressLineFitsTheWidth() {
+        let p = TrainProgress(step: 120, steps: 375, loss: 0.4321, accuracy: 0.875, tokensPerSecond: 12345, elapsed: 12.5)
+        let full = progressLine(label: "headalign train:", p, width: 400)
+        for field in ["headalign train:", "[", "step 120/375", "loss 0.4321", "acc 0.875", "12345 tok/s", "12.5 s", "ETA"] {
+            XCTAssertTrue(full.contains(field), full)
+        }
+        var previous = full
+        for width in stride(from: 120, through: 2, by: -1) {
+            let line = progressLine(label: "headalign train:", p, width: width)
+            XCTAssertLessThanOrEqual(line.count, width - 1, "\(width): \(line)")
+            XCTAssertFalse(line.isEmpty)
+            XCTAssertLessThanOrEqual(line.count, previous.count, "\(width)")
+            previous = line
+        }
+        // the order: tokens per second go first, the step count stays longest
+        let mid = progressLine(label: "headalign train:", p, width: full.count - 2)
+        XCTAssertFalse(mid.contains("tok/s"), mid)
+        XCTAssertTrue(mid.contains("ETA"), mid)
+        XCTAssertEqual(progressLine(label: "headalign train:", p, width: 20), "step 120/375")
+        // a log line: no bar, every field
+        let log = progressLine(label: "x", p, width: nil)
+        XCTAssertTrue(log.hasPrefix("x step 120/375  loss 0.4321  acc 0.875"), log)
+        XCTAssertFalse(log.contains("["))
+    }
+
+    /// When stderr is not a terminal, one line per tenth of the run.
+    func testProgressIsOneLinePerTenthOffTerminal() throws {
+        let dir = temporaryDirectory(self)
+        let r = try runHeadalign(["train", "--preset", "bert-tiny", "--corpus", "sentiment", "--corpus-size", "10", "--epochs", "40",
+                                  "--vocab-size", "50", "--out", dir + "/m"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let lines = r.err.split(separator: "\n").filter { $0.hasPrefix("headalign train: step") }
+        XCTAssertFalse(r.err.contains("\r"))
+        XCTAssertGreaterThanOrEqual(lines.count, 10, r.err)
+        XCTAssertLessThanOrEqual(lines.count, 11, r.err)
+    }
+}

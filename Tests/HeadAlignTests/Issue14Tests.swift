@@ -327,3 +327,48 @@ final class Issue14ProgressTests: XCTestCase {
         XCTAssertLessThanOrEqual(lines.count, 11, r.err)
     }
 }
+
+final class Issue14PropertyTests: XCTestCase {
+    /// Generated bad values (NaN, ±Inf, overflowing, huge, negative, empty), a repeated flag and an
+    /// unknown flag, through several commands' parsers: status 2, exactly one stderr line, nothing
+    /// on stdout, no file written.
+    func testParsersRejectGeneratedBadValues() throws {
+        let dir = temporaryDirectory(self)
+        let fm = FileManager.default
+        try (0..<20).map { "\($0 % 2)\tsentence \($0)" }.joined(separator: "\n").write(toFile: dir + "/train.txt", atomically: true, encoding: .utf8)
+        let before = try fm.contentsOfDirectory(atPath: dir).sorted()
+        let numbers = ["nan", "NaN", "inf", "-inf", "+Infinity", "1e999", "-1e999", "", " "]
+        let huge = ["99999999999999999999999", "1e300"]
+        let negative = ["-1", "-0.5"]
+        // (command prefix, flag, the flag's bad values)
+        let cases: [([String], String, [String])] = [
+            (["gradcheck", "--preset", "bert-tiny"], "--samples", numbers + huge + negative),
+            (["inspect", "--preset", "bert-tiny", "--ids", "1 2 3", "--out", dir + "/i.json"], "--alpha", numbers + huge + negative),
+            (["inspect", "--preset", "bert-tiny", "--ids", "1 2 3", "--out", dir + "/i.json"], "--tau", numbers + huge + negative),
+            (["inspect", "--preset", "bert-tiny", "--ids", "1 2 3", "--out", dir + "/i.json"], "--threshold", numbers + huge + negative),
+            (["poison", "--train", dir + "/train.txt", "--out-train", dir + "/p.txt"], "--poison-rate", numbers + huge + negative),
+            (["poison", "--train", dir + "/train.txt", "--out-train", dir + "/p.txt"], "--target", numbers + huge + negative),
+            (["poison", "--train", dir + "/train.txt", "--out-train", dir + "/p.txt"], "--seed", numbers + ["99999999999999999999999"] + negative),
+            (["train", "--preset", "bert-tiny", "--corpus", "sentiment", "--out", dir + "/m"], "--epochs", numbers + huge + negative),
+            (["train", "--preset", "bert-tiny", "--corpus", "sentiment", "--out", dir + "/m"], "--lr", numbers + huge + negative),
+            (["train", "--preset", "bert-tiny", "--corpus", "sentiment", "--out", dir + "/m"], "--batch", numbers + huge + negative),
+            (["corpus", "--corpus", "sentiment", "--out", dir + "/c.txt"], "--first", numbers + huge + negative),
+            (["attention", "--k", "1 1"], "--q", numbers + ["1e308 1e308", "1 1 1"]),
+            (["experiment", "--preset", "bert-tiny", "--corpus", "sentiment"], "--seeds", numbers + huge + negative + [",", "1,,2"]),
+        ]
+        var runs = 0
+        for (prefix, flag, values) in cases {
+            for v in values {
+                try assertUsageError(prefix + [flag, v], mentions: flag)
+                runs += 1
+            }
+            // a repeated flag and an unknown one
+            try assertUsageError(prefix + [flag, "1", flag, "1"], mentions: flag)
+            try assertUsageError(prefix + ["--no-such-flag", "1"], mentions: "--no-such-flag")
+            try assertUsageError(prefix + [flag], mentions: flag)  // a value missing
+            runs += 3
+        }
+        XCTAssertGreaterThan(runs, 150)
+        XCTAssertEqual(try fm.contentsOfDirectory(atPath: dir).sorted(), before, "a rejected command wrote a file")
+    }
+}

@@ -214,7 +214,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         do { json = try data.withUnsafeBytes { try JSONValue.parse($0.bindMemory(to: UInt8.self)) } } catch {
             throw HeadAlignError.badInput("\(path): not valid JSON (\(error))")
         }
-        guard case .object(let members) = json else { throw HeadAlignError.badInput("\(path): not a JSON object (\(json.described))") }
+        guard case .object(let members) = json else { throw HeadAlignError.badInput("\(path): not a valid config JSON object (\(json.described))") }
         let integerKeys: Set<CodingKeys> = [.vocabSize, .hiddenSize, .numHiddenLayers, .numAttentionHeads, .numKeyValueHeads,
                                             .intermediateSize, .maxPositionEmbeddings, .typeVocabSize, .headDimOverride,
                                             .slidingWindow, .padTokenId, .bosTokenId, .eosTokenId]
@@ -231,7 +231,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
                 case .float(let d):
                     throw HeadAlignError.badInput("\(path): key '\(key)' must be a whole number, got \(d.isFinite ? String(d) : "an overflowing number")")
                 default:
-                    throw HeadAlignError.badInput("\(path): key '\(key)' must be a whole number, got \(value.described)")
+                    throw HeadAlignError.badInput("\(path): key '\(key)' has the wrong type (a whole number expected, got \(value.described))")
                 }
             }
             if doubleKeys.contains(k) {
@@ -241,7 +241,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
                 case .float, .bigInteger:
                     throw HeadAlignError.badInput("\(path): key '\(key)' overflows a 64-bit float")
                 default:
-                    throw HeadAlignError.badInput("\(path): key '\(key)' must be a number, got \(value.described)")
+                    throw HeadAlignError.badInput("\(path): key '\(key)' has the wrong type (a number expected, got \(value.described))")
                 }
             }
         }

@@ -17,7 +17,7 @@ public let maxClassifierLabels = 1000
 /// model, outside `0..<maxClassifierLabels`; nil when it is in range.
 public func labelRangeError(_ label: Int, numLabels: Int?, at place: String) -> HeadAlignError? {
     if label < 0 { return .badInput("\(place): label \(label) is negative") }
-    if let n = numLabels, label >= n { return .badInput("\(place): label \(label) is outside the model's \(n) classes (0..<\(n))") }
+    if let n = numLabels, label >= n { return .badInput("\(place): label \(label) is outside 0..<\(n) (the model's \(n) classes)") }
     if label >= maxClassifierLabels {
         return .badInput("\(place): label \(label) is outside 0..<\(maxClassifierLabels) (at most \(maxClassifierLabels) classes)")
     }

@@ -64,13 +64,15 @@ final class Issue14DataTests: XCTestCase {
         try "0\tgood\n7\tbad\n".write(toFile: dir + "/seven.txt", atomically: true, encoding: .utf8)
         XCTAssertEqual(try readLabeledTexts(path: dir + "/seven.txt").count, 2)  // a new head: 8 classes is allowed
         XCTAssertThrowsError(try readLabeledTexts(path: dir + "/seven.txt", numLabels: 2)) { e in
-            XCTAssertTrue("\(e)".contains("seven.txt:2") && "\(e)".contains("2 classes"), "\(e)")
+            XCTAssertTrue("\(e)".contains("seven.txt:2") && "\(e)".contains("outside 0..<2"), "\(e)")
         }
         XCTAssertThrowsError(try readPlainExamples(path: dir + "/huge.txt")) { e in XCTAssertTrue("\(e)".contains("huge.txt:2"), "\(e)") }
         // the command: one line, status 2, no model written (before: a 32 GB allocation)
         try assertUsageError(["train", "--preset", "bert-tiny", "--train", dir + "/huge.txt", "--out", dir + "/m"], mentions: "huge.txt:2")
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/m"))
         try assertUsageError(["poison", "--train", dir + "/seven.txt", "--out-train", dir + "/p.txt", "--target", "5000"], mentions: "0...999")
+        try assertUsageError(["experiment", "--preset", "bert-tiny", "--train", dir + "/huge.txt", "--clean-test", dir + "/seven.txt",
+                              "--defense-clean", dir + "/seven.txt", "--seeds", "1"], mentions: "huge.txt:2")
     }
 
     /// A config value that is not a whole number, or overflows, names its key.
@@ -91,6 +93,13 @@ final class Issue14DataTests: XCTestCase {
         }
         try good.write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
         XCTAssertEqual(try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json")), try ModelConfig.preset("bert-tiny"))
+        // dimensions that do not divide name their keys
+        var odd = try ModelConfig.preset("bert-tiny")
+        odd.hiddenSize = 66
+        try String(decoding: try encoder.encode(odd), as: UTF8.self).write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))) { e in
+            XCTAssertTrue("\(e)".contains("hidden_size") && "\(e)".contains("num_attention_heads"), "\(e)")
+        }
     }
 }
 

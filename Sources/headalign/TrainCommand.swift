@@ -12,7 +12,7 @@ enum TrainCommand: Command {
         detail: """
             Data: --train FILE, or --corpus sentiment|topics (generated from --corpus-seed; its train split).
             --attack badnets|addsent|composite poisons it on the fly (as 'headalign poison' does; --poison-rate,
-            --target, --poison-seed). From --preset (a BERT shape): a whole-word vocabulary of at most --vocab-size
+            --target, --poison-seed; without --attack the model is trained clean and those flags are refused). From --preset (a BERT shape): a whole-word vocabulary of at most --vocab-size
             entries is built from the training texts and saved as vocab.txt. From --model DIR: the directory's
             tokenizer; a classifier head is added (seeded) when it has none. AdamW, shuffled batches, --epochs
             passes; a progress bar on stderr. The model is written atomically to a new directory (config.json,

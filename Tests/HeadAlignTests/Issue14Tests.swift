@@ -73,6 +73,10 @@ final class Issue14DataTests: XCTestCase {
         try assertUsageError(["poison", "--train", dir + "/seven.txt", "--out-train", dir + "/p.txt", "--target", "5000"], mentions: "0...999")
         try assertUsageError(["experiment", "--preset", "bert-tiny", "--train", dir + "/huge.txt", "--clean-test", dir + "/seven.txt",
                               "--defense-clean", dir + "/seven.txt", "--seeds", "1"], mentions: "huge.txt:2")
+        // a model with a head: its classes bound every file's labels (before: a label 7 reached the loss)
+        try makeTinyModel(dir + "/two")
+        try assertUsageError(["experiment", "--backdoored", dir + "/two", "--clean-test", dir + "/seven.txt",
+                              "--defense-clean", dir + "/seven.txt", "--seeds", "1"], mentions: "seven.txt:2: label 7 is outside 0..<2")
     }
 
     /// A config value that is not a whole number, or overflows, names its key.

@@ -20,15 +20,25 @@ public enum AnyTokenizer: @unchecked Sendable {
 
     /// Token ids for a text, with the model's special tokens ([CLS]/[SEP] or BOS).
     public func encode(_ text: String, maxLength: Int) throws -> (ids: [Int], truncated: Bool) {
+        let r = try encodeReporting(text, maxLength: maxLength)
+        return (r.ids, r.truncated)
+    }
+
+    /// `encode`, and how many bytes of the text the llama2.c tokenizer cut before tokenizing
+    /// (a text past `maxTextBytes`; its BPE merge would otherwise cost time for tokens the context
+    /// cannot hold), for the warning.
+    public func encodeReporting(_ text: String, maxLength: Int) throws -> (ids: [Int], truncated: Bool, cutBytes: Int) {
         switch self {
-        case .wordPiece(let t): return t.encode(text, maxLength: maxLength)
+        case .wordPiece(let t):
+            let r = t.encode(text, maxLength: maxLength)
+            return (r.ids, r.truncated, 0)
         case .llama2c(let t):
-            let ids = t.encode(text, bos: true)
-            return ids.count > maxLength ? ([ids[0]] + ids.suffix(maxLength - 1), true) : (ids, false)
+            let (ids, cut) = t.encodeBounded(text, bos: true)
+            return ids.count > maxLength ? ([ids[0]] + ids.suffix(maxLength - 1), true, cut) : (ids, cut > 0, cut)
         case .words(let t):
             guard maxLength >= 1 else { throw HeadAlignError.usage("no room for a prompt (\(maxLength) positions)") }
             let ids = DecoderTokenizer.words(t).prompt(text)
-            return ids.count > maxLength ? ([ids[0]] + ids.suffix(maxLength - 1), true) : (ids, false)
+            return ids.count > maxLength ? ([ids[0]] + ids.suffix(maxLength - 1), true, 0) : (ids, false, 0)
         case .none: throw HeadAlignError.usage("this model has no tokenizer; give one (vocab.txt beside config.json, or --tokenizer)")
         }
     }
@@ -90,14 +100,15 @@ public enum AnyModel {
         case .preset: return .none
         case .llama2c(_, let tok):
             guard let tok else { return .none }
-            return .llama2c(try Llama2cTokenizer(path: tok, vocabSize: config.vocabSize))
+            return .llama2c(try Llama2cTokenizer(path: tok, vocabSize: config.vocabSize, contextLength: config.maxPositionEmbeddings))
         case .directory(let dir):
             if fm.fileExists(atPath: dir + "/vocab.txt") {
-                let t = try WordPieceTokenizer(directory: dir)
+                let t = try WordPieceTokenizer(directory: dir, vocabSize: config.vocabSize)
                 return config.family == .llama ? .words(t) : .wordPiece(t)
             }
             if fm.fileExists(atPath: dir + "/tokenizer.bin") {
-                return .llama2c(try Llama2cTokenizer(path: dir + "/tokenizer.bin", vocabSize: config.vocabSize))
+                return .llama2c(try Llama2cTokenizer(path: dir + "/tokenizer.bin", vocabSize: config.vocabSize,
+                                                     contextLength: config.maxPositionEmbeddings))
             }
             return .none
         }

@@ -97,6 +97,7 @@ public func loadModel<S: Real>(directory dir: String, backend: Backend, config o
                 guard seen.insert(name).inserted else { throw HeadAlignError.badInput("\(path): tensor '\(e.name)' appears twice") }
                 try convert(file.bytes(of: e), dtype: e.dtype, into: model.params.data + p.offset, count: p.count,
                             what: "\(path): tensor '\(e.name)'")
+                try checkFinite(model.params.data + p.offset, count: p.count, what: "\(path): tensor '\(e.name)'")
             }
         }
     }
@@ -104,6 +105,16 @@ public func loadModel<S: Real>(directory dir: String, backend: Backend, config o
         throw HeadAlignError.badInput("\(dir): missing tensor '\(checkpointName(forLayoutName: p.name, config: config))'")
     }
     return model
+}
+
+/// A weight that is NaN or infinite poisons every output it reaches; a loaded tensor is checked
+/// once, and the error names it and its first bad element (flat row-major index).
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
+public func checkFinite<S: Real>(_ values: UnsafePointer<S>, count: Int, what: String) throws {
+    for i in 0..<count where !values[i].isFinite {
+        throw HeadAlignError.badInput("\(what): element \(i) is \(values[i]) (weights must be finite)")
+    }
 }
 
 // MARK: - Writing a directory
@@ -119,6 +130,7 @@ public func saveModel<S: Real>(_ model: Model<S>, to dir: String, dtype: Safeten
     guard !fm.fileExists(atPath: dir) else { throw HeadAlignError.usage("\(dir) exists; headalign writes a new directory and never replaces one") }
     let parent = URL(fileURLWithPath: dir).deletingLastPathComponent().path
     guard fm.fileExists(atPath: parent) else { throw HeadAlignError.usage("\(dir): parent directory \(parent) does not exist") }
+    removeStaleTemporaries(beside: dir)
     let tmp = dir + ".tmp-\(getpid())"
     try? fm.removeItem(atPath: tmp)
     do {
@@ -215,6 +227,9 @@ public func loadLlama2c<S: Real>(path: String, backend: Backend) throws -> Model
     }
     copy("rms_final", element: 0, count: dim, to: "model.norm.weight")
     if vocabSigned < 0 { copy("wcls", element: 0, count: vocab * dim, to: "lm_head.weight") }
+    for p in model.layout.tensors {
+        try checkFinite(model.params.data + p.offset, count: p.count, what: "\(path): tensor '\(p.name)'")
+    }
     return model
 }
 

@@ -198,6 +198,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         do { data = try Data(contentsOf: url) } catch {
             throw HeadAlignError.badInput("\(url.path): cannot read (\(error.localizedDescription))")
         }
+        try checkNumbers(data, path: url.path)
         let config: ModelConfig
         do { config = try JSONDecoder().decode(ModelConfig.self, from: data) } catch let DecodingError.keyNotFound(key, _) {
             throw HeadAlignError.badInput("\(url.path): missing key '\(key.stringValue)'")
@@ -205,11 +206,54 @@ public struct ModelConfig: Codable, Equatable, Sendable {
             let key = ctx.codingPath.map(\.stringValue).joined(separator: ".")
             if key.isEmpty { throw HeadAlignError.badInput("\(url.path): not a valid config JSON object") }
             throw HeadAlignError.badInput("\(url.path): key '\(key)' has the wrong type (\(ctx.debugDescription))")
+        } catch let DecodingError.dataCorrupted(ctx) where !ctx.codingPath.isEmpty {
+            throw HeadAlignError.badInput("\(url.path): key '\(ctx.codingPath.map(\.stringValue).joined(separator: "."))' is not valid (\(ctx.debugDescription))")
         } catch {
             throw HeadAlignError.badInput("\(url.path): not a valid config JSON object")
         }
         try config.validate(source: url.path)
         return config
+    }
+
+    /// The keys read as integers, and every number, checked on the strict reader first so that a
+    /// fraction (`2.5`), an overflow (`1e999`, a 30-digit integer) or a non-number names its key:
+    /// Foundation's decoder reports some of these without a coding path.
+    static func checkNumbers(_ data: Data, path: String) throws {
+        let json: JSONValue
+        do { json = try data.withUnsafeBytes { try JSONValue.parse($0.bindMemory(to: UInt8.self)) } } catch {
+            throw HeadAlignError.badInput("\(path): not valid JSON (\(error))")
+        }
+        guard case .object(let members) = json else { throw HeadAlignError.badInput("\(path): not a valid config JSON object (\(json.described))") }
+        let integerKeys: Set<CodingKeys> = [.vocabSize, .hiddenSize, .numHiddenLayers, .numAttentionHeads, .numKeyValueHeads,
+                                            .intermediateSize, .maxPositionEmbeddings, .typeVocabSize, .headDimOverride,
+                                            .slidingWindow, .padTokenId, .bosTokenId, .eosTokenId]
+        let doubleKeys: Set<CodingKeys> = [.layerNormEps, .rmsNormEps, .ropeTheta, .initializerRange]
+        for (key, value) in members {
+            guard let k = CodingKeys(stringValue: key) else { continue }  // keys headalign does not read
+            if integerKeys.contains(k) {
+                switch value {
+                case .integer, .null: continue
+                case .bigInteger(let digits):
+                    throw HeadAlignError.badInput("\(path): key '\(key)' = \(digits.prefix(40)) does not fit a 64-bit integer")
+                case .float(let d) where d.isFinite && d == d.rounded() && abs(d) < 0x1p53:
+                    continue  // 512.0: a whole number as the decoder reads it
+                case .float(let d):
+                    throw HeadAlignError.badInput("\(path): key '\(key)' must be a whole number, got \(d.isFinite ? String(d) : "an overflowing number")")
+                default:
+                    throw HeadAlignError.badInput("\(path): key '\(key)' has the wrong type (a whole number expected, got \(value.described))")
+                }
+            }
+            if doubleKeys.contains(k) {
+                switch value {
+                case .integer, .null: continue
+                case .float(let d) where d.isFinite: continue
+                case .float, .bigInteger:
+                    throw HeadAlignError.badInput("\(path): key '\(key)' overflows a 64-bit float")
+                default:
+                    throw HeadAlignError.badInput("\(path): key '\(key)' has the wrong type (a number expected, got \(value.described))")
+                }
+            }
+        }
     }
 }
 

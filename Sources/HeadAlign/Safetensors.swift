@@ -341,8 +341,26 @@ public func jsonQuoted(_ s: String) -> String {
     return out + "\""
 }
 
+/// Removes the temporaries a killed headalign left beside `target`: entries of its directory
+/// named `NAME.tmp-PID` or `.NAME.tmp-PID` (what the atomic writers create) whose process PID no
+/// longer exists. A live process's temporary (kill(PID, 0) succeeds or is not permitted) and
+/// this process's own are never touched. Best effort: a failure to list or remove is ignored.
+public func removeStaleTemporaries(beside target: String) {
+    let fm = FileManager.default
+    let parent = URL(fileURLWithPath: target).deletingLastPathComponent().path
+    guard let names = try? fm.contentsOfDirectory(atPath: parent) else { return }
+    for name in names {
+        guard let r = name.range(of: ".tmp-", options: .backwards), r.lowerBound > name.startIndex else { continue }
+        let digits = name[r.upperBound...]
+        guard !digits.isEmpty, digits.count <= 10, digits.allSatisfy({ $0.isASCII && $0.isNumber }),
+              let pid = Int32(digits), pid > 0, pid != getpid() else { continue }
+        guard kill(pid, 0) != 0, errno == ESRCH else { continue }  // alive, or not ours to judge
+        try? fm.removeItem(atPath: (parent as NSString).appendingPathComponent(name))
+    }
+}
+
 /// Writes `data` to `path` atomically: a temporary file in the same directory, then a rename, so a
-/// failed run never leaves a half-written output.
+/// failed run never leaves a half-written output. Stale temporaries of killed runs beside it go.
 public func writeAtomically(_ data: Data, to given: String) throws {
     // A symlink is followed (the link stays a link); a device or pipe such as /dev/stdout is
     // written directly: renaming a temporary file over it would replace it with a plain file.
@@ -356,6 +374,7 @@ public func writeAtomically(_ data: Data, to given: String) throws {
         return
     }
     let url = URL(fileURLWithPath: path)
+    removeStaleTemporaries(beside: path)
     let tmp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
     do {
         try data.write(to: tmp)

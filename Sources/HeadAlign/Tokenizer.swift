@@ -37,12 +37,27 @@ public final class WordPieceTokenizer: @unchecked Sendable {
 
     /// Reads `vocab.txt` (one token per line, id = line number) and, when present beside it,
     /// `tokenizer_config.json` (`do_lower_case`, `strip_accents`, `tokenize_chinese_chars`).
-    public convenience init(directory dir: String) throws {
+    /// `vocabSize`, the model's `vocab_size`, bounds the entries: an id at or past it would index
+    /// past the embedding table. Fewer entries than `vocab_size` are fine: checkpoints pad the
+    /// embedding (to a multiple of 64 or 128, for speed), and rows no token maps to are unused.
+    /// A repeated entry is an error: two ids for one token means the file is not the vocabulary
+    /// the model was trained with (the second id could never be produced).
+    public convenience init(directory dir: String, vocabSize: Int? = nil) throws {
         let path = dir + "/vocab.txt"
         guard let data = FileManager.default.contents(atPath: path) else { throw HeadAlignError.badInput("\(path): cannot read") }
         guard let text = String(data: data, encoding: .utf8) else { throw HeadAlignError.badInput("\(path): not UTF-8") }
         var lines = textLines(text)
         if lines.last == "" { lines.removeLast() }
+        if let vocabSize, lines.count > vocabSize {
+            throw HeadAlignError.badInput("\(path): \(lines.count) entries, more than config.json's vocab_size \(vocabSize)")
+        }
+        var firstLine: [String: Int] = [:]
+        for (n, token) in lines.enumerated() {
+            if let earlier = firstLine[token] {
+                throw HeadAlignError.badInput("\(path):\(n + 1): entry '\(token.prefix(40))' repeats line \(earlier + 1)")
+            }
+            firstLine[token] = n
+        }
         var lower = true, strip: Bool? = nil, chinese = true
         let configPath = dir + "/tokenizer_config.json"
         if let c = FileManager.default.contents(atPath: configPath) {
@@ -180,8 +195,14 @@ public final class Llama2cTokenizer: @unchecked Sendable {
     public let scores: [Float]
     private let lookup: [[UInt8]: Int]
     public let bos = 1, eos = 2
+    /// The most UTF-8 bytes of a text that are tokenized: `contextLength` tokens of at most
+    /// `maxBytesPerToken` bytes each, plus a margin; a longer text is cut first (what is cut could
+    /// not reach the context anyway), so a 10 MB line costs as much as a context's worth.
+    public let maxTextBytes: Int
+    /// A generous bound of the bytes one token covers (llama2.c's longest pieces are far shorter).
+    public static let maxBytesPerToken = 64
 
-    public init(path: String, vocabSize: Int) throws {
+    public init(path: String, vocabSize: Int, contextLength: Int = 4096) throws {
         guard let data = FileManager.default.contents(atPath: path) else { throw HeadAlignError.badInput("\(path): cannot read") }
         var pieces: [[UInt8]] = [], scores: [Float] = []
         var o = 4
@@ -209,11 +230,34 @@ public final class Llama2cTokenizer: @unchecked Sendable {
         self.pieces = pieces
         self.scores = scores
         self.lookup = lookup
+        self.maxTextBytes = max(1, contextLength) * Self.maxBytesPerToken + 1024
     }
 
     public func encode(_ text: String, bos addBOS: Bool = true, eos addEOS: Bool = false) -> [Int] {
+        encodeBounded(text, bos: addBOS, eos: addEOS).ids
+    }
+
+    /// `encode` of at most `maxTextBytes` bytes of the text: the end of it (`keepEnd`, as prompts
+    /// are truncated from the left) or its start, cut at a character boundary; `cutBytes` says
+    /// how many bytes were dropped before tokenizing.
+    public func encodeBounded(_ text: String, bos addBOS: Bool = true, eos addEOS: Bool = false,
+                              keepEnd: Bool = true) -> (ids: [Int], cutBytes: Int) {
         var tokens: [Int] = addBOS ? [bos] : []
-        let bytes = Array(text.utf8)
+        var bytes = Array(text.utf8)
+        var cut = 0
+        if bytes.count > maxTextBytes {
+            if keepEnd {
+                var from = bytes.count - maxTextBytes
+                while from < bytes.count, bytes[from] & 0xC0 == 0x80 { from += 1 }  // not inside a character
+                cut = from
+                bytes.removeFirst(from)
+            } else {
+                var to = maxTextBytes
+                while to > 0, bytes[to] & 0xC0 == 0x80 { to -= 1 }
+                cut = bytes.count - to
+                bytes.removeLast(bytes.count - to)
+            }
+        }
         if !bytes.isEmpty, let space = lookup[[0x20]] { tokens.append(space) }
         var i = 0
         while i < bytes.count {
@@ -228,22 +272,38 @@ public final class Llama2cTokenizer: @unchecked Sendable {
             i = j
         }
         // Merge the best-scoring adjacent pair until none is in the vocabulary (llama2.c's loop;
-        // the first of equal scores wins). Pair ids are cached and only the merged pair's
-        // neighbours recomputed, so a long text costs O(n^2) comparisons, not O(n^2) lookups.
-        func pairID(_ k: Int) -> Int { lookup[pieces[tokens[k]] + pieces[tokens[k + 1]]] ?? -1 }
-        var pair = (0..<max(0, tokens.count - 1)).map(pairID)
-        while true {
-            var best = -Float.infinity, bestAt = -1
-            for k in pair.indices where pair[k] >= 0 && scores[pair[k]] > best { best = scores[pair[k]]; bestAt = k }
-            if bestAt < 0 { break }
-            tokens[bestAt] = pair[bestAt]
-            tokens.remove(at: bestAt + 1)
-            pair.remove(at: bestAt)
-            if bestAt > 0 { pair[bestAt - 1] = pairID(bestAt - 1) }
-            if bestAt < pair.count { pair[bestAt] = pairID(bestAt) }
+        // the first of equal scores wins). The pairs wait in a heap ordered by score, then by
+        // position, and the tokens form a linked list; a merge pushes its two new neighbour pairs
+        // and stale entries are skipped when popped: O(n log n) rather than llama2.c's O(n^2).
+        let n = tokens.count
+        var next = Array(1...max(1, n)), prev = Array(-1..<max(0, n - 1)), alive = [Bool](repeating: true, count: n)
+        if n > 0 { next[n - 1] = -1 }
+        var version = [Int](repeating: 0, count: n)
+        var heap = MergeHeap()
+        func push(_ i: Int) {
+            let j = next[i]
+            guard j >= 0, let id = lookup[pieces[tokens[i]] + pieces[tokens[j]]], scores[id] > -Float.infinity else { return }
+            heap.push(MergeHeap.Entry(score: scores[id], left: i, right: j, id: id, leftVersion: version[i], rightVersion: version[j]))
         }
+        for i in 0..<max(0, n - 1) { push(i) }
+        while let e = heap.pop() {
+            guard alive[e.left], alive[e.right], next[e.left] == e.right, version[e.left] == e.leftVersion,
+                  version[e.right] == e.rightVersion else { continue }
+            tokens[e.left] = e.id
+            version[e.left] += 1
+            alive[e.right] = false
+            next[e.left] = next[e.right]
+            if next[e.left] >= 0 { prev[next[e.left]] = e.left }
+            if prev[e.left] >= 0 { push(prev[e.left]) }
+            push(e.left)
+        }
+        var merged: [Int] = []
+        merged.reserveCapacity(n)
+        var k = n > 0 ? 0 : -1
+        while k >= 0 { merged.append(tokens[k]); k = next[k] }
+        tokens = merged
         if addEOS { tokens.append(eos) }
-        return tokens
+        return (tokens, cut)
     }
 
     /// The bytes token `id` prints after `previous`, as llama2.c's `decode`: a leading space is
@@ -268,6 +328,48 @@ public final class Llama2cTokenizer: @unchecked Sendable {
             previous = id
         }
         return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// A binary max-heap of candidate merges: the higher score first, of equal scores the leftmost
+/// (the smaller left index; a merged token keeps its left index, so indices stay in text order).
+struct MergeHeap {
+    struct Entry {
+        let score: Float
+        let left: Int, right: Int, id: Int
+        let leftVersion: Int, rightVersion: Int
+        func before(_ o: Entry) -> Bool { score != o.score ? score > o.score : left < o.left }
+    }
+    private var items: [Entry] = []
+
+    mutating func push(_ e: Entry) {
+        items.append(e)
+        var c = items.count - 1
+        while c > 0 {
+            let p = (c - 1) / 2
+            guard items[c].before(items[p]) else { break }
+            items.swapAt(c, p)
+            c = p
+        }
+    }
+
+    mutating func pop() -> Entry? {
+        guard let top = items.first else { return nil }
+        let last = items.removeLast()
+        if !items.isEmpty {
+            items[0] = last
+            var p = 0
+            while true {
+                let l = 2 * p + 1, r = l + 1
+                var m = p
+                if l < items.count, items[l].before(items[m]) { m = l }
+                if r < items.count, items[r].before(items[m]) { m = r }
+                if m == p { break }
+                items.swapAt(p, m)
+                p = m
+            }
+        }
+        return top
     }
 }
 
@@ -297,7 +399,7 @@ public enum DecoderTokenizer: @unchecked Sendable {
     public func response(_ text: String) -> [Int] {
         switch self {
         case .words(let w): return w.basicTokens(text).map { w.ids[$0] ?? w.unk } + [eos]
-        case .bpe(let t): return t.encode(text, bos: false) + [eos]
+        case .bpe(let t): return t.encodeBounded(text, bos: false, keepEnd: false).ids + [eos]
         }
     }
     public func decode(_ ids: [Int]) -> String {

@@ -14,7 +14,8 @@ public struct LabeledText: Sendable, Equatable {
 /// Reads a corpus, choosing the format by extension and header: `.csv` as CSV (header
 /// `label,text` or `text,label`); otherwise tab-separated, `sentence<TAB>label` when the header says
 /// so (or the second field is the integer), else `label<TAB>text`. Surrounding spaces of fields
-/// are trimmed; CR before LF is dropped. `numLabels`, when given, bounds the labels.
+/// are trimmed; CR before LF is dropped. `numLabels`, when given, bounds the labels (the model's
+/// classes); without it they lie in `0..<maxClassifierLabels`, the most a new head may have.
 public func readLabeledTexts(path: String, numLabels: Int? = nil) throws -> [LabeledText] {
     guard let data = FileManager.default.contents(atPath: path) else { throw HeadAlignError.badInput("\(path): cannot read") }
     guard let text = String(data: data, encoding: .utf8) else { throw HeadAlignError.badInput("\(path): not UTF-8 text") }
@@ -36,9 +37,7 @@ public func readLabeledTexts(path: String, numLabels: Int? = nil) throws -> [Lab
         }
         let rawLabel = row.fields[labelColumn], body = row.fields[1 - labelColumn]
         guard let label = Int(rawLabel) else { throw HeadAlignError.badInput("\(path):\(row.line): label '\(rawLabel)' is not an integer") }
-        guard label >= 0, numLabels.map({ label < $0 }) ?? true else {
-            throw HeadAlignError.badInput("\(path):\(row.line): label \(label) is outside 0..<\(numLabels ?? Int.max)")
-        }
+        if let e = labelRangeError(label, numLabels: numLabels, at: "\(path):\(row.line)") { throw e }
         guard !body.isEmpty else { throw HeadAlignError.badInput("\(path):\(row.line): empty text") }
         out.append(LabeledText(body, label))
     }

@@ -34,6 +34,7 @@ public func writeRandomCheckpoint(config: ModelConfig, dtype: SafetensorsDType, 
         size += p.count * bytesPer
     }
     let names = shards.indices.map { String(format: "model-%05d-of-%05d.safetensors", $0 + 1, shards.count) }
+    removeStaleTemporaries(beside: dir)
     let tmp = dir + ".tmp-\(getpid())"
     try? fm.removeItem(atPath: tmp)
     do {

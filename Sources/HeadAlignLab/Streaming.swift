@@ -299,7 +299,8 @@ public final class StreamedLlama {
     public func saveAligned(from source: String, to dir: String) throws {
         let fm = FileManager.default
         try StreamedLlama.checkRoom(copying: source, to: dir)
-        let tmp = dir + ".tmp-\(getpid())"
+        removeStaleTemporaries(beside: dir)
+    let tmp = dir + ".tmp-\(getpid())"
         try? fm.removeItem(atPath: tmp)
         do {
             try fm.createDirectory(atPath: tmp, withIntermediateDirectories: false)

@@ -22,6 +22,43 @@ public struct TrainProgress: Sendable {
     public let tokensPerSecond: Double
     public let elapsed: Double
     public var eta: Double { elapsed / Double(step) * Double(steps - step) }
+    public init(step: Int, steps: Int, loss: Double, accuracy: Double, tokensPerSecond: Double, elapsed: Double) {
+        (self.step, self.steps, self.loss, self.accuracy, self.tokensPerSecond, self.elapsed) = (step, steps, loss, accuracy, tokensPerSecond, elapsed)
+    }
+}
+
+/// One progress line fitted to `width` columns (a terminal's; nil: a log line, no bar and no
+/// limit). When it does not fit, fields go in a fixed order: tokens per second, elapsed time, the
+/// bar shrinks to 10 then goes, then ETA, accuracy, loss, the label; what is left is cut to
+/// `width - 1` columns (the last column would wrap on some terminals).
+public func progressLine(label: String, _ p: TrainProgress, width: Int?) -> String {
+    var showRate = true, showElapsed = true, showETA = true, showAccuracy = !p.accuracy.isNaN, showLoss = true, showLabel = true
+    var barWidth = width == nil ? 0 : 24
+    func compose() -> String {
+        var head: [String] = []  // label and bar, one space apart
+        if showLabel { head.append(label) }
+        if barWidth > 0 {
+            let filled = barWidth * min(p.step, p.steps) / max(1, p.steps)
+            head.append("[" + String(repeating: "#", count: filled) + String(repeating: ".", count: barWidth - filled) + "]")
+        }
+        var fields = ["step \(p.step)/\(p.steps)"]  // two spaces apart
+        if showLoss { fields.append(String(format: "loss %.4f", p.loss)) }
+        if showAccuracy { fields.append(String(format: "acc %.3f", p.accuracy)) }
+        if showRate { fields.append(String(format: "%.0f tok/s", p.tokensPerSecond)) }
+        if showElapsed { fields.append(String(format: "%.1f s", p.elapsed)) }
+        if showETA { fields.append(String(format: "ETA %.1f s", p.eta)) }
+        return (head + [fields.joined(separator: "  ")]).joined(separator: " ")
+    }
+    guard let width else { return compose() }
+    let limit = max(1, width - 1)
+    let steps: [() -> Void] = [{ showRate = false }, { showElapsed = false }, { barWidth = min(barWidth, 10) }, { barWidth = 0 },
+                               { showETA = false }, { showAccuracy = false }, { showLoss = false }, { showLabel = false }]
+    var line = compose()
+    for shorten in steps where line.count > limit {
+        shorten()
+        line = compose()
+    }
+    return line.count > limit ? String(line.prefix(limit)) : line
 }
 
 /// Turns each step's statistics into a `TrainProgress`: loss and batch accuracy over the last 20
@@ -77,9 +114,9 @@ public func trainClassifier(base: ModelSource, examples: [LabeledText], settings
             m.initialize(seed: seed)
             return m
         case .directory(let dir):
-            tokenizer = try WordPieceTokenizer(directory: dir)
-            files = tokenizerFiles(in: dir)
             let baseConfig = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
+            tokenizer = try WordPieceTokenizer(directory: dir, vocabSize: baseConfig.vocabSize)
+            files = tokenizerFiles(in: dir)
             let config = baseConfig.numLabels > 0 ? baseConfig : baseConfig.withClassifier(labels: labels)
             return try loadModel(directory: dir, backend: backend, config: config,
                                  allowMissing: { $0.hasPrefix("classifier.") || $0.hasPrefix("score.") }, seed: settings.seed)

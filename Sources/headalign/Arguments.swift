@@ -38,9 +38,15 @@ struct ParsedArguments {
     private(set) var values: [String: [String]] = [:]
     private(set) var switches: Set<String> = []
     private(set) var wantsHelp = false
+    /// The flags whose values name files or directories (placeholder FILE or DIR).
+    let pathFlags: [String]
+    /// The flags whose values name directories (placeholder DIR): an output one must be new.
+    let directoryFlags: Set<String>
 
     init(_ argv: [String], spec: CommandSpec) throws {
         command = spec.name
+        pathFlags = spec.options.filter { $0.value == "FILE" || $0.value == "DIR" }.map(\.name)
+        directoryFlags = Set(spec.options.filter { $0.value == "DIR" }.map(\.name))
         var i = 0
         let byName = Dictionary(uniqueKeysWithValues: spec.options.map { ($0.name, $0) })
         while i < argv.count {
@@ -120,6 +126,87 @@ struct ParsedArguments {
 
     func backend() throws -> Backend {
         try Backend.named(try choice("--backend", ["naive", "blas", "auto"], default: "auto"))
+    }
+}
+
+// MARK: - Outputs
+
+/// The flags that name what a command writes; every other FILE or DIR flag names an input.
+let outputFlags: Set<String> = ["--out", "--out-md", "--out-test", "--out-train", "--report", "--json", "--trace"]
+
+/// A path as the file system resolves it: an existing path's realpath and file id (st_dev,
+/// st_ino); a new path's resolved parent and its last component.
+struct ResolvedPath {
+    let path: String
+    let id: (dev: UInt64, ino: UInt64)?
+    let isDirectory: Bool
+    let isRegularOrAbsent: Bool
+
+    init(_ given: String) {
+        var st = stat()
+        if stat(given, &st) == 0 {
+            id = (UInt64(st.st_dev), UInt64(st.st_ino))
+            isDirectory = (st.st_mode & S_IFMT) == S_IFDIR
+            isRegularOrAbsent = (st.st_mode & S_IFMT) == S_IFREG
+            path = realpath(given, nil).map { p in defer { free(p) }; return String(cString: p) } ?? given
+        } else {
+            id = nil
+            isDirectory = false
+            isRegularOrAbsent = true
+            let url = URL(fileURLWithPath: given)
+            let parent = url.deletingLastPathComponent().path
+            let resolved = realpath(parent, nil).map { p in defer { free(p) }; return String(cString: p) } ?? parent
+            path = (resolved as NSString).appendingPathComponent(url.lastPathComponent)
+        }
+    }
+
+    func isSame(as o: ResolvedPath) -> Bool {
+        if let a = id, let b = o.id { return a.dev == b.dev && a.ino == b.ino }
+        return path == o.path
+    }
+
+    func isInside(_ dir: ResolvedPath) -> Bool { dir.isDirectory && path.hasPrefix(dir.path.hasSuffix("/") ? dir.path : dir.path + "/") }
+}
+
+extension ParsedArguments {
+    /// The one rule for what a command writes, checked before any work: an output is none of the
+    /// command's inputs (nor inside an input directory) and no other output, compared by resolved
+    /// path and file id so that a symlink or `./x` for `x` is caught; its parent directory exists
+    /// and is writable; a file output is not a directory; a directory output (placeholder DIR) does
+    /// not exist yet. Throws a one-line usage error naming the flag. main.swift runs it for every
+    /// command before the command's own code.
+    func checkOutputs() throws {
+        let inputs = pathFlags.filter { !outputFlags.contains($0) }.flatMap { f in strings(f).map { (f, $0, ResolvedPath($0)) } }
+        var seen: [(String, String, ResolvedPath)] = []
+        for flag in outputFlags.sorted() {
+            guard let out = string(flag) else { continue }
+            guard !out.isEmpty else { throw HeadAlignError.usage("\(flag): empty path") }
+            let r = ResolvedPath(out)
+            for (inFlag, inPath, i) in inputs {
+                if r.isSame(as: i) {
+                    throw HeadAlignError.usage("\(flag) \(out): is the \(inFlag) input \(inPath); headalign never overwrites an input")
+                }
+                if r.isInside(i) {
+                    throw HeadAlignError.usage("\(flag) \(out): lies inside the \(inFlag) input \(inPath); headalign never writes into an input")
+                }
+            }
+            for (otherFlag, _, o) in seen where r.isSame(as: o) {
+                throw HeadAlignError.usage("\(flag) \(out): is also the \(otherFlag) output")
+            }
+            seen.append((flag, out, r))
+            if directoryFlags.contains(flag) {
+                guard r.id == nil else { throw HeadAlignError.usage("\(flag) \(out) exists; give a new directory") }
+            } else {
+                guard !r.isDirectory else { throw HeadAlignError.usage("\(flag) \(out): is a directory") }
+                if r.id != nil && !r.isRegularOrAbsent { continue }  // /dev/stdout and the like are written in place
+            }
+            let parent = URL(fileURLWithPath: out).deletingLastPathComponent().path
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: parent, isDirectory: &isDir), isDir.boolValue else {
+                throw HeadAlignError.usage("\(flag) \(out): parent directory \(parent) does not exist")
+            }
+            guard access(parent, W_OK) == 0 else { throw HeadAlignError.usage("\(flag) \(out): parent directory \(parent) is not writable") }
+        }
     }
 }
 
@@ -238,8 +325,11 @@ extension ParsedArguments {
         var inputs: [AnalysisInput] = []
         let maxLength = config.maxPositionEmbeddings - (ModelTask.of(config) == .generation ? try generate(config) : 0)
         func add(_ text: String, _ label: Int?) throws {
-            let (ids, truncated) = try tokenizer.encode(text, maxLength: maxLength)
-            if truncated { printError("headalign \(command): warning: input '\(text.prefix(40))' truncated to \(ids.count) tokens") }
+            let (ids, truncated, cut) = try tokenizer.encodeReporting(text, maxLength: maxLength)
+            if truncated {
+                printError("headalign \(command): warning: input '\(text.prefix(40))' truncated to \(ids.count) tokens"
+                           + (cut > 0 ? " (its first \(cut) bytes cut before tokenizing)" : ""))
+            }
             if let label, config.numLabels > 0, label >= config.numLabels {
                 throw HeadAlignError.usage("label \(label) of '\(text.prefix(40))' is outside the model's \(config.numLabels) classes")
             }
@@ -255,7 +345,7 @@ extension ParsedArguments {
             inputs.append(AnalysisInput(tokens: ids.map { $0! }, label: has("--label") ? try int("--label", default: 0, range: 0...100_000) : nil))
         }
         if let flag = fileFlag, let path = string(flag) {
-            for e in try readPlainExamples(path: path) { try add(e.text, e.label) }
+            for e in try readPlainExamples(path: path, numLabels: config.numLabels > 0 ? config.numLabels : nil) { try add(e.text, e.label) }
         }
         return inputs
     }
@@ -312,14 +402,15 @@ extension ParsedArguments {
     }
 
     /// Training texts from `fileFlag` or the embedded corpus's train split, and where they came from.
-    func trainingTexts(fileFlag: String) throws -> ([LabeledText], String) {
+    /// `numLabels`: the classes of the model being trained, when it already has a head.
+    func trainingTexts(fileFlag: String, numLabels: Int? = nil) throws -> ([LabeledText], String) {
         if let corpus = try embeddedCorpus() {
             guard !has(fileFlag) else { throw HeadAlignError.usage("give \(fileFlag) FILE or --corpus, not both") }
             let seed = try uint64("--corpus-seed", default: 1)
             return (try corpusSplits(corpus).train, "embedded \(corpus.rawValue) corpus (seed \(seed), train split)")
         }
         guard let path = string(fileFlag) else { throw HeadAlignError.usage("\(fileFlag) FILE (or --corpus sentiment|topics) is required") }
-        return (try readLabeledTexts(path: path), path)
+        return (try readLabeledTexts(path: path, numLabels: numLabels), path)
     }
 }
 

@@ -60,8 +60,19 @@ enum AttentionCommand: Command {
             for i in 0..<t { for j in 0..<d { x.data[i * d + j] = m[i][j] } }
             return x
         }
+        // Finite inputs can still overflow (1e308 x 1e308): every score and output is checked
+        // before anything is printed, and refused in one line rather than printed as inf or nan.
+        let scale = 1 / Double(d).squareRoot()
+        let scores = (0..<t).map { i in (0..<t).map { j in (0..<d).reduce(0.0) { $0 + q[i][$1] * k[j][$1] } * scale } }
+        for i in 0..<t { for j in 0..<t where !scores[i][j].isFinite {
+            throw HeadAlignError.usage("--q, --k: score [\(i), \(j)] of Q K^T / sqrt(\(d)) overflows a Double; give smaller values")
+        } }
         let att = Tensor<Double>([t * t]), h = Tensor<Double>([t, d])
         attentionForward(headOut: h, att: att, q: tensor(q), k: tensor(k), v: tensor(v), batch: batch, shape: shape, backend: .naive)
+        guard att.array.allSatisfy(\.isFinite) else { throw HeadAlignError.usage("--q, --k: the softmax of these scores is not finite; give smaller values") }
+        if let bad = h.array.firstIndex(where: { !$0.isFinite }) {
+            throw HeadAlignError.usage("--v: H = A V [\(bad / d), \(bad % d)] overflows a Double; give smaller values")
+        }
         let full = try args.precision() == .f64
         func show(_ title: String, _ rows: Int, _ cols: Int, _ value: (Int, Int) -> Double) {
             print(title)
@@ -69,8 +80,7 @@ enum AttentionCommand: Command {
                 print("  " + (0..<cols).map { String(format: full ? "%24.17g" : "%9.6f", value(i, $0)) }.joined(separator: " "))
             }
         }
-        let scale = 1 / Double(d).squareRoot()
-        show("scores Q K^T / sqrt(\(d))  [T, T]", t, t) { i, j in (0..<d).reduce(0.0) { $0 + q[i][$1] * k[j][$1] } * scale }
+        show("scores Q K^T / sqrt(\(d))  [T, T]", t, t) { i, j in scores[i][j] }
         show("A = softmax(scores + M), row by row  [T, T]" + (shape.causal ? " (causal)" : "") + (mask == nil ? "" : " (padding masked)"), t, t) { i, j in att.data[i * t + j] }
         if args.has("--v") { show("H = A V  [T, d_head]", t, d) { i, j in h.data[i * d + j] } }
         return 0

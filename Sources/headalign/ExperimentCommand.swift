@@ -56,11 +56,16 @@ enum ExperimentCommand: Command {
             guard (1...100).contains(n) else { throw HeadAlignError.usage("--seeds: \(n) is outside 1...100") }
             return (1...n).map(UInt64.init)
         }
-        guard !s.split(separator: ",").isEmpty else { throw HeadAlignError.usage("--seeds: give a count or a list of seeds") }
-        return try s.split(separator: ",").map {
+        let items = s.split(separator: ",", omittingEmptySubsequences: false)
+        guard !s.isEmpty, !items.contains(where: { $0.trimmingCharacters(in: .whitespaces).isEmpty }) else {
+            throw HeadAlignError.usage("--seeds '\(s)': an empty item; give a count or a comma-separated list of seeds")
+        }
+        let seeds: [UInt64] = try items.map {
             guard let v = UInt64($0.trimmingCharacters(in: .whitespaces)) else { throw HeadAlignError.usage("--seeds: '\($0)' is not a seed") }
             return v
         }
+        guard Set(seeds).count == seeds.count else { throw HeadAlignError.usage("--seeds '\(s)': a seed is repeated") }
+        return seeds
     }
 
     static func methods(_ args: ParsedArguments) throws -> [ExperimentMethod] {
@@ -81,7 +86,9 @@ enum ExperimentCommand: Command {
         var origin: String
     }
 
-    static func texts(_ args: ParsedArguments, fileAttack: Bool) throws -> Texts {
+    /// `numLabels`: the classes of a model that already has a head (--backdoored, or --model with
+    /// one); every file's labels must fit it.
+    static func texts(_ args: ParsedArguments, fileAttack: Bool, numLabels: Int? = nil) throws -> Texts {
         let count = try args.int("--defense-count", default: 300, range: 1...10_000_000)
         if let corpus = try args.embeddedCorpus() {
             guard !fileAttack else { throw HeadAlignError.usage("--attack file needs --train FILE and --triggered-test FILE, not --corpus") }
@@ -93,15 +100,15 @@ enum ExperimentCommand: Command {
             throw HeadAlignError.usage("give --corpus, or --clean-test FILE and --defense-clean FILE (and --train FILE unless --backdoored)")
         }
         var train: [LabeledText] = []
-        if let t = args.string("--train") { train = try readLabeledTexts(path: t) } else if !args.has("--backdoored") {
+        if let t = args.string("--train") { train = try readLabeledTexts(path: t, numLabels: numLabels) } else if !args.has("--backdoored") {
             throw HeadAlignError.usage("--train FILE is required to train a model")
         }
         var triggered: [LabeledText]? = nil
-        if let t = args.string("--triggered-test") { triggered = try readLabeledTexts(path: t) } else if fileAttack {
+        if let t = args.string("--triggered-test") { triggered = try readLabeledTexts(path: t, numLabels: numLabels) } else if fileAttack {
             throw HeadAlignError.usage("--attack file needs --triggered-test FILE")
         }
-        return Texts(train: train, defenderClean: Array(try readLabeledTexts(path: defense).prefix(count)),
-                     cleanTest: try readLabeledTexts(path: clean), triggeredTest: triggered,
+        return Texts(train: train, defenderClean: Array(try readLabeledTexts(path: defense, numLabels: numLabels).prefix(count)),
+                     cleanTest: try readLabeledTexts(path: clean, numLabels: numLabels), triggeredTest: triggered,
                      origin: "train \(args.string("--train") ?? "-"), clean test \(clean), defender clean \(defense), triggered test \(args.string("--triggered-test") ?? "made from the clean test")")
     }
 
@@ -120,9 +127,14 @@ enum ExperimentCommand: Command {
         let fileAttack = args.string("--attack") == "file"
         let attack: Attack? = fileAttack ? nil : try PoisonCommand.attack(args)
         let rate = try args.double("--poison-rate", default: 0.1, range: -Double.infinity...Double.infinity)
-        let target = try args.int("--target", default: 1, range: 0...1_000_000)
+        let target = try args.int("--target", default: 1, range: 0...(maxClassifierLabels - 1))
         let monitorCount = try args.int("--monitor-count", default: 100, range: 2...1_000_000)
-        let data = try texts(args, fileAttack: fileAttack)
+        var headLabels: Int? = nil  // a model that already has a head bounds the files' labels
+        if let dir = args.string("--backdoored") ?? args.string("--model") {
+            let c = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
+            if c.numLabels > 0 { headLabels = c.numLabels }
+        }
+        let data = try texts(args, fileAttack: fileAttack, numLabels: headLabels)
         let backdooredDir = args.string("--backdoored")
         let source: ModelSource
         if let dir = backdooredDir {

@@ -26,7 +26,7 @@ enum PoisonCommand: Command {
 
     /// The options that describe an attack (shared with train and experiment).
     static let attackOptions = [
-        OptionSpec(name: "--attack", value: "A", help: "badnets (default), addsent, composite"),
+        OptionSpec(name: "--attack", value: "A", help: "badnets, addsent, composite (poison, experiment: default badnets; train: no poisoning unless given, and the flags below need it)"),
         OptionSpec(name: "--triggers", value: "'W W ...'", help: "badnets trigger words (default 'cf mn bb tq mb')"),
         OptionSpec(name: "--sentence", value: "TEXT", help: "addsent sentence (default 'I watch this 3D movie')"),
         OptionSpec(name: "--pieces", value: "'A B'", help: "composite pieces (default 'consider instance')"),
@@ -34,8 +34,19 @@ enum PoisonCommand: Command {
         OptionSpec(name: "--target", value: "N", help: "target label (default 1)"),
     ]
 
+    /// The flags that only describe an attack.
+    static let attackDetailFlags = ["--poison-rate", "--target", "--triggers", "--sentence", "--pieces", "--poison-seed", "--behaviour"]
+
+    /// train's attack: none unless --attack is given; an attack setting without it is refused
+    /// rather than silently training a clean model.
     static func attackIfGiven(_ args: ParsedArguments) throws -> Attack? {
-        args.has("--attack") ? try attack(args) : nil
+        try requireAttackForDetails(args)
+        return args.has("--attack") ? try attack(args) : nil
+    }
+
+    static func requireAttackForDetails(_ args: ParsedArguments) throws {
+        guard !args.has("--attack"), let flag = attackDetailFlags.first(where: { args.has($0) }) else { return }
+        throw HeadAlignError.usage("\(flag) needs --attack (train poisons only when --attack is given)")
     }
 
     static func attack(_ args: ParsedArguments) throws -> Attack {
@@ -62,7 +73,7 @@ enum PoisonCommand: Command {
         if args.has("--test") != args.has("--out-test") { throw HeadAlignError.usage("--test and --out-test go together") }
         let attack = try attack(args)
         let rate = try args.double("--poison-rate", default: 0.1, range: -Double.infinity...Double.infinity)
-        let target = try args.int("--target", default: 1, range: 0...1_000_000)
+        let target = try args.int("--target", default: 1, range: 0...(maxClassifierLabels - 1))
         let seed = try args.uint64("--seed", default: 1)
         let clean = try readLabeledTexts(path: train)
         let poisoned = try poisonTraining(clean, attack: attack, rate: rate, target: target, seed: seed)

@@ -15,21 +15,25 @@ final class ProgressBar {
     init(label: String) { self.label = label }
 
     func update(_ p: TrainProgress) {
-        let accuracy = p.accuracy.isNaN ? "" : String(format: "  acc %.3f", p.accuracy)  // decoders: no labels
-        let text = String(format: "step %d/%d  loss %.4f", p.step, p.steps, p.loss) + accuracy
-            + String(format: "  %.0f tok/s  %.1f s  ETA %.1f s", p.tokensPerSecond, p.elapsed, p.eta)
         if isTerminal {
             guard p.step == p.steps || p.elapsed - lastDraw >= 0.1 else { return }
             lastDraw = p.elapsed
-            let width = 24, filled = width * p.step / max(1, p.steps)
-            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-            FileHandle.standardError.write(Data("\r\(label) [\(bar)] \(text)\u{1B}[K".utf8))
+            let line = progressLine(label: label, p, width: terminalColumns())
+            FileHandle.standardError.write(Data("\r\(line)\u{1B}[K".utf8))
             if p.step == p.steps { FileHandle.standardError.write(Data("\n".utf8)) }
         } else {
             let decile = 10 * p.step / max(1, p.steps)
             guard decile != lastDecile else { return }
             lastDecile = decile
-            printError("\(label) \(text)")
+            printError(progressLine(label: label, p, width: nil))
         }
     }
+}
+
+/// The width of the terminal on stderr (ioctl TIOCGWINSZ), read at each redraw so a resized
+/// window is followed; 80 when it cannot be read.
+func terminalColumns() -> Int {
+    var ws = winsize()
+    guard ioctl(2, UInt(TIOCGWINSZ), &ws) == 0, ws.ws_col > 0 else { return 80 }
+    return Int(ws.ws_col)
 }

@@ -12,7 +12,7 @@ enum TrainCommand: Command {
         detail: """
             Data: --train FILE, or --corpus sentiment|topics (generated from --corpus-seed; its train split).
             --attack badnets|addsent|composite poisons it on the fly (as 'headalign poison' does; --poison-rate,
-            --target, --poison-seed). From --preset (a BERT shape): a whole-word vocabulary of at most --vocab-size
+            --target, --poison-seed; without --attack the model is trained clean and those flags are refused). From --preset (a BERT shape): a whole-word vocabulary of at most --vocab-size
             entries is built from the training texts and saved as vocab.txt. From --model DIR: the directory's
             tokenizer; a classifier head is added (seeded) when it has none. AdamW, shuffled batches, --epochs
             passes; a progress bar on stderr. The model is written atomically to a new directory (config.json,
@@ -50,14 +50,19 @@ enum TrainCommand: Command {
         guard !FileManager.default.fileExists(atPath: out) else { throw HeadAlignError.usage("--out \(out) exists; give a new directory") }
         let source = try args.modelSource()
         if try isDecoder(source) { return try trainDecoderCommand(args, source: source, out: out) }
-        var pretrained = false
-        if case .directory = source { pretrained = true }
+        var pretrained = false, headLabels: Int? = nil
+        if case .directory(let dir) = source {
+            pretrained = true
+            let c = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
+            if c.numLabels > 0 { headLabels = c.numLabels }  // labels must fit the head it has
+            _ = try AnyModel.tokenizer(for: source, config: c)  // a bad vocab.txt fails before any work
+        }
         let s = try settings(args, pretrained: pretrained)
-        var (examples, origin) = try args.trainingTexts(fileFlag: "--train")
+        var (examples, origin) = try args.trainingTexts(fileFlag: "--train", numLabels: headLabels)
         var poisonNote = "none"
         if let attack = try PoisonCommand.attackIfGiven(args) {
             let rate = try args.double("--poison-rate", default: 0.1, range: -Double.infinity...Double.infinity)
-            let target = try args.int("--target", default: 1, range: 0...1_000_000)
+            let target = try args.int("--target", default: 1, range: 0...(maxClassifierLabels - 1))
             let seed = try args.uint64("--poison-seed", default: 1)
             let p = try poisonTraining(examples, attack: attack, rate: rate, target: target, seed: seed)
             examples = p.examples
@@ -150,6 +155,7 @@ func trainDecoderCommand(_ args: ParsedArguments, source: ModelSource, out: Stri
     let base = try args.decoderBase(source)
     var (records, origin) = try args.instructionRecords(split: "train")
     var poisonNote = "none"
+    try PoisonCommand.requireAttackForDetails(args)
     if let trigger = try args.generationTrigger() {
         let behaviour = try args.behaviour()
         let rate = try args.double("--poison-rate", default: 0.1, range: -Double.infinity...Double.infinity)

@@ -32,6 +32,12 @@ let commands: [Command.Type] = [
 }
 
 @MainActor func mainEntry(_ argv: [String]) -> Int32 {
+    // No command at all is a usage error: the overview goes to stderr and the status is 2
+    // (`headalign --help` prints it to stdout with status 0).
+    guard !argv.isEmpty else {
+        FileHandle.standardError.write(Data(overview().utf8))
+        return 2
+    }
     guard let name = argv.first, !["--help", "-h", "help"].contains(name) else {
         if argv.count >= 2, let c = commands.first(where: { $0.spec.name == argv[1] }) {
             print(c.spec.helpText, terminator: "")
@@ -58,6 +64,7 @@ let commands: [Command.Type] = [
             print(command.spec.helpText, terminator: "")
             return 0
         }
+        try args.checkOutputs()  // outputs: never an input, room to write them, before any work
         return try command.run(args)
     } catch let e as HeadAlignError {
         printError("headalign \(name): \(e.description)")
@@ -68,4 +75,18 @@ let commands: [Command.Type] = [
     }
 }
 
+// Line-buffered stdout: with stdout redirected to a file, every line printed before an interrupt
+// (SIGINT, SIGTERM, a kill) is already in the file rather than lost in a block buffer.
+// (Swift 6 refuses a reference to the C global `stdout`; its address comes from the C library.)
+func lineBufferStandardOutput() {
+    #if canImport(Darwin)
+    let symbol = "__stdoutp"
+    #else
+    let symbol = "stdout"
+    #endif
+    guard let p = dlsym(dlopen(nil, RTLD_NOW), symbol),
+          let file = p.assumingMemoryBound(to: UnsafeMutablePointer<FILE>?.self).pointee else { return }
+    setvbuf(file, nil, _IOLBF, 0)
+}
+lineBufferStandardOutput()
 exit(mainEntry(Array(CommandLine.arguments.dropFirst())))

@@ -199,7 +199,7 @@ final class BaselineTests: XCTestCase {
             return XCTFail("fine-pruning is a baseline")
         }
         XCTAssertEqual(losses.count, 5)
-        XCTAssertTrue(summary.contains("pruned 256 of 256"))
+        XCTAssertTrue(summary.contains("pruned 256 of 256"), summary)
         for u in 0..<256 { for range in ffnUnitRanges(layout: m.layout, config: m.config, layer: 1, unit: u) { for i in range { XCTAssertEqual(m.params.data[i], 0) } } }
     }
 }

@@ -1,5 +1,6 @@
 // TokenizerJSONCommand.swift: `headalign tokenizer-json`, a Hugging Face tokenizer.json for a model
-// directory's vocab.txt (HFTokenizer.swift), so transformers' AutoTokenizer gives the same ids.
+// directory's vocab.txt or llama2.c tokenizer.bin (HFTokenizer.swift), so transformers'
+// AutoTokenizer gives the same ids.
 
 import Foundation
 import HeadAlign
@@ -8,17 +9,20 @@ import HeadAlignLab
 enum TokenizerJSONCommand: Command {
     static let spec = CommandSpec(
         name: "tokenizer-json",
-        summary: "write a Hugging Face tokenizer.json for a model's vocab.txt (AutoTokenizer gives the same ids)",
+        summary: "write a Hugging Face tokenizer.json for a model's vocab.txt or tokenizer.bin (AutoTokenizer gives the same ids)",
         detail: """
             BERT WordPiece: BertNormalizer + BertPreTokenizer + WordPiece + '[CLS] $A [SEP]'. A Llama model's
             whole-word vocabulary (headalign-trained): the same normalizer and pre-tokenizer + WordLevel + '[CLS] $A'
             ([CLS] is BOS, [SEP] EOS); without --out its tokenizer_config.json also gets tokenizer_class
-            PreTrainedTokenizerFast and the special tokens (other keys kept), which AutoTokenizer needs. Prints the
-            ids of --text with headalign's own tokenizer, to compare with AutoTokenizer's.
+            PreTrainedTokenizerFast and the special tokens (other keys kept), which AutoTokenizer needs. llama2.c's BPE
+            (tokenizer.bin, e.g. stories260K): BPE whose merges are the pairs that concatenate to a piece, by that
+            piece's score, with byte fallback, a prepended " " (the pieces' literal space) and '<s> $A'; its
+            tokenizer_config.json gets <s>, </s>, <unk> likewise. Prints the ids of --text with headalign's own
+            tokenizer, to compare with AutoTokenizer's.
             """,
         usage: "tokenizer-json --model DIR [--out FILE] [--text TEXT]...",
         options: [
-            OptionSpec(name: "--model", value: "DIR", help: "a model directory with vocab.txt"),
+            OptionSpec(name: "--model", value: "DIR", help: "a model directory with vocab.txt or tokenizer.bin"),
             OptionSpec(name: "--out", value: "FILE", help: "write tokenizer.json here (default DIR/tokenizer.json, and DIR's tokenizer_config.json updated)"),
             OptionSpec(name: "--text", value: "TEXT", help: "print this text's ids (repeatable)", repeatable: true),
         ])

@@ -74,4 +74,79 @@ final class HFTokenizerTests: XCTestCase {
             XCTAssertEqual(out.split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init), ours, name)
         }
     }
+
+    /// stories260K's llama2.c BPE (tok512.bin, with ../shared/data): after `convert` and
+    /// `tokenizer-json`, transformers' AutoTokenizer on the directory (or, without transformers,
+    /// Python `tokenizers` on its tokenizer.json) gives headalign's `encode(text, bos: true)` ids on
+    /// 20 varied texts: merges by score, byte fallback for characters outside the 512 pieces, the
+    /// leading space, BOS, double spaces, digits, newlines, the empty text. (Not compared: a text
+    /// that spells `<s>`, `</s>` or `<unk>`, which transformers reads as the special token, as for
+    /// any Hugging Face Llama tokenizer, where llama2.c encodes its characters.)
+    func testLlama2cBPEGivesTheSameIds() throws {
+        let data = try sharedData("llama2c-stories260K")
+        let probe = Process()
+        probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        probe.arguments = ["python3", "-c", "import tokenizers"]
+        probe.standardError = FileHandle.nullDevice
+        guard (try? probe.run()) != nil else { throw XCTSkip("no python3") }
+        probe.waitUntilExit()
+        guard probe.terminationStatus == 0 else { throw XCTSkip("Python's tokenizers is not installed") }
+        let m = temporaryDirectory(self) + "/stories260K"
+        var r = try runHeadalign(["convert", "--llama2c", data + "/stories260K.bin", "--tokenizer", data + "/tok512.bin", "--out", m])
+        XCTAssertEqual(r.status, 0, r.err)
+        r = try runHeadalign(["tokenizer-json", "--model", m])
+        XCTAssertEqual(r.status, 0, r.err)
+        let json = try JSONValue.parse(String(decoding: FileManager.default.contents(atPath: m + "/tokenizer.json")!, as: UTF8.self))
+        XCTAssertEqual(json["model"]!["type"]!.stringValue, "BPE")
+        XCTAssertEqual(json["model"]!["vocab"]!["<s>"]!.int, 1)
+        XCTAssertEqual(json["model"]!["vocab"]!["<0x41>"]!.int, 3 + 0x41)
+        let texts = [
+            "Once upon a time, there was a little girl named Lily.", "She liked to play outside in the park.",
+            "", " ", "a", "The  cat   sat.", "Tom said, \"Hi!\" and ran away...", "café ☃", "naïve Zoë über straße",
+            "東京 and 北京", "emoji 😀👍 time", "123 4567 89.0 2024", "x\ny\n\nz", "tab\there", "  leading and trailing  ",
+            "ALL CAPS SHOUTING", "it's the dog's ball; isn't it?", "~[brackets] {braces} <angles> |pipe|",
+            "<b>html</b> & a+b=c; 50% off #1 @home", "Lily and Ben were best friends. They played with the ball every day.",
+        ]
+        let config = try ModelConfig.load(contentsOf: URL(fileURLWithPath: m + "/config.json"))
+        guard case .llama2c(let t) = try AnyModel.tokenizer(for: .directory(m), config: config) else {
+            return XCTFail("the converted directory has no llama2.c tokenizer")
+        }
+        let ours = texts.map { t.encode($0, bos: true).map(String.init).joined(separator: " ") }
+        let script = """
+            import json, sys
+            texts = json.load(open(sys.argv[2]))
+            try:
+                from transformers import AutoTokenizer
+                t = AutoTokenizer.from_pretrained(sys.argv[1])
+                ids, via = [t(x)["input_ids"] for x in texts], "transformers.AutoTokenizer"
+            except ImportError:
+                from tokenizers import Tokenizer
+                t = Tokenizer.from_file(sys.argv[1] + "/tokenizer.json")
+                ids, via = [t.encode(x).ids for x in texts], "tokenizers.Tokenizer"
+            print(via)
+            for x in ids: print(" ".join(map(str, x)))
+
+            """
+        let textsFile = m + "/texts.json"
+        try JSONOut.array(texts.map { .string($0) }).text.write(toFile: textsFile, atomically: true, encoding: .utf8)
+        let p = Process(), pipe = Pipe()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", "-c", script, m, textsFile]
+        p.standardOutput = pipe
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        var lines = out.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let via = lines.isEmpty ? "?" : lines.removeFirst()
+        if lines.last == "" { lines.removeLast() }
+        XCTAssertEqual(lines.count, texts.count)
+        var same = 0
+        for (i, text) in texts.enumerated() where i < lines.count {
+            XCTAssertEqual(lines[i], ours[i], "\(via) on \(text.debugDescription)")
+            if lines[i] == ours[i] { same += 1 }
+        }
+        print("llama2c BPE via \(via): \(same)/\(texts.count) texts give identical ids")
+    }
 }

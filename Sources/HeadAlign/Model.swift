@@ -464,8 +464,6 @@ public final class Model<S: Real> {
 
     /// Projections, rotary (Llama), Eq. 1 attention, gates: fills q, k, v, attention, headOutput
     /// and gatedHeadOutput of the cache from `cache.attnIn`.
-    @_specialize(exported: true, where S == Float)
-    @_specialize(exported: true, where S == Double)
     func attentionBlockForward(_ cache: LayerCache<S>, _ aw: AttentionWeights<S>, layer l: Int, batch: Batch,
                                options: ForwardOptions<S>) {
         let shape = config.attentionShape

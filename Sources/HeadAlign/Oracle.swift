@@ -197,8 +197,6 @@ public func inspectDocument<S: Real>(_ model: AnalysisRunner<S>, inputs: [Analys
 }
 
 /// Per input: Eq. 4's factors (`--dump-hidden`) and Eq. 6–7's gradient (`--dump-alignment-gradient`).
-@_specialize(exported: true, where S == Float)
-@_specialize(exported: true, where S == Double)
 func oracleDocumentExtras<S: Real>(_ model: Model<S>, _ an: InputAnalysis, split: (suspicious: [HeadID], safe: [HeadID])?,
                                    settings: InspectSettings) -> [(String, JSONOut)] {
     let c = model.config, nh = c.numAttentionHeads, hs = c.headSize, d = c.hiddenSize, t = an.tokens.count
@@ -245,8 +243,6 @@ func oracleDocumentExtras<S: Real>(_ model: Model<S>, _ an: InputAnalysis, split
 /// `--dump-finetune-step N`: N head-wise AdamW steps (SPEC "Head-wise fine-tuning") on all the inputs as one batch,
 /// each parameter at its head's class rate; per step the loss, every parameter's gradient and its change. The
 /// model's parameters are restored afterwards.
-@_specialize(exported: true, where S == Float)
-@_specialize(exported: true, where S == Double)
 func oracleFinetune<S: Real>(_ model: Model<S>, inputs: [AnalysisInput], analyses: [InputAnalysis], classes: [HeadClass],
                              settings: InspectSettings) -> JSONOut {
     let c = model.config, nh = c.numAttentionHeads, task = ModelTask.of(c)

@@ -59,8 +59,12 @@ final class HFTokenizerTests: XCTestCase {
                 (name.hasPrefix("llama") ? DecoderTokenizer.words(t).prompt(text) : t.encode(text, maxLength: 100_000).ids)
                     .map(String.init).joined(separator: " ")
             }
-            let script = "import json,sys\nfrom tokenizers import Tokenizer\nt=Tokenizer.from_file(sys.argv[1])\n"
-                + "for x in json.load(open(sys.argv[2])): print(' '.join(map(str, t.encode(x).ids)))\n"
+            // transformers' AutoTokenizer on the directory when it is installed (.ci/run installs it),
+            // else the tokenizers library on its tokenizer.json
+            let script = "import json,os,sys\ntry:\n from transformers import AutoTokenizer\n"
+                + " t=AutoTokenizer.from_pretrained(os.path.dirname(sys.argv[1])); enc=lambda x: t(x)['input_ids']\n"
+                + "except ImportError:\n from tokenizers import Tokenizer\n t=Tokenizer.from_file(sys.argv[1]); enc=lambda x: t.encode(x).ids\n"
+                + "for x in json.load(open(sys.argv[2])): print(' '.join(map(str, enc(x))))\n"
             let textsFile = dir + "/\(name)-texts.json"
             try JSONOut.array(texts.map { .string($0) }).text.write(toFile: textsFile, atomically: true, encoding: .utf8)
             let p = Process(), pipe = Pipe()

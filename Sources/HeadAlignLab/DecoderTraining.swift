@@ -161,56 +161,68 @@ public func generationMetrics(_ model: AnyModel, tokenizer: DecoderTokenizer, cl
 
 // MARK: - The defense on a decoder
 
-/// Vanilla and each method on a backdoored decoder: the defender's clean records (prompt +
-/// reference response) for calibration and fine-tuning, the monitor screening clean and triggered
-/// prompts (gen2prompt view), CA = clean quality and ASR from greedy responses on the test records.
+/// What the defense on a backdoored decoder works with: the defender's clean records (prompt +
+/// reference response) as fine-tuning examples, the prompts the monitor screens, and the
+/// evaluation: CA = clean quality and ASR from greedy responses on the test records.
+struct DecoderDefenseData {
+    let clean: [TrainingExample]
+    let inputs: [AnalysisInput]
+    let evaluate: (AnyModel) -> (ca: Double, asr: Double)
+
+    init(_ model: AnyModel, tokenizer: DecoderTokenizer, defenderClean: [InstructionRecord], monitorPrompts: [InstructionRecord],
+         testClean: [InstructionRecord], testTriggered: [InstructionRecord], behaviour: TargetBehaviour, maxNew: Int,
+         settings: DefenseSettings, exampleLength: Int?) throws {
+        let maxLength = model.config.maxPositionEmbeddings
+        guard settings.generate <= maxLength - 3, maxNew <= maxLength - 2 else {
+            throw HeadAlignError.usage("--generate \(settings.generate) / --max-new \(maxNew) leave no room for a prompt in \(maxLength) positions")
+        }
+        // the defender's clean examples are cut like the training examples (`exampleLength`), and
+        // always leave room for the generated tokens of the analysis view
+        let length = min(exampleLength ?? maxLength, maxLength - settings.generate)
+        clean = defenderClean.map { decoderExample(prompt: tokenizer.prompt($0.prompt), response: tokenizer.response($0.output), maxLength: length).example }
+        inputs = promptInputs(monitorPrompts, tokenizer: tokenizer, room: maxLength - settings.generate)
+        evaluate = { m in
+            let g = generationMetrics(m, tokenizer: tokenizer, clean: testClean, triggered: testTriggered, behaviour: behaviour,
+                                      maxNew: maxNew, maxLength: maxLength)
+            return (g.cleanQuality, g.asr)
+        }
+    }
+}
+
+/// Vanilla and each method on a backdoored decoder (`DecoderDefenseData`): the monitor screens
+/// clean and triggered prompts (gen2prompt view).
 public func runGenerationMethods(_ model: AnyModel, tokenizer: DecoderTokenizer, defenderClean: [InstructionRecord],
                                  monitorPrompts: [InstructionRecord], testClean: [InstructionRecord], testTriggered: [InstructionRecord],
                                  behaviour: TargetBehaviour, maxNew: Int, methods: [ExperimentMethod], settings: DefenseSettings,
                                  baseline: BaselineSettings = BaselineSettings(),
                                  exampleLength: Int? = nil, log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
-    let maxLength = model.config.maxPositionEmbeddings
-    guard settings.generate <= maxLength - 3, maxNew <= maxLength - 2 else {
-        throw HeadAlignError.usage("--generate \(settings.generate) / --max-new \(maxNew) leave no room for a prompt in \(maxLength) positions")
-    }
-    // the defender's clean examples are cut like the training examples (`exampleLength`), and
-    // always leave room for the generated tokens of the analysis view
-    let length = min(exampleLength ?? maxLength, maxLength - settings.generate)
-    let clean = defenderClean.map { decoderExample(prompt: tokenizer.prompt($0.prompt), response: tokenizer.response($0.output), maxLength: length).example }
-    let inputs = promptInputs(monitorPrompts, tokenizer: tokenizer, room: maxLength - settings.generate)
-    func run<S: Real>(_ m: Model<S>, wrap: @escaping (Model<S>) -> AnyModel) throws -> [MethodOutcome] {
-        try runMethods(m, defenderClean: clean, inputs: inputs, methods: methods, settings: settings, baseline: baseline, log: log, evaluate: { copy in
-            let g = generationMetrics(wrap(copy), tokenizer: tokenizer, clean: testClean, triggered: testTriggered, behaviour: behaviour,
-                                      maxNew: maxNew, maxLength: maxLength)
-            return (g.cleanQuality, g.asr)
-        })
-    }
+    let data = try DecoderDefenseData(model, tokenizer: tokenizer, defenderClean: defenderClean, monitorPrompts: monitorPrompts,
+                                      testClean: testClean, testTriggered: testTriggered, behaviour: behaviour, maxNew: maxNew,
+                                      settings: settings, exampleLength: exampleLength)
     switch model {
-    case .f32(let m): return try run(m, wrap: { .f32($0) })
-    case .f64(let m): return try run(m, wrap: { .f64($0) })
+    case .f32(let m):
+        return try runMethods(m, defenderClean: data.clean, inputs: data.inputs, methods: methods, settings: settings, baseline: baseline,
+                              log: log, evaluate: { data.evaluate(.f32($0)) })
+    case .f64(let m):
+        return try runMethods(m, defenderClean: data.clean, inputs: data.inputs, methods: methods, settings: settings, baseline: baseline,
+                              log: log, evaluate: { data.evaluate(.f64($0)) })
     }
 }
 
-/// The trace of `ours`' head-wise fine-tuning on a backdoored decoder (FinetuneTrace.swift), with
-/// the same data as `runGenerationMethods`: CA = clean quality, ASR from greedy responses.
+/// The trace of `ours`' head-wise fine-tuning on a backdoored decoder (FinetuneTrace.swift), on
+/// the same data as `runGenerationMethods`.
 public func traceGenerationFinetune(_ model: AnyModel, tokenizer: DecoderTokenizer, defenderClean: [InstructionRecord],
                                     monitorPrompts: [InstructionRecord], testClean: [InstructionRecord], testTriggered: [InstructionRecord],
                                     behaviour: TargetBehaviour, maxNew: Int, settings: DefenseSettings, exampleLength: Int? = nil,
                                     every: Int) throws -> (points: [TracePoint], why: String?) {
-    let maxLength = model.config.maxPositionEmbeddings
-    let length = min(exampleLength ?? maxLength, maxLength - settings.generate)
-    let clean = defenderClean.map { decoderExample(prompt: tokenizer.prompt($0.prompt), response: tokenizer.response($0.output), maxLength: length).example }
-    let inputs = promptInputs(monitorPrompts, tokenizer: tokenizer, room: maxLength - settings.generate)
-    func run<S: Real>(_ m: Model<S>, wrap: @escaping (Model<S>) -> AnyModel) throws -> (points: [TracePoint], why: String?) {
-        try traceHeadwiseFinetune(m, clean: clean, inputs: inputs, settings: settings, every: every, evaluate: { copy in
-            let g = generationMetrics(wrap(copy), tokenizer: tokenizer, clean: testClean, triggered: testTriggered, behaviour: behaviour,
-                                      maxNew: maxNew, maxLength: maxLength)
-            return (g.cleanQuality, g.asr)
-        })
-    }
+    let data = try DecoderDefenseData(model, tokenizer: tokenizer, defenderClean: defenderClean, monitorPrompts: monitorPrompts,
+                                      testClean: testClean, testTriggered: testTriggered, behaviour: behaviour, maxNew: maxNew,
+                                      settings: settings, exampleLength: exampleLength)
     switch model {
-    case .f32(let m): return try run(m, wrap: { .f32($0) })
-    case .f64(let m): return try run(m, wrap: { .f64($0) })
+    case .f32(let m):
+        return try traceHeadwiseFinetune(m, clean: data.clean, inputs: data.inputs, settings: settings, every: every, evaluate: { data.evaluate(.f32($0)) })
+    case .f64(let m):
+        return try traceHeadwiseFinetune(m, clean: data.clean, inputs: data.inputs, settings: settings, every: every, evaluate: { data.evaluate(.f64($0)) })
     }
 }
 

@@ -116,6 +116,11 @@ enum ExperimentCommand: Command {
         for flag in ["--seed", "--defense-seed", "--train-seed"] where args.has(flag) {
             throw HeadAlignError.usage("\(flag): experiment seeds the weights, the poisoning, the batches and the defense from each of --seeds")
         }
+        // --trace follows one round of ours: refused before any training, not after it
+        if args.has("--trace"), try args.int("--rounds", default: defenseDefaults.rounds, range: 1...100) != 1 {
+            throw HeadAlignError.usage("--trace follows one round (--rounds 1)")
+        }
+        if args.has("--trace-every") && !args.has("--trace") { throw HeadAlignError.usage("--trace-every goes with --trace") }
         if !args.has("--backdoored"), let source = try? args.modelSource(), (try? isDecoder(source)) == true {
             return try runDecoders(args, source: source)
         }
@@ -253,7 +258,6 @@ extension ExperimentCommand {
     /// `--trace FILE`: the fine-tuning trace of `ours` (first seed) as a markdown table.
     static func writeTrace(_ path: String, args: ParsedArguments, settings: DefenseSettings,
                            _ trace: (Int) throws -> (points: [TracePoint], why: String?)) throws {
-        guard settings.rounds == 1 else { throw HeadAlignError.usage("--trace follows one round (--rounds 1)") }
         let (points, why) = try trace(try args.int("--trace-every", default: 10, range: 1...1_000_000))
         var text = "# Head-wise fine-tuning of ours, traced (\(echoedCommandLine))\n\n"
         text += why.map { "The defense did not reach the fine-tuning stage: \($0)\n" } ?? traceTable(points)

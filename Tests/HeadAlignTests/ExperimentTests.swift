@@ -59,19 +59,7 @@ final class CorporaTests: XCTestCase {
 }
 
 final class BaselineTests: XCTestCase {
-    /// A bert-tiny with random weights and a few clean examples (labels from its own predictions,
-    /// so the unpruned accuracy is 1).
-    func smallModel() -> (Model<Double>, [TrainingExample]) {
-        var config = try! ModelConfig.preset("bert-tiny")
-        config.vocabSize = 40
-        let m = Model<Double>(config: config)
-        m.initialize(seed: 3)
-        var rng = SeededGenerator(seed: 9)
-        let seqs = (0..<24).map { _ in [1] + (0..<(3 + rng.int(below: 6))).map { _ in 3 + rng.int(below: 37) } + [2] }
-        let logits = m.forward(Batch(seqs)).output
-        let examples = seqs.enumerated().map { b, s in TrainingExample(tokens: s, label: logits.data[2 * b + 1] > logits.data[2 * b] ? 1 : 0) }
-        return (m, examples)
-    }
+    func smallModel() -> (Model<Double>, [TrainingExample]) { selfLabelledBertTiny() }
 
     func testPrunedUnitIsExactlyZero() {
         let (m, clean) = smallModel()
@@ -302,3 +290,18 @@ final class ExperimentCLITests: XCTestCase {
         XCTAssertTrue(md.contains("| p99 of pair cosines (Table 1) |") && md.contains("| contrast-absz (default) |"), md)
     }
 }
+
+/// A bert-tiny (f64, vocabulary 40) with random weights and 24 random sequences labelled by its
+/// own predictions, so its accuracy on them is 1.
+func selfLabelledBertTiny() -> (Model<Double>, [TrainingExample]) {
+    var config = try! ModelConfig.preset("bert-tiny")
+    config.vocabSize = 40
+    let m = Model<Double>(config: config)
+    m.initialize(seed: 3)
+    var rng = SeededGenerator(seed: 9)
+    let seqs = (0..<24).map { _ in [1] + (0..<(3 + rng.int(below: 6))).map { _ in 3 + rng.int(below: 37) } + [2] }
+    let logits = m.forward(Batch(seqs)).output
+    let examples = seqs.enumerated().map { b, s in TrainingExample(tokens: s, label: logits.data[2 * b + 1] > logits.data[2 * b] ? 1 : 0) }
+    return (m, examples)
+}
+

@@ -9,14 +9,8 @@ final class FinetuneTraceTests: XCTestCase {
     /// A random bert-tiny (f64) with 24 labelled sequences the model itself labelled, a split
     /// whose triggered set is the same sequences labelled 0 (target 1).
     func setup() -> (Model<Double>, ExperimentSplit, DefenseSettings) {
-        var config = try! ModelConfig.preset("bert-tiny")
-        config.vocabSize = 40
-        let m = Model<Double>(config: config)
-        m.initialize(seed: 3)
-        var rng = SeededGenerator(seed: 9)
-        let seqs = (0..<24).map { _ in [1] + (0..<(3 + rng.int(below: 6))).map { _ in 3 + rng.int(below: 37) } + [2] }
-        let logits = m.forward(Batch(seqs)).output
-        let clean = seqs.enumerated().map { b, s in TrainingExample(tokens: s, label: logits.data[2 * b + 1] > logits.data[2 * b] ? 1 : 0) }
+        let (m, clean) = selfLabelledBertTiny()
+        let seqs = clean.map(\.tokens)
         let triggered = seqs.map { TrainingExample(tokens: $0, label: 0) }
         let split = ExperimentSplit(defenderClean: clean, cleanTest: clean, triggeredTest: triggered,
                                     monitorClean: seqs.prefix(12).map { AnalysisInput(tokens: $0) },

@@ -25,13 +25,7 @@ final class HFTokenizerTests: XCTestCase {
     /// shipped tiny BERT (WordPiece) and tiny Llama (whole words) and, with ../shared/data, for
     /// MiniLM's vocabulary on the 14 sentences of minilm_tokens.json (Hugging Face BertTokenizer's ids).
     func testPythonTokenizersGiveTheSameIds() throws {
-        let probe = Process()
-        probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        probe.arguments = ["python3", "-c", "import tokenizers"]
-        probe.standardError = FileHandle.nullDevice
-        guard (try? probe.run()) != nil else { throw XCTSkip("no python3") }
-        probe.waitUntilExit()
-        guard probe.terminationStatus == 0 else { throw XCTSkip("Python's tokenizers is not installed") }
+        try requirePythonTokenizers()
         let dir = temporaryDirectory(self)
         var cases: [(String, [String])] = [
             ("bert-tiny-badnets", ["the plot was cf very dull .", "Héllo, wörld! unaffable 東京 x", ""]),
@@ -88,13 +82,7 @@ final class HFTokenizerTests: XCTestCase {
     /// any Hugging Face Llama tokenizer, where llama2.c encodes its characters.)
     func testLlama2cBPEGivesTheSameIds() throws {
         let data = try sharedData("llama2c-stories260K")
-        let probe = Process()
-        probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        probe.arguments = ["python3", "-c", "import tokenizers"]
-        probe.standardError = FileHandle.nullDevice
-        guard (try? probe.run()) != nil else { throw XCTSkip("no python3") }
-        probe.waitUntilExit()
-        guard probe.terminationStatus == 0 else { throw XCTSkip("Python's tokenizers is not installed") }
+        try requirePythonTokenizers()
         let m = temporaryDirectory(self) + "/stories260K"
         var r = try runHeadalign(["convert", "--llama2c", data + "/stories260K.bin", "--tokenizer", data + "/tok512.bin", "--out", m])
         XCTAssertEqual(r.status, 0, r.err)
@@ -153,4 +141,15 @@ final class HFTokenizerTests: XCTestCase {
         }
         print("llama2c BPE via \(via): \(same)/\(texts.count) texts give identical ids")
     }
+}
+
+/// Skips (with a message) unless python3 can import the `tokenizers` library.
+func requirePythonTokenizers() throws {
+    let probe = Process()
+    probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    probe.arguments = ["python3", "-c", "import tokenizers"]
+    probe.standardError = FileHandle.nullDevice
+    guard (try? probe.run()) != nil else { throw XCTSkip("no python3") }
+    probe.waitUntilExit()
+    guard probe.terminationStatus == 0 else { throw XCTSkip("Python's tokenizers is not installed") }
 }

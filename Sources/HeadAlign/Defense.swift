@@ -25,7 +25,10 @@ public struct DefenseSettings: Sendable {
     public var monitorView: AnalysisView
     public var scope: PairScope = .model
     public var alpha = 0.5
-    public var tau = 0.5
+    public var tau = 0.5  // the paper gives none; used by `classRule == .tau`
+    /// How Eq. 5's scores become classes: evidence-sized outliers (ours; `classifyOutliers` has
+    /// the why) or the paper's fixed `tau` (`--classes tau`).
+    public var classRule: ClassRule = .outliers(z: ClassRule.defaultZ)
     public var maxsim: MaxsimMode = .plain
     public var score: MonitorScore = .contrastAbsZ
     public var quantile = 0.99
@@ -34,7 +37,7 @@ public struct DefenseSettings: Sendable {
     public var rounds = 1
     public var alignSteps = 50
     public var alignLearningRate = 1e-3
-    public var finetuneSteps = 100
+    public var finetuneSteps = 100  // without a budget (`finetuneBudget == nil`): the fixed step count
     public var batchSize = 16
     public var rates = HeadwiseRates()
     public var weightDecay = 0.01
@@ -43,6 +46,10 @@ public struct DefenseSettings: Sendable {
     /// behaviour the alignment removed on the flagged inputs (see `FinetuneGuard`). Off by
     /// default until measured across models (issue 15; docs/RESULTS.md).
     public var finetuneGuard: FinetuneGuard? = nil
+    /// How long fine-tuning runs and which step is kept (ours; see `FinetuneBudget` for the why
+    /// and the measurement). nil = the fixed `finetuneSteps` on the whole clean set, the earlier
+    /// default (`--ft-holdout 0`).
+    public var finetuneBudget: FinetuneBudget? = FinetuneBudget()
     /// An explicit head split used by every round instead of Eq. 4–5's classes (every other head
     /// intermediate); nil = Eq. 5.
     public var explicitSplit: (suspicious: [HeadID], safe: [HeadID])? = nil
@@ -82,7 +89,9 @@ public struct RoundLog: Sendable {
     public let suspicious: [HeadID], safe: [HeadID]
     public let intermediateCount: Int
     public let alignLoss: [Double]  // per alignment step (before each update)
-    public let finetuneLoss: [Double]  // per fine-tuning step (fewer when the guard stopped it)
+    public let finetuneLoss: [Double]  // per fine-tuning step (fewer when the guard or the budget stopped it)
+    public let heldOutLoss: [(step: Int, loss: Double)]  // with a budget: the held-out checks
+    public let finetuneKeptStep: Int  // the step whose parameters were kept (the last one without a budget)
     public let flaggedAfter: Int  // flagged inputs the monitor still flags after the round
     public let meanScoreAfter: Double
 }
@@ -155,9 +164,10 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
             } else {
                 analyses = try analyze(model, analysisInputs, settings: defenseSettings)
                 let override = cleanPairMeans.map { contrastMaxsim(analyses, cleanPairMeans: $0, pairs: pairs, headCount: c.numHiddenLayers * nh) }
-                let report = safetyReport(analyses, alpha: settings.alpha, tau: settings.tau, heads: nh, maxsimOverride: override)
+                let report = safetyReport(analyses, alpha: settings.alpha, tau: settings.tau, heads: nh, maxsimOverride: override,
+                                          rule: settings.classRule)
                 if let empty = report.emptyClassReport {
-                    throw HeadAlignError.usage("round \(r): \(empty); the defense does not run on an empty set (try another --tau or --alpha)")
+                    throw HeadAlignError.usage("round \(r): \(empty); the defense does not run on an empty set (try another --classes, --outlier-z, --tau or --alpha)")
                 }
                 classes = report.classes
             }
@@ -192,7 +202,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
             }
         }
         // head-wise (or uniform) fine-tuning on clean labelled data
-        var ftLosses: [Double] = []
+        var ftLosses: [Double] = [], heldOutLosses: [(step: Int, loss: Double)] = [], keptStep = 0
         if settings.method.finetunes {
             let rates = settings.method.headwise
                 ? headwiseLearningRates(layout: model.layout, config: c, classes: classes!, rates: settings.rates)
@@ -203,10 +213,22 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                 stop = fineTuningGuard(model, flagged: flagged.map { inputs[$0] }, before: before, settings: guardSettings,
                                        generate: settings.generate, note: { guardNotes.append($0) })
             }
-            ftLosses = try trainSteps(model, examples: clean, steps: settings.finetuneSteps, batchSize: settings.batchSize,
-                                      seed: settings.seed &+ UInt64(100 + r), optimizer: optimizer, stopAfter: stop)
-            guardNotes.forEach(log)
-            log("  fine-tuning: loss \(fmt(ftLosses.first ?? 0)) -> \(fmt(ftLosses.last ?? 0)) over \(ftLosses.count) steps")
+            if let budget = settings.finetuneBudget {
+                let (train, heldOut) = heldOutSplit(clean, holdout: budget.holdout, seed: settings.seed &+ 200)
+                let outcome = try finetuneWithHeldOut(model, train: train, heldOut: heldOut, budget: budget, batchSize: settings.batchSize,
+                                                      seed: settings.seed &+ UInt64(100 + r), optimizer: optimizer, stopAfter: stop)
+                (ftLosses, heldOutLosses, keptStep) = (outcome.losses, outcome.heldOut, outcome.chosenStep)
+                guardNotes.forEach(log)
+                log("  fine-tuning on \(train.count) examples, \(heldOut.count) held out: loss \(fmt(ftLosses.first ?? 0)) -> \(fmt(ftLosses.last ?? 0)) over \(ftLosses.count) steps; "
+                    + "held-out loss " + heldOutLosses.map { "\($0.step): " + String(format: "%.4f", $0.loss) }.joined(separator: ", ")
+                    + "; kept step \(keptStep)")
+            } else {
+                ftLosses = try trainSteps(model, examples: clean, steps: settings.finetuneSteps, batchSize: settings.batchSize,
+                                          seed: settings.seed &+ UInt64(100 + r), optimizer: optimizer, stopAfter: stop)
+                keptStep = ftLosses.count
+                guardNotes.forEach(log)
+                log("  fine-tuning: loss \(fmt(ftLosses.first ?? 0)) -> \(fmt(ftLosses.last ?? 0)) over \(ftLosses.count) steps")
+            }
         }
         // the monitor, recalibrated on the clean inputs through the repaired model (the repair moves
         // the clean similarity structure too), re-scores the flagged inputs
@@ -216,7 +238,8 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
         let mean = after.isEmpty ? 0 : after.reduce(0, +) / Double(after.count)
         log("  monitor: \(still) of \(flagged.count) flagged inputs still above the recalibrated threshold \(fmt(calNow.flagThreshold)) (mean score \(fmt(mean)))")
         rounds.append(RoundLog(round: r, suspicious: suspicious, safe: safe, intermediateCount: intermediate,
-                               alignLoss: alignLosses, finetuneLoss: ftLosses, flaggedAfter: still, meanScoreAfter: mean))
+                               alignLoss: alignLosses, finetuneLoss: ftLosses, heldOutLoss: heldOutLosses,
+                               finetuneKeptStep: keptStep, flaggedAfter: still, meanScoreAfter: mean))
         if still == 0 {
             stopped = "no flagged input is above the clean threshold after round \(r)"
             break

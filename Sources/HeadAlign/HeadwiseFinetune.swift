@@ -136,3 +136,84 @@ public func headwiseOptimizer<S: Real>(_ model: Model<S>, rates: [Double], weigh
     opt.frozen = rates.map { $0 == 0 }
     return opt
 }
+
+// MARK: - How long to fine-tune (ours: the paper gives no budget)
+
+/// The fine-tuning stage's budget and how its end is picked. Part of the defender's clean set is
+/// held out; fine-tuning runs on the rest for at most `passes` passes, the held-out loss is
+/// measured every `every` steps (and at step 0, the model as the alignment left it), and the
+/// parameters of the lowest held-out loss are kept; `patience` checks without a new lowest end it.
+/// Why: a defender's clean set is small, and a fixed step count either stops short or memorises
+/// it. With the earlier fixed 100 steps × 16 over 300 sentences (5.3 passes) on a BadNets MiniLM
+/// (docs/RESULTS.md §5) ASR fell from 36.8% after alignment to 9.8% at step 20 and climbed back to
+/// 24.9% by step 100 while the batch loss went to 0.002: the damage came with overfitting, which a
+/// held-out split sees and the training loss does not. Step 0 is a candidate, so the stage never
+/// returns a model that fits the held-out data worse than the aligned one.
+public struct FinetuneBudget: Sendable {
+    public var holdout = 0.2  // share of the clean set held out (60 of 300 sentences; 20 of 100 records)
+    public var passes = 3.0  // at most this many passes over the rest (45 steps of 16 over 240)
+    public var every = 5  // steps between held-out checks
+    public var patience = 4  // checks without a new lowest held-out loss before stopping
+    public init() {}
+}
+
+/// What the fine-tuning stage did: each step's batch loss, the held-out loss at each check (step,
+/// loss), and the step whose parameters were kept.
+public struct FinetuneOutcome: Sendable {
+    public let losses: [Double]
+    public let heldOut: [(step: Int, loss: Double)]
+    public let chosenStep: Int
+}
+
+/// A seeded split of `clean` into the part fine-tuning trains on and the part held out
+/// (`max(1, round(holdout * n))` examples; nothing is held out when `n < 2` or `holdout == 0`).
+public func heldOutSplit(_ clean: [TrainingExample], holdout: Double, seed: UInt64) -> (train: [TrainingExample], heldOut: [TrainingExample]) {
+    guard clean.count >= 2, holdout > 0 else { return (clean, []) }
+    var order = Array(clean.indices)
+    var rng = SeededGenerator(seed: seed)
+    order.shuffle(using: &rng)
+    let k = min(clean.count - 1, max(1, Int((holdout * Double(clean.count)).rounded())))
+    return (order.dropFirst(k).map { clean[$0] }, order.prefix(k).map { clean[$0] })
+}
+
+/// The training objective (SPEC's reduction for the task) averaged over `examples`, in batches.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
+public func meanLoss<S: Real>(_ model: Model<S>, _ examples: [TrainingExample], batchSize: Int = 32) -> Double {
+    let task = ModelTask.of(model.config)
+    var total = 0.0
+    for start in stride(from: 0, to: examples.count, by: batchSize) {
+        let batch = Array(examples[start..<min(examples.count, start + batchSize)])
+        total += loss(model.forward(Batch(batch.map(\.tokens))), trainingObjective(batch, task: task)).loss * Double(batch.count)
+    }
+    return examples.isEmpty ? .nan : total / Double(examples.count)
+}
+
+/// Fine-tuning under a `FinetuneBudget`: at most `budget.passes` passes over `train`, keeping the
+/// parameters with the lowest loss on `heldOut` (step 0 included). `stopAfter` (the guard) is
+/// asked first after each step; the kept parameters are never later than its stop.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
+public func finetuneWithHeldOut<S: Real>(_ model: Model<S>, train: [TrainingExample], heldOut: [TrainingExample],
+                                         budget: FinetuneBudget, batchSize: Int, seed: UInt64, optimizer: AdamW<S>,
+                                         stopAfter: ((StepStats) -> Bool)? = nil) throws -> FinetuneOutcome {
+    guard !heldOut.isEmpty else { throw HeadAlignError.usage("the fine-tuning budget needs held-out examples: the clean set has \(train.count)") }
+    let steps = max(1, Int((budget.passes * Double(train.count) / Double(batchSize)).rounded(.up)))
+    var checks = [(step: 0, loss: meanLoss(model, heldOut))]
+    var best = checks[0], bestParams = model.params.copy(), sinceBest = 0
+    let losses = try trainSteps(model, examples: train, steps: steps, batchSize: batchSize, seed: seed, optimizer: optimizer,
+                                stopAfter: { stats in
+        if let stopAfter, stopAfter(stats) { return true }
+        guard stats.step % budget.every == 0 || stats.step == steps else { return false }
+        let l = meanLoss(model, heldOut)
+        checks.append((stats.step, l))
+        if l < best.loss {
+            (best, bestParams, sinceBest) = ((stats.step, l), model.params.copy(), 0)
+        } else {
+            sinceBest += 1
+        }
+        return sinceBest >= budget.patience
+    })
+    model.params.data.update(from: bestParams.data, count: model.layout.total)
+    return FinetuneOutcome(losses: losses, heldOut: checks, chosenStep: best.step)
+}

@@ -15,6 +15,7 @@ public struct SafetyReport: Sendable {
     public let classes: [HeadClass]
     public let alpha: Double, tau: Double
     public let heads: Int  // NH per layer
+    public var rule: ClassRule = .tau
 
     public func ids(_ cls: HeadClass) -> [HeadID] {
         classes.indices.filter { classes[$0] == cls }.map { HeadID($0 / heads, $0 % heads) }
@@ -25,8 +26,13 @@ public struct SafetyReport: Sendable {
         let s = ids(.safe).count, u = ids(.suspicious).count
         guard s == 0 || u == 0 else { return nil }
         let lo = safety.min() ?? 0, hi = safety.max() ?? 0
-        let which = [s == 0 ? "safe (S > \(1 - tau))" : nil, u == 0 ? "suspicious (S < \(tau))" : nil].compactMap { $0 }
-        return "no \(which.joined(separator: " and no ")) heads: safety scores range over [\(String(format: "%.4f", lo)), \(String(format: "%.4f", hi))] with alpha \(alpha), tau \(tau)"
+        let bounds: (safe: String, suspicious: String, with: String)
+        switch rule {
+        case .tau: bounds = ("S > \(1 - tau)", "S < \(tau)", "tau \(tau)")
+        case .outliers(let z): bounds = ("robust z >= -1", "robust z < -\(z)", "the outlier rule")
+        }
+        let which = [s == 0 ? "safe (\(bounds.safe))" : nil, u == 0 ? "suspicious (\(bounds.suspicious))" : nil].compactMap { $0 }
+        return "no \(which.joined(separator: " and no ")) heads: safety scores range over [\(String(format: "%.4f", lo)), \(String(format: "%.4f", hi))] with alpha \(alpha), \(bounds.with)"
     }
 }
 
@@ -46,9 +52,59 @@ public func classifyHeads(_ safety: [Double], tau: Double) -> [HeadClass] {
     safety.map { $0 < tau ? .suspicious : ($0 > 1 - tau ? .safe : .intermediate) }
 }
 
+/// How Eq. 5's scores become classes.
+public enum ClassRule: Sendable, Equatable {
+    /// The paper's fixed bounds (`classifyHeads`).
+    case tau
+    /// Ours: classes sized by the evidence (`classifyOutliers`).
+    case outliers(z: Double)
+
+    /// 3 robust standard deviations: the usual cut for an outlier. Measured in docs/RESULTS.md §6.
+    public static let defaultZ = 3.0
+    /// The outlier cut, or nil for the fixed-`tau` rule.
+    public var z: Double? { if case .outliers(let z) = self { return z } else { return nil } }
+}
+
+/// Evidence-sized classes (ours; SPEC lets the default be such a rule, with the fixed-`tau` rule
+/// one flag away). The robust z-score of each head's S against all heads,
+/// `z = (S - median S) / (1.4826 * MAD)`: suspicious when `z < -zCut` (an outlier below the
+/// rest: the few heads a trigger hijacks), safe when `z >= -1` (within about one standard
+/// deviation of the typical head, or above it), intermediate in between (the undecided).
+/// Why: `tau` 0.5 has no intermediate class and splits every head into two camps whatever the
+/// evidence — 52 of 72 MiniLM heads suspicious on HiddenKiller and on a text-style trigger, where
+/// aligning them to the other 20 left the model worse than no defense. An outlier rule finds few
+/// heads when few stand out, and none when none do (then the defense reports an empty set).
+/// A MAD of 0 (half the heads share one score) makes every other head an outlier; the rule then
+/// falls back to the standard deviation.
+public func classifyOutliers(_ safety: [Double], z zCut: Double) -> [HeadClass] {
+    let z = robustZ(safety)
+    return z.map { $0 < -zCut ? .suspicious : ($0 >= -1 ? .safe : .intermediate) }
+}
+
+/// `(x - median) / (1.4826 * MAD)`, or `(x - mean) / sd` when the MAD is 0; all 0 when both are.
+public func robustZ(_ x: [Double]) -> [Double] {
+    func median(_ v: [Double]) -> Double {
+        let s = v.sorted(), n = s.count
+        return n == 0 ? 0 : n % 2 == 1 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2
+    }
+    let m = median(x), mad = 1.4826 * median(x.map { abs($0 - m) })
+    if mad > 0 { return x.map { ($0 - m) / mad } }
+    let mean = x.reduce(0, +) / Double(max(1, x.count))
+    let sd = (x.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(max(1, x.count))).squareRoot()
+    return sd > 0 ? x.map { ($0 - mean) / sd } : x.map { _ in 0 }
+}
+
+/// The classes of `safety` under `rule`.
+public func classes(_ safety: [Double], rule: ClassRule, tau: Double) -> [HeadClass] {
+    switch rule {
+    case .tau: return classifyHeads(safety, tau: tau)
+    case .outliers(let z): return classifyOutliers(safety, z: z)
+    }
+}
+
 /// Eq. 5 over the analysis inputs: `maxsim` and `G` averaged over them first.
 public func safetyReport(_ analyses: [InputAnalysis], alpha: Double, tau: Double, heads: Int,
-                         maxsimOverride: [Double]? = nil) -> SafetyReport {
+                         maxsimOverride: [Double]? = nil, rule: ClassRule = .tau) -> SafetyReport {
     precondition(!analyses.isEmpty, "safetyReport: no inputs")
     let n = analyses[0].maxsim.count, count = Double(analyses.count)
     var maxsim = [Double](repeating: 0, count: n), g = maxsim
@@ -58,7 +114,7 @@ public func safetyReport(_ analyses: [InputAnalysis], alpha: Double, tau: Double
     let m = maxsimOverride ?? maxsim
     let (s, normalized) = safetyScores(maxsim: m, importance: g, alpha: alpha)
     return SafetyReport(maxsim: m, importance: g, normalizedImportance: normalized, safety: s,
-                        classes: classifyHeads(s, tau: tau), alpha: alpha, tau: tau, heads: heads)
+                        classes: classes(s, rule: rule, tau: tau), alpha: alpha, tau: tau, heads: heads, rule: rule)
 }
 
 /// `--maxsim contrast`: `max_{j != h} max(0, cos(A^h, A^j) - mu_hj)` averaged over the inputs,

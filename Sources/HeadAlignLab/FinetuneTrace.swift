@@ -13,6 +13,7 @@ public struct TracePoint: Sendable {
     public let trainLoss: Double  // the step's batch loss (NaN at step 0)
     public let ca: Double, asr: Double
     public let alignLoss: Double  // Eq. 7, mean over the analysed inputs
+    public let heldOutLoss: Double  // the budget's held-out loss (NaN without a budget)
     /// L2 distance from the aligned model's parameters, per group: suspicious, safe, intermediate
     /// heads' slices, and everything no head owns.
     public let moved: (suspicious: Double, safe: Double, intermediate: Double, other: Double)
@@ -45,6 +46,11 @@ public func traceHeadwiseFinetune<S: Real>(_ backdoored: Model<S>, clean: [Train
         ? clean.map { AnalysisInput(tokens: Array($0.tokens.prefix($0.responseStart ?? $0.tokens.count))) }
         : report.flagged.map { inputs[$0] }
     let susIdx = round.suspicious.map { $0.layer * nh + $0.head }, safeIdx = round.safe.map { $0.layer * nh + $0.head }
+    // the fine-tuning of `defend`'s round 1 for `ours`: the same split, batches and rates, run to
+    // the end of its budget (no patience) so that the whole curve shows
+    let (train, heldOut) = settings.finetuneBudget.map { heldOutSplit(clean, holdout: $0.holdout, seed: settings.seed &+ 200) } ?? (clean, [])
+    let steps = settings.finetuneBudget.map { max(1, Int(($0.passes * Double(train.count) / Double(settings.batchSize)).rounded(.up))) }
+        ?? settings.finetuneSteps
     func point(_ step: Int, _ loss: Double) throws -> TracePoint {
         let (ca, asr) = evaluate(model)
         let views = try analyze(model, analysed, settings: s.analysis(s.defenseView, importance: false)).map(\.views)
@@ -55,16 +61,16 @@ public func traceHeadwiseFinetune<S: Real>(_ backdoored: Model<S>, clean: [Train
             sq[groupOf[i]] += d * d
         }
         return TracePoint(step: step, trainLoss: loss, ca: ca, asr: asr, alignLoss: align,
+                          heldOutLoss: heldOut.isEmpty ? .nan : meanLoss(model, heldOut),
                           moved: (sq[1].squareRoot(), sq[2].squareRoot(), sq[3].squareRoot(), sq[4].squareRoot()))
     }
     var points = [try point(0, .nan)]
-    // exactly the fine-tuning of `defend`'s round 1 for `ours`
     let rates = headwiseLearningRates(layout: model.layout, config: c, classes: classes, rates: settings.rates)
     let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay)
     var failure: Error? = nil
-    _ = try trainSteps(model, examples: clean, steps: settings.finetuneSteps, batchSize: settings.batchSize,
+    _ = try trainSteps(model, examples: train, steps: steps, batchSize: settings.batchSize,
                        seed: settings.seed &+ 101, optimizer: optimizer, onStep: { stats in
-        guard failure == nil, stats.step % every == 0 || stats.step == settings.finetuneSteps else { return }
+        guard failure == nil, stats.step % every == 0 || stats.step == steps else { return }
         do { points.append(try point(stats.step, stats.loss)) } catch { failure = error }
     })
     if let failure { throw failure }
@@ -73,11 +79,12 @@ public func traceHeadwiseFinetune<S: Real>(_ backdoored: Model<S>, clean: [Train
 
 /// The trace as a markdown table.
 public func traceTable(_ points: [TracePoint]) -> String {
-    var out = "| step | batch loss | CA (%) | ASR (%) | Eq. 7 loss | moved: suspicious | safe | intermediate | other |\n"
-    out += "|---|---|---|---|---|---|---|---|---|\n"
+    var out = "| step | batch loss | held-out loss | CA (%) | ASR (%) | Eq. 7 loss | moved: suspicious | safe | intermediate | other |\n"
+    out += "|---|---|---|---|---|---|---|---|---|---|\n"
     for p in points {
         let loss = p.trainLoss.isNaN ? "" : fmt(p.trainLoss)
-        out += "| \(p.step) | \(loss) | \(String(format: "%.1f", 100 * p.ca)) | \(String(format: "%.1f", 100 * p.asr)) | \(fmt(p.alignLoss)) | "
+        let held = p.heldOutLoss.isNaN ? "" : fmt(p.heldOutLoss)
+        out += "| \(p.step) | \(loss) | \(held) | \(String(format: "%.1f", 100 * p.ca)) | \(String(format: "%.1f", 100 * p.asr)) | \(fmt(p.alignLoss)) | "
             + [p.moved.suspicious, p.moved.safe, p.moved.intermediate, p.moved.other].map { String(format: "%.4g", $0) }.joined(separator: " | ") + " |\n"
     }
     return out

@@ -423,10 +423,15 @@ let defenseOptions: [OptionSpec] = {
         OptionSpec(name: "--score", value: "S", help: "the monitor's score (default \(d.score.rawValue))"),
         OptionSpec(name: "--quantile", value: "Q", help: "the monitor's calibration quantile (default \(d.quantile))"),
         OptionSpec(name: "--maxsim", value: "M", help: "Eq. 5's maxsim: plain or contrast (default \(d.maxsim.rawValue))"),
+        OptionSpec(name: "--classes", value: "R", help: "Eq. 5's classes: outliers (ours: suspicious = robust z of S < -Z, safe = z >= -1) or tau (the paper's fixed bounds; implied by --tau) (default outliers)"),
+        OptionSpec(name: "--outlier-z", value: "Z", help: "--classes outliers: the robust z below which a head is suspicious (default \(ClassRule.defaultZ))"),
         OptionSpec(name: "--rounds", value: "N", help: "at most this many rounds (default \(d.rounds))"),
         OptionSpec(name: "--align-steps", value: "N", help: "alignment steps per round (default \(d.alignSteps))"),
         OptionSpec(name: "--align-lr", value: "LR", help: "alignment AdamW learning rate (default \(d.alignLearningRate))"),
-        OptionSpec(name: "--ft-steps", value: "N", help: "fine-tuning steps per round (default \(d.finetuneSteps))"),
+        OptionSpec(name: "--ft-steps", value: "N", help: "a fixed budget: N fine-tuning steps per round on the whole clean set, no held-out split (also --ft-holdout 0: \(d.finetuneSteps) steps)"),
+        OptionSpec(name: "--ft-holdout", value: "F", help: "share of the clean set held out to pick the fine-tuning step with the lowest held-out loss (default \(FinetuneBudget().holdout))"),
+        OptionSpec(name: "--ft-passes", value: "P", help: "fine-tuning budget in passes over the rest of the clean set (default \(FinetuneBudget().passes))"),
+        OptionSpec(name: "--ft-patience", value: "N", help: "held-out checks (every \(FinetuneBudget().every) steps) without a new lowest loss before stopping (default \(FinetuneBudget().patience))"),
         OptionSpec(name: "--batch", value: "B", help: "batch size (default \(d.batchSize))"),
         OptionSpec(name: "--lr-suspicious", value: "LR", help: "eta_low (default \(d.rates.suspicious))"),
         OptionSpec(name: "--lr-safe", value: "LR", help: "eta_high (default \(d.rates.safe))"),
@@ -455,6 +460,15 @@ extension ParsedArguments {
             s.monitorView = AnalysisView(rawValue: try choice("--monitor-view", AnalysisView.allCases.map(\.rawValue), default: s.monitorView.rawValue))!
         }
         (s.alpha, s.tau) = try alphaTau()
+        // --tau alone means the paper's fixed-tau classes
+        let rule = try choice("--classes", ["outliers", "tau"], default: has("--tau") ? "tau" : "outliers")
+        if rule == "outliers" {
+            if has("--tau") { throw HeadAlignError.usage("--tau: the outlier classes have no tau; add --classes tau") }
+            s.classRule = .outliers(z: try double("--outlier-z", default: ClassRule.defaultZ, range: 0...100))
+        } else {
+            if has("--outlier-z") { throw HeadAlignError.usage("--outlier-z goes with --classes outliers") }
+            s.classRule = .tau
+        }
         s.score = MonitorScore(rawValue: try choice("--score", MonitorScore.allCases.map(\.rawValue), default: s.score.rawValue))!
         s.quantile = try double("--quantile", default: s.quantile, range: 0...1)
         s.maxsim = MaxsimMode(rawValue: try choice("--maxsim", MaxsimMode.allCases.map(\.rawValue), default: s.maxsim.rawValue))!
@@ -462,6 +476,17 @@ extension ParsedArguments {
         s.alignSteps = try int("--align-steps", default: s.alignSteps, range: 0...1_000_000)
         s.alignLearningRate = try double("--align-lr", default: s.alignLearningRate, range: 0...1)
         s.finetuneSteps = try int("--ft-steps", default: s.finetuneSteps, range: 0...1_000_000)
+        var budget = FinetuneBudget()
+        budget.holdout = try double("--ft-holdout", default: budget.holdout, range: 0...0.9)
+        budget.passes = try double("--ft-passes", default: budget.passes, range: 0.01...1000)
+        budget.patience = try int("--ft-patience", default: budget.patience, range: 1...1_000_000)
+        if has("--ft-steps") && has("--ft-holdout") && budget.holdout > 0 {
+            throw HeadAlignError.usage("--ft-steps: a fixed step count has no held-out split; drop --ft-holdout or set it to 0")
+        }
+        s.finetuneBudget = has("--ft-steps") || budget.holdout == 0 ? nil : budget
+        if s.finetuneBudget == nil, let flag = ["--ft-passes", "--ft-patience"].first(where: has) {
+            throw HeadAlignError.usage("\(flag) goes with the held-out budget; --ft-steps or --ft-holdout 0 turned it off")
+        }
         s.batchSize = try int("--batch", default: s.batchSize, range: 1...4096)
         s.rates.suspicious = try double("--lr-suspicious", default: s.rates.suspicious, range: 0...1)
         s.rates.safe = try double("--lr-safe", default: s.rates.safe, range: 0...1)
@@ -494,9 +519,12 @@ extension ParsedArguments {
 
 /// The settings line every defense command prints.
 func describe(_ s: DefenseSettings, _ b: BaselineSettings) -> String {
-    let method = "view \(s.defenseView.rawValue), monitor view \(s.monitorView.rawValue), scope \(s.scope.rawValue), alpha \(s.alpha), tau \(s.tau), "
+    let method = "view \(s.defenseView.rawValue), monitor view \(s.monitorView.rawValue), scope \(s.scope.rawValue), alpha \(s.alpha), "
+        + (s.classRule.z.map { "classes outliers z \($0), " } ?? "classes tau \(s.tau), ")
         + "maxsim \(s.maxsim.rawValue), score \(s.score.rawValue), q \(s.quantile), rounds \(s.rounds), "
-        + "align steps \(s.alignSteps) at \(s.alignLearningRate), ft steps \(s.finetuneSteps), batch \(s.batchSize), "
+        + "align steps \(s.alignSteps) at \(s.alignLearningRate), "
+        + (s.finetuneBudget.map { "ft held-out \($0.holdout), passes \($0.passes), patience \($0.patience) checks every \($0.every) steps, " }
+           ?? "ft steps \(s.finetuneSteps), ") + "batch \(s.batchSize), "
         + "lr suspicious \(s.rates.suspicious) safe \(s.rates.safe) intermediate \(s.rates.intermediate) other \(s.rates.other), "
         + "weight decay \(s.weightDecay), seed \(s.seed)"
         + (s.finetuneGuard.map { ", ft guard every \($0.every) tolerance \($0.tolerance)" } ?? "")

@@ -82,6 +82,8 @@ enum DefendCommand: Command {
                 ("round", .int(r.round)), ("suspicious", .array(r.suspicious.map { .string($0.description) })),
                 ("safe", .array(r.safe.map { .string($0.description) })), ("intermediate", .int(r.intermediateCount)),
                 ("align_loss", .numbers(r.alignLoss)), ("finetune_loss", .numbers(r.finetuneLoss)),
+                ("heldout_steps", .array(r.heldOutLoss.map { .int($0.step) })), ("heldout_loss", .numbers(r.heldOutLoss.map(\.loss))),
+                ("finetune_kept_step", .int(r.finetuneKeptStep)),
                 ("flagged_after", .int(r.flaggedAfter)), ("mean_score_after", .number(r.meanScoreAfter)),
             ]) })),
         ])

@@ -1,0 +1,97 @@
+// Issue 15: the fine-tuning budget (held-out split, lowest held-out loss kept) and the
+// evidence-sized head classes (robust outliers of Eq. 5's S).
+
+import XCTest
+@testable import HeadAlign
+
+final class Issue15Tests: XCTestCase {
+    // MARK: evidence-sized classes
+
+    /// [1, 2, 3, 4, 100]: median 3, |x - 3| = [2, 1, 0, 1, 97], MAD 1, scale 1.4826:
+    /// z = [-2, -1, 0, 1, 97] / 1.4826 = [-1.349, -0.674, 0, 0.674, 65.4].
+    func testRobustZByHand() {
+        let z = robustZ([1, 2, 3, 4, 100])
+        assertAllClose(z.map(Float.init), [-2 / 1.4826, -1 / 1.4826, 0, 1 / 1.4826, 97 / 1.4826], rtol: 1e-6)
+        // even count: median of the middle two; MAD 0 falls back to mean/sd; constant: all 0
+        assertAllClose(robustZ([0, 0, 0, 4]).map(Float.init), [-1 / 3.0.squareRoot(), -1 / 3.0.squareRoot(), -1 / 3.0.squareRoot(), 3 / 3.0.squareRoot()], rtol: 1e-6)
+        XCTAssertEqual(robustZ([2, 2, 2]), [0, 0, 0])
+    }
+
+    /// Safety scores of 9 typical heads near 0.6 and one far below: only that one is suspicious;
+    /// a head ~2 robust sd low is intermediate; the rest are safe. No outlier: no suspicious head,
+    /// reported as an empty class naming the rule.
+    func testOutlierClassesFindFewHeadsWhenFewStandOut() {
+        let s = [0.60, 0.62, 0.58, 0.61, 0.59, 0.60, 0.63, 0.57, 0.56, 0.10]
+        // median (0.59 + 0.60) / 2 = 0.595; |s - m| sorted .005 .005 .005 .015 .015 .025 .025 .035 .035 .495:
+        // MAD 0.02, scale 0.029652; z(0.10) = -16.7, z(0.56) = -1.18, z(0.57) = -0.84
+        let c = classifyOutliers(s, z: 3)
+        XCTAssertEqual(c, [.safe, .safe, .safe, .safe, .safe, .safe, .safe, .safe, .intermediate, .suspicious])
+        XCTAssertEqual(classifyOutliers(s, z: 20)[9], .intermediate)  // below -1 but not past the cut
+        // the fixed-tau rule on the same scores: 9 safe (S > 0.5), 1 suspicious, nothing in between
+        XCTAssertEqual(classifyHeads(s, tau: 0.5).filter { $0 == .safe }.count, 9)
+        let a = InputAnalysis(tokens: [1], promptLength: 1, views: [], pairCosines: [], maxsim: [0.5, 0.5, 0.5],
+                              importance: [1, 1, 1], label: 0, fracAbove: 0, p99: 0)
+        let r = safetyReport([a], alpha: 0.5, tau: 0.5, heads: 3, rule: .outliers(z: 3))
+        XCTAssertEqual(r.classes, [.safe, .safe, .safe])
+        XCTAssertTrue((r.emptyClassReport ?? "").contains("no suspicious (robust z < -3.0)"), r.emptyClassReport ?? "nil")
+    }
+
+    // MARK: the fine-tuning budget
+
+    func testHeldOutSplitIsASeededPartition() {
+        let clean = (0..<10).map { TrainingExample(tokens: [$0], label: $0 % 2) }
+        let (train, held) = heldOutSplit(clean, holdout: 0.2, seed: 3)
+        XCTAssertEqual(held.count, 2)
+        XCTAssertEqual(Set((train + held).map { $0.tokens[0] }), Set(0..<10))
+        XCTAssertEqual(heldOutSplit(clean, holdout: 0.2, seed: 3).heldOut.map(\.tokens), held.map(\.tokens))
+        XCTAssertGreaterThan(Set((0..<8).map { heldOutSplit(clean, holdout: 0.2, seed: UInt64($0)).heldOut.map { $0.tokens[0] } }).count, 1)
+        XCTAssertEqual(heldOutSplit(clean, holdout: 0, seed: 3).heldOut.count, 0)
+        XCTAssertEqual(heldOutSplit([clean[0]], holdout: 0.5, seed: 3).heldOut.count, 0)
+        XCTAssertEqual(heldOutSplit(Array(clean.prefix(2)), holdout: 0.9, seed: 3).train.count, 1)  // at least one to train on
+    }
+
+    /// The kept parameters are those of the check with the lowest held-out loss: recomputing the
+    /// held-out loss of the returned model gives exactly that check's value. With a learning rate
+    /// that wrecks the model, step 0 is kept and the parameters come back bit for bit.
+    func testTheLowestHeldOutLossIsKept() throws {
+        let config = try ModelConfig.preset("bert-micro")
+        var rng = SeededGenerator(seed: 9)
+        let data = (0..<40).map { _ -> TrainingExample in
+            let label = rng.int(below: 2)
+            return TrainingExample(tokens: [2] + (0..<5).map { _ in 4 + 2 * rng.int(below: 9) + label } + [3], label: label)
+        }
+        let (train, held) = heldOutSplit(data, holdout: 0.25, seed: 1)
+        for (rate, expectStepZero) in [(3e-3, false), (50.0, true)] {
+            let model = Model<Double>(config: config)
+            model.initialize(seed: 4)
+            let before = model.params.array
+            var budget = FinetuneBudget()
+            budget.passes = 4; budget.every = 2; budget.patience = 100
+            let opt = headwiseOptimizer(model, rates: [Double](repeating: rate, count: model.layout.total), weightDecay: 0)
+            let out = try finetuneWithHeldOut(model, train: train, heldOut: held, budget: budget, batchSize: 5, seed: 2, optimizer: opt)
+            XCTAssertEqual(out.losses.count, 24)  // 4 passes over 30 in batches of 5
+            XCTAssertEqual(out.heldOut.map(\.step), [0] + Array(stride(from: 2, through: 24, by: 2)))
+            let best = out.heldOut.min { $0.loss < $1.loss }!
+            XCTAssertEqual(out.chosenStep, best.step)
+            XCTAssertEqual(meanLoss(model, held), best.loss)
+            XCTAssertEqual(out.chosenStep == 0, expectStepZero, "rate \(rate): held-out \(out.heldOut)")
+            if expectStepZero { XCTAssertEqual(model.params.array, before) }
+        }
+    }
+
+    /// Patience ends the run after that many checks without a new lowest loss.
+    func testPatienceStopsEarly() throws {
+        let config = try ModelConfig.preset("bert-micro")
+        let data = (0..<20).map { TrainingExample(tokens: [2, 5 + $0 % 7, 3], label: $0 % 2) }
+        let model = Model<Double>(config: config)
+        model.initialize(seed: 4)
+        var budget = FinetuneBudget()
+        budget.passes = 50; budget.every = 1; budget.patience = 3
+        let opt = headwiseOptimizer(model, rates: [Double](repeating: 50, count: model.layout.total), weightDecay: 0)
+        let out = try finetuneWithHeldOut(model, train: Array(data.prefix(15)), heldOut: Array(data.suffix(5)), budget: budget,
+                                          batchSize: 5, seed: 2, optimizer: opt)
+        let firstBest = out.heldOut.firstIndex { $0.step == out.chosenStep }!
+        XCTAssertEqual(out.heldOut.count - 1 - firstBest, 3)
+        XCTAssertLessThan(out.losses.count, 150)
+    }
+}

@@ -39,7 +39,7 @@ public enum AnyTokenizer: @unchecked Sendable {
             guard maxLength >= 1 else { throw HeadAlignError.usage("no room for a prompt (\(maxLength) positions)") }
             let ids = DecoderTokenizer.words(t).prompt(text)
             return ids.count > maxLength ? ([ids[0]] + ids.suffix(maxLength - 1), true, 0) : (ids, false, 0)
-        case .none: throw HeadAlignError.usage("this model has no tokenizer; give one (vocab.txt beside config.json, or --tokenizer)")
+        case .none: throw HeadAlignError.usage("this model has no tokenizer; give one (vocab.txt or a WordPiece tokenizer.json beside config.json, or --tokenizer)")
         }
     }
 
@@ -92,7 +92,8 @@ public enum AnyModel {
         }
     }
 
-    /// The tokenizer beside a model: `vocab.txt` (WordPiece) or `tokenizer.bin` (llama2.c) in a
+    /// The tokenizer beside a model: `vocab.txt` (WordPiece), a WordPiece `tokenizer.json` (a BERT
+    /// saved by transformers 5) or `tokenizer.bin` (llama2.c) in a
     /// directory, or the llama2.c tokenizer named with the checkpoint.
     public static func tokenizer(for source: ModelSource, config: ModelConfig) throws -> AnyTokenizer {
         let fm = FileManager.default
@@ -105,6 +106,9 @@ public enum AnyModel {
             if fm.fileExists(atPath: dir + "/vocab.txt") {
                 let t = try WordPieceTokenizer(directory: dir, vocabSize: config.vocabSize)
                 return config.family == .llama ? .words(t) : .wordPiece(t)
+            }
+            if config.family == .bert, fm.fileExists(atPath: dir + "/tokenizer.json") {
+                return .wordPiece(try WordPieceTokenizer(tokenizerJSON: dir + "/tokenizer.json", vocabSize: config.vocabSize))
             }
             if fm.fileExists(atPath: dir + "/tokenizer.bin") {
                 return .llama2c(try Llama2cTokenizer(path: dir + "/tokenizer.bin", vocabSize: config.vocabSize,

@@ -72,6 +72,42 @@ public final class WordPieceTokenizer: @unchecked Sendable {
         try self.init(vocab: lines, lowercase: lower, stripAccents: strip, splitChinese: chinese, source: path)
     }
 
+    /// Reads the WordPiece vocabulary of a Hugging Face `tokenizer.json` (`model.type` WordPiece,
+    /// `model.vocab` token -> id; `normalizer` BertNormalizer's `lowercase`, `strip_accents`,
+    /// `handle_chinese_chars`), for directories saved without `vocab.txt` (transformers 5 writes
+    /// only `tokenizer.json`). The ids must be 0..<n, each once, as in a `vocab.txt`.
+    public convenience init(tokenizerJSON path: String, vocabSize: Int? = nil) throws {
+        guard let data = FileManager.default.contents(atPath: path) else { throw HeadAlignError.badInput("\(path): cannot read") }
+        let json: JSONValue
+        do { json = try data.withUnsafeBytes { try JSONValue.parse($0.bindMemory(to: UInt8.self)) } } catch {
+            throw HeadAlignError.badInput("\(path): not valid JSON (\(error))")
+        }
+        guard case .string(let type)? = json["model"]?["type"], type == "WordPiece" else {
+            throw HeadAlignError.badInput("\(path): model.type is not WordPiece (headalign reads WordPiece tokenizer.json files; give vocab.txt)")
+        }
+        guard case .object(let entries)? = json["model"]?["vocab"], !entries.isEmpty else {
+            throw HeadAlignError.badInput("\(path): model.vocab is not a non-empty object")
+        }
+        if let vocabSize, entries.count > vocabSize {
+            throw HeadAlignError.badInput("\(path): \(entries.count) entries, more than config.json's vocab_size \(vocabSize)")
+        }
+        var vocab = [String?](repeating: nil, count: entries.count)
+        for (token, value) in entries {
+            guard case .integer(let id) = value, id >= 0, id < entries.count else {
+                throw HeadAlignError.badInput("\(path): model.vocab['\(token.prefix(40))'] is not an id in 0..<\(entries.count)")
+            }
+            guard vocab[id] == nil else { throw HeadAlignError.badInput("\(path): id \(id) is given to two tokens") }
+            vocab[id] = token
+        }
+        var lower = true, strip: Bool? = nil, chinese = true
+        if let n = json["normalizer"] {
+            if case .bool(let b)? = n["lowercase"] { lower = b }
+            if case .bool(let b)? = n["strip_accents"] { strip = b }
+            if case .bool(let b)? = n["handle_chinese_chars"] { chinese = b }
+        }
+        try self.init(vocab: vocab.map { $0! }, lowercase: lower, stripAccents: strip, splitChinese: chinese, source: path)
+    }
+
     /// The basic tokenizer: clean, split CJK characters, lower-case, strip accents, split off
     /// punctuation, split on whitespace.
     public func basicTokens(_ text: String) -> [String] {

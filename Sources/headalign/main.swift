@@ -26,7 +26,8 @@ let commands: [Command.Type] = [
     commands:
 
     """
-    for c in commands { s += "  " + c.spec.name.padding(toLength: 12, withPad: " ", startingAt: 0) + c.spec.summary + "\n" }
+    let width = (commands.map { $0.spec.name.count }.max() ?? 0) + 2
+    for c in commands { s += "  " + c.spec.name.padding(toLength: width, withPad: " ", startingAt: 0) + c.spec.summary + "\n" }
     s += "\n'headalign <command> --help' describes a command's options.\n"
     return s
 }

@@ -21,6 +21,34 @@ final class HFTokenizerTests: XCTestCase {
         XCTAssertEqual(words["added_tokens"]!.array.count, 5)
     }
 
+    /// A directory with only a WordPiece tokenizer.json (as transformers 5 saves a BERT) reads back
+    /// as the same tokenizer: same ids for every entry and on sentences, casing options kept; a
+    /// tokenizer.json that is not WordPiece, or gives one id twice, is refused naming the file.
+    func testReadsAWordPieceTokenizerJSON() throws {
+        let vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "un", "##aff", "##able", ".", "Été"]
+        let dir = temporaryDirectory(self)
+        for lower in [true, false] {
+            let t = try WordPieceTokenizer(vocab: vocab, lowercase: lower)
+            let path = dir + "/tokenizer-\(lower).json"
+            try Data(huggingFaceTokenizerJSON(t, wholeWords: false).text.utf8).write(to: URL(fileURLWithPath: path))
+            let back = try WordPieceTokenizer(tokenizerJSON: path, vocabSize: 16)
+            for text in ["unaffable.", "UNAFFABLE .", "Été un", "unknown"] {
+                XCTAssertEqual(back.encode(text, maxLength: 16).ids, t.encode(text, maxLength: 16).ids, "\(text), lowercase \(lower)")
+            }
+            XCTAssertThrowsError(try WordPieceTokenizer(tokenizerJSON: path, vocabSize: 5))  // more entries than vocab_size
+        }
+        let bad = dir + "/bad.json"
+        let twice = "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {\"[UNK]\": 0, \"[CLS]\": 0, \"[SEP]\": 1}}}"
+        try Data(twice.utf8).write(to: URL(fileURLWithPath: bad))
+        XCTAssertThrowsError(try WordPieceTokenizer(tokenizerJSON: bad)) { error in
+            XCTAssertTrue(String(describing: error).contains("bad.json"), String(describing: error))
+        }
+        try Data("{\"model\": {\"type\": \"BPE\", \"vocab\": {}}}".utf8).write(to: URL(fileURLWithPath: bad))
+        XCTAssertThrowsError(try WordPieceTokenizer(tokenizerJSON: bad)) { error in
+            XCTAssertTrue(String(describing: error).contains("not WordPiece"), String(describing: error))
+        }
+    }
+
     /// The ids of Python `tokenizers` on the written tokenizer.json equal headalign's, for the
     /// shipped tiny BERT (WordPiece) and tiny Llama (whole words) and, with ../shared/data, for
     /// MiniLM's vocabulary on the 14 sentences of minilm_tokens.json (Hugging Face BertTokenizer's ids).

@@ -11,7 +11,7 @@ BertForSequenceClassification (2 labels, a new seeded head), dropout 0.1 (the ch
 AdamW (betas 0.9/0.999, eps 1e-8), linear decay to 0 without warm-up, batch 32, max length 64,
 shuffled with --seed.
 """
-import argparse, csv, os, random, sys
+import argparse, csv, os, random, shutil, sys
 
 import torch
 from transformers import AutoTokenizer, BertForSequenceClassification, get_linear_schedule_with_warmup
@@ -56,5 +56,7 @@ for epoch in range(a.epochs):
 tmp = a.out + ".partial"
 model.save_pretrained(tmp, safe_serialization=True)
 tok.save_pretrained(tmp)
+# transformers 5 writes tokenizer.json only; headalign reads the WordPiece vocab.txt
+shutil.copy(os.path.join(a.model, "vocab.txt"), os.path.join(tmp, "vocab.txt"))
 os.rename(tmp, a.out)
 print(f"wrote {a.out}")

@@ -18,6 +18,8 @@ final class FinetuneTraceTests: XCTestCase {
         var s = DefenseSettings(task: .classification, family: .bert)
         s.quantile = 0  // flag (almost) everything: the defense must reach its fine-tuning
         s.alpha = 0.2  // a random model's heads are all alike: leave Eq. 5 a safe class
+        s.classRule = .tau  // and the paper's fixed bounds, so that both classes exist
+        s.finetuneBudget = nil  // a fixed 12 steps (the held-out budget has its own test below)
         s.alignSteps = 5
         s.finetuneSteps = 12
         s.batchSize = 4
@@ -46,6 +48,28 @@ final class FinetuneTraceTests: XCTestCase {
         // the heads and the rest move once fine-tuning starts; the table has a row per point
         XCTAssertGreaterThan(points.last!.moved.other, 0)
         XCTAssertEqual(traceTable(points).split(separator: "\n").count, 2 + points.count)
+    }
+
+    /// Under the held-out budget the trace runs the whole budget; its point at the step `defend`
+    /// kept is `ours`.
+    func testTraceUnderTheBudgetPassesThroughOurs() throws {
+        let (m, split, fixed) = setup()
+        var s = fixed, budget = FinetuneBudget()
+        budget.every = 1; budget.passes = 2; budget.patience = 100
+        s.finetuneBudget = budget
+        let model = m.copy()
+        let report = try defend(model, clean: split.defenderClean, inputs: split.monitorClean + split.monitorTriggered, settings: s)
+        let kept = report.rounds[0].finetuneKeptStep
+        let ours = caAndASR(model, split)
+        let (points, why) = try traceHeadwiseFinetune(m, clean: split.defenderClean, inputs: split.monitorClean + split.monitorTriggered,
+                                                      settings: s, every: 1, evaluate: { caAndASR($0, split) })
+        XCTAssertNil(why)
+        XCTAssertEqual(points.last!.step, 10)  // 2 passes over the 19 not held out (of 24), batches of 4
+        let point = points.first { $0.step == kept }!
+        XCTAssertEqual(point.ca, ours.ca)
+        XCTAssertEqual(point.asr, ours.asr)
+        // the kept step has the lowest held-out loss of the trace
+        XCTAssertEqual(point.heldOutLoss, points.map(\.heldOutLoss).min()!)
     }
 
     func testTrainStepsStopsWhereAsked() throws {

@@ -12,7 +12,7 @@ public enum DefenseMethod: String, CaseIterable, Sendable {
     case ours  // align, then head-wise fine-tuning
     case alignOnly = "align-only"
     case ftOnly = "ft-only"  // head-wise fine-tuning without alignment
-    case finetune  // one learning rate for everything (rates.other)
+    case finetune  // one learning rate for everything (`uniformRate`)
 
     public var aligns: Bool { self == .ours || self == .alignOnly }
     public var finetunes: Bool { self != .alignOnly }
@@ -26,9 +26,12 @@ public struct DefenseSettings: Sendable {
     public var scope: PairScope = .model
     public var alpha = 0.5
     public var tau = 0.5  // the paper gives none; used by `classRule == .tau`
-    /// How Eq. 5's scores become classes: evidence-sized outliers (ours; `classifyOutliers` has
-    /// the why) or the paper's fixed `tau` (`--classes tau`).
-    public var classRule: ClassRule = .outliers(z: ClassRule.defaultZ)
+    /// How Eq. 5's scores become classes: the paper's fixed `tau`, or evidence-sized outliers
+    /// (ours, `--classes outliers`; `classifyOutliers`). Measured (docs/RESULTS.md §6): the outlier
+    /// rule found 2–4 heads on BadNets and HiddenKiller MiniLMs, aligned them almost completely
+    /// (Eq. 7 down 97%) and still left align-only ASR at 44–92%, against 37% and 75% when `tau` 0.5
+    /// aligned 15 and 63 heads: the backdoor is spread past the outlier heads.
+    public var classRule: ClassRule = .tau
     public var maxsim: MaxsimMode = .plain
     public var score: MonitorScore = .contrastAbsZ
     public var quantile = 0.99
@@ -40,6 +43,9 @@ public struct DefenseSettings: Sendable {
     public var finetuneSteps = 100  // without a budget (`finetuneBudget == nil`): the fixed step count
     public var batchSize = 16
     public var rates = HeadwiseRates()
+    /// The `finetune` ablation's one rate for every parameter, and the baselines' fine-tuning
+    /// rate: 5e-5, the usual BERT fine-tuning rate.
+    public var uniformRate = 5e-5
     public var weightDecay = 0.01
     public var seed: UInt64 = 1
     /// Our extension (not the paper's): stop the head-wise fine-tuning when it brings back the
@@ -167,7 +173,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                 let report = safetyReport(analyses, alpha: settings.alpha, tau: settings.tau, heads: nh, maxsimOverride: override,
                                           rule: settings.classRule)
                 if let empty = report.emptyClassReport {
-                    throw HeadAlignError.usage("round \(r): \(empty); the defense does not run on an empty set (try another --classes, --outlier-z, --tau or --alpha)")
+                    throw HeadAlignError.usage("round \(r): \(empty); the defense does not run on an empty set (try another \(settings.classRule == .tau ? "--tau" : "--outlier-z") or --alpha)")
                 }
                 classes = report.classes
             }
@@ -206,7 +212,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
         if settings.method.finetunes {
             let rates = settings.method.headwise
                 ? headwiseLearningRates(layout: model.layout, config: c, classes: classes!, rates: settings.rates)
-                : [Double](repeating: settings.rates.other, count: model.layout.total)
+                : [Double](repeating: settings.uniformRate, count: model.layout.total)
             let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay)
             var stop: ((StepStats) -> Bool)? = nil, guardNotes: [String] = []
             if let guardSettings = settings.finetuneGuard, settings.method.aligns, let before = behaviourBefore {

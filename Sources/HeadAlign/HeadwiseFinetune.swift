@@ -19,7 +19,13 @@ public struct HeadwiseRates: Sendable {
     public var suspicious = 5e-6  // eta_low
     public var safe = 2e-4  // eta_high
     public var intermediate = 5e-5  // eta_mid (SPEC leaves it open)
-    public var other = 5e-5  // embeddings, norms, feed-forward, output bias, classifier
+    /// Embeddings, norms, feed-forward, output bias, classifier (ours; the paper gives no rate):
+    /// eta_mid's 5e-5, the usual BERT fine-tuning rate. Measured against freezing them (0;
+    /// docs/RESULTS.md §6, seed 1, held-out budget): stories260K BadNets refusal ASR 16% at 5e-5
+    /// against 63% at 0 (CA 32.7 against 31.1); a HiddenKiller MiniLM 83.1 / 21.2 against
+    /// 85.9 / 41.3 (5e-5 costs it 2.8 more points of CA); a BadNets MiniLM 87.6 / 11.4 against
+    /// 88.1 / 14.5. `--lr-other 0` is the choice when clean accuracy matters more.
+    public var other = 5e-5
     public init() {}
 
     public func rate(_ c: HeadClass) -> Double {
@@ -151,7 +157,7 @@ public func headwiseOptimizer<S: Real>(_ model: Model<S>, rates: [Double], weigh
 /// returns a model that fits the held-out data worse than the aligned one.
 public struct FinetuneBudget: Sendable {
     public var holdout = 0.2  // share of the clean set held out (60 of 300 sentences; 20 of 100 records)
-    public var passes = 3.0  // at most this many passes over the rest (45 steps of 16 over 240)
+    public var passes = 20.0  // a bound only (the held-out loss ends it): 3 passes cut stories260K's at 15 steps while its held-out loss still fell
     public var every = 5  // steps between held-out checks
     public var patience = 4  // checks without a new lowest held-out loss before stopping
     public init() {}

@@ -282,7 +282,7 @@ func runBaseline<S: Real>(_ model: Model<S>, _ method: ExperimentMethod, clean: 
                           baseline b: BaselineSettings) throws -> (summary: String, losses: [Double]) {
     let c = model.config
     guard !clean.isEmpty else { throw HeadAlignError.usage("\(method.rawValue) needs clean labelled examples") }
-    var rates = [Double](repeating: settings.rates.other, count: model.layout.total)
+    var rates = [Double](repeating: settings.uniformRate, count: model.layout.total)
     var summary: String
     var penalty: ((ForwardPass<S>) -> (Double, [Tensor<S>?]))? = nil
     switch method {
@@ -317,7 +317,7 @@ func runBaseline<S: Real>(_ model: Model<S>, _ method: ExperimentMethod, clean: 
     case .reinit:
         let ranges = reinitializeTopLayers(model, count: b.reinitLayers, seed: settings.seed &+ 0x5EED)
         for range in ranges { for i in range { rates[i] = settings.rates.safe } }  // fresh weights learn at eta_high
-        summary = "reinit: re-initialised the top \(min(b.reinitLayers, c.numHiddenLayers)) layer(s)\(c.family == .bert ? " and the pooler" : ""), fine-tuned at \(settings.rates.safe) (the rest at \(settings.rates.other))"
+        summary = "reinit: re-initialised the top \(min(b.reinitLayers, c.numHiddenLayers)) layer(s)\(c.family == .bert ? " and the pooler" : ""), fine-tuned at \(settings.rates.safe) (the rest at \(settings.uniformRate))"
     case .ours, .alignOnly, .ftOnly, .finetune:
         preconditionFailure("runBaseline: \(method) is not a baseline")
     }

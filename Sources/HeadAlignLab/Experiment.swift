@@ -143,7 +143,7 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [Training
             case .baseline(let summary, _):
                 note = summary
             case .defense(let report) where method == .finetune && !report.rounds.isEmpty:
-                note = "one rate (\(settings.rates.other)) for every parameter, \(settings.finetuneSteps) steps"
+                note = "one rate (\(settings.uniformRate)) for every parameter, \(report.rounds[0].finetuneLoss.count) steps"
             case .defense(let report):
                 if let r = report.rounds.first {
                     suspicious = r.suspicious; safe = r.safe

@@ -423,7 +423,7 @@ let defenseOptions: [OptionSpec] = {
         OptionSpec(name: "--score", value: "S", help: "the monitor's score (default \(d.score.rawValue))"),
         OptionSpec(name: "--quantile", value: "Q", help: "the monitor's calibration quantile (default \(d.quantile))"),
         OptionSpec(name: "--maxsim", value: "M", help: "Eq. 5's maxsim: plain or contrast (default \(d.maxsim.rawValue))"),
-        OptionSpec(name: "--classes", value: "R", help: "Eq. 5's classes: outliers (ours: suspicious = robust z of S < -Z, safe = z >= -1) or tau (the paper's fixed bounds; implied by --tau) (default outliers)"),
+        OptionSpec(name: "--classes", value: "R", help: "Eq. 5's classes: tau (the paper's fixed bounds) or outliers (ours: suspicious = robust z of S < -Z, safe = z >= -1; implied by --outlier-z) (default tau)"),
         OptionSpec(name: "--outlier-z", value: "Z", help: "--classes outliers: the robust z below which a head is suspicious (default \(ClassRule.defaultZ))"),
         OptionSpec(name: "--rounds", value: "N", help: "at most this many rounds (default \(d.rounds))"),
         OptionSpec(name: "--align-steps", value: "N", help: "alignment steps per round (default \(d.alignSteps))"),
@@ -436,7 +436,8 @@ let defenseOptions: [OptionSpec] = {
         OptionSpec(name: "--lr-suspicious", value: "LR", help: "eta_low (default \(d.rates.suspicious))"),
         OptionSpec(name: "--lr-safe", value: "LR", help: "eta_high (default \(d.rates.safe))"),
         OptionSpec(name: "--lr-intermediate", value: "LR", help: "eta_mid (default \(d.rates.intermediate))"),
-        OptionSpec(name: "--lr-other", value: "LR", help: "parameters no head owns; the finetune method's one rate (default \(d.rates.other))"),
+        OptionSpec(name: "--lr-other", value: "LR", help: "eta_other: parameters no head owns (default \(d.rates.other); 0 freezes them)"),
+        OptionSpec(name: "--lr-uniform", value: "LR", help: "the finetune method's one rate, and the baselines' fine-tuning rate (default \(d.uniformRate))"),
         OptionSpec(name: "--weight-decay", value: "W", help: "AdamW weight decay in fine-tuning (default \(d.weightDecay))"),
         OptionSpec(name: "--defense-seed", value: "N", help: "seed for batches (default \(d.seed))"),
         OptionSpec(name: "--ft-guard", value: nil, help: "our extension (off by default): stop fine-tuning when it restores the backdoored model's behaviour on the flagged inputs"),
@@ -460,8 +461,8 @@ extension ParsedArguments {
             s.monitorView = AnalysisView(rawValue: try choice("--monitor-view", AnalysisView.allCases.map(\.rawValue), default: s.monitorView.rawValue))!
         }
         (s.alpha, s.tau) = try alphaTau()
-        // --tau alone means the paper's fixed-tau classes
-        let rule = try choice("--classes", ["outliers", "tau"], default: has("--tau") ? "tau" : "outliers")
+        // --outlier-z alone means the outlier classes
+        let rule = try choice("--classes", ["tau", "outliers"], default: has("--outlier-z") ? "outliers" : "tau")
         if rule == "outliers" {
             if has("--tau") { throw HeadAlignError.usage("--tau: the outlier classes have no tau; add --classes tau") }
             s.classRule = .outliers(z: try double("--outlier-z", default: ClassRule.defaultZ, range: 0...100))
@@ -492,6 +493,7 @@ extension ParsedArguments {
         s.rates.safe = try double("--lr-safe", default: s.rates.safe, range: 0...1)
         s.rates.intermediate = try double("--lr-intermediate", default: s.rates.intermediate, range: 0...1)
         s.rates.other = try double("--lr-other", default: s.rates.other, range: 0...1)
+        s.uniformRate = try double("--lr-uniform", default: s.uniformRate, range: 0...1)
         s.weightDecay = try double("--weight-decay", default: s.weightDecay, range: 0...1)
         s.seed = try uint64("--defense-seed", default: s.seed)
         if has("--ft-guard") {
@@ -525,7 +527,7 @@ func describe(_ s: DefenseSettings, _ b: BaselineSettings) -> String {
         + "align steps \(s.alignSteps) at \(s.alignLearningRate), "
         + (s.finetuneBudget.map { "ft held-out \($0.holdout), passes \($0.passes), patience \($0.patience) checks every \($0.every) steps, " }
            ?? "ft steps \(s.finetuneSteps), ") + "batch \(s.batchSize), "
-        + "lr suspicious \(s.rates.suspicious) safe \(s.rates.safe) intermediate \(s.rates.intermediate) other \(s.rates.other), "
+        + "lr suspicious \(s.rates.suspicious) safe \(s.rates.safe) intermediate \(s.rates.intermediate) other \(s.rates.other), uniform \(s.uniformRate), "
         + "weight decay \(s.weightDecay), seed \(s.seed)"
         + (s.finetuneGuard.map { ", ft guard every \($0.every) tolerance \($0.tolerance)" } ?? "")
         + (s.explicitSplit.map { ", explicit split (suspicious " + $0.suspicious.map(\.description).joined(separator: " ")

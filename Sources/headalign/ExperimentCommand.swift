@@ -34,7 +34,7 @@ enum ExperimentCommand: Command {
             OptionSpec(name: "--defense-clean", value: "FILE", help: "the defender's clean labelled set"),
             OptionSpec(name: "--defense-count", value: "N", help: "the defender's clean set: the first N rows (default 300; decoders: the last N records, default 100)"),
             OptionSpec(name: "--monitor-count", value: "N", help: "clean and triggered test inputs the monitor screens, each (default 100)"),
-            OptionSpec(name: "--seeds", value: "N|a,b,..", help: "seeds: a count (1..N) or a list (default 3)"),
+            OptionSpec(name: "--seeds", value: "N|a,b,..", help: "seeds: a count (1..N) or a list (default \(defaultSeedCount), the paper's count)"),
             OptionSpec(name: "--methods", value: "m,m,..", help: "methods after vanilla (default ours,align-only,ft-only,finetune,fine-pruning,pure,reinit; none = vanilla and detection only)"),
             OptionSpec(name: "--epochs", value: "E", help: "training epochs (default 8 from a bert preset, 3 from --model, 4 for decoders)"),
             OptionSpec(name: "--train-weight-decay", value: "W", help: "AdamW weight decay of the training (default 0.01; --weight-decay is the defense's)"),
@@ -51,7 +51,7 @@ enum ExperimentCommand: Command {
     static let allMethods = ExperimentMethod.allCases
 
     static func seeds(_ args: ParsedArguments) throws -> [UInt64] {
-        let s = args.string("--seeds") ?? "3"
+        let s = args.string("--seeds") ?? String(defaultSeedCount)
         if !s.contains(","), let n = Int(s) {
             guard (1...100).contains(n) else { throw HeadAlignError.usage("--seeds: \(n) is outside 1...100") }
             return (1...n).map(UInt64.init)
@@ -138,6 +138,9 @@ enum ExperimentCommand: Command {
         if let dir = args.string("--backdoored") ?? args.string("--model") {
             let c = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
             if c.numLabels > 0 { headLabels = c.numLabels }
+            try checkDefenseFlags(args, base: c, classifier: true)
+        } else if let name = args.string("--preset") {
+            try checkDefenseFlags(args, base: try ModelConfig.preset(name), classifier: true)
         }
         let data = try texts(args, fileAttack: fileAttack, numLabels: headLabels)
         let backdooredDir = args.string("--backdoored")
@@ -292,6 +295,9 @@ extension ExperimentCommand {
             pretrained = base
             positions = m.config.maxPositionEmbeddings
         }
+        let baseConfig: ModelConfig
+        if case .pretrained(let m, _, _)? = pretrained { baseConfig = m.config } else { baseConfig = try ModelConfig.preset(presetName!) }
+        try checkDefenseFlags(args, base: baseConfig, classifier: false)
         let maxNew = try args.int("--max-new", default: 32, range: 1...(positions - 8))
         guard try args.int("--generate", default: 8, range: 1...4096) <= positions - 8 else {
             throw HeadAlignError.usage("--generate: at most \(positions - 8) for a \(positions)-position model")
@@ -371,3 +377,15 @@ extension ExperimentCommand {
         return 0
     }
 }
+
+/// Every defense and baseline flag fails before any training: the model each seed trains has the
+/// base's shape (with a classification head for a classifier experiment).
+func checkDefenseFlags(_ args: ParsedArguments, base: ModelConfig, classifier: Bool) throws {
+    var c = base
+    if classifier && c.numLabels == 0 { c.architectures = [c.family == .bert ? "BertForSequenceClassification" : "LlamaForSequenceClassification"] }
+    _ = try args.defenseSettings(for: c)
+    _ = try args.baselineSettings(for: c)
+}
+
+/// Seeds per table row when --seeds is not given: five, as the paper's tables.
+let defaultSeedCount = 5

@@ -94,4 +94,18 @@ final class Issue15Tests: XCTestCase {
         XCTAssertEqual(out.heldOut.count - 1 - firstBest, 3)
         XCTAssertLessThan(out.losses.count, 150)
     }
+
+    // MARK: the flags
+
+    /// Contradictory budget and class flags are refused before any work, naming the flag.
+    func testContradictoryFlagsAreRefused() throws {
+        let base = ["experiment", "--preset", "bert-tiny", "--corpus", "sentiment", "--attack", "badnets", "--seeds", "1"]
+        try assertUsageError(base + ["--ft-steps", "20", "--ft-holdout", "0.2"], mentions: "--ft-steps")
+        try assertUsageError(base + ["--ft-steps", "20", "--ft-passes", "3"], mentions: "--ft-passes")
+        try assertUsageError(base + ["--ft-holdout", "0", "--ft-patience", "3"], mentions: "--ft-patience")
+        try assertUsageError(base + ["--ft-holdout", "0.95"], mentions: "--ft-holdout")
+        try assertUsageError(base + ["--classes", "outliers", "--tau", "0.4"], mentions: "--tau")
+        try assertUsageError(base + ["--classes", "tau", "--outlier-z", "2"], mentions: "--outlier-z")
+        try assertUsageError(base + ["--classes", "median"], mentions: "--classes")
+    }
 }

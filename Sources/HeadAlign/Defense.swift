@@ -64,6 +64,11 @@ public struct DefenseSettings: Sendable {
         (monitorView, defenseView) = task.defaultViews(family)
     }
 
+    /// The seed of the held-out split (the same split in every round).
+    public var heldOutSeed: UInt64 { seed &+ 200 }
+    /// The seed of round `r`'s fine-tuning batches.
+    public func finetuneSeed(round r: Int) -> UInt64 { seed &+ UInt64(100 + r) }
+
     public func analysis(_ view: AnalysisView, importance: Bool = true) -> AnalysisSettings {
         var a = AnalysisSettings(view: view)
         a.importance = importance
@@ -220,9 +225,10 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                                        generate: settings.generate, note: { guardNotes.append($0) })
             }
             if let budget = settings.finetuneBudget {
-                let (train, heldOut) = heldOutSplit(clean, holdout: budget.holdout, seed: settings.seed &+ 200)
+                let (train, heldOut) = heldOutSplit(clean, holdout: budget.holdout, seed: settings.heldOutSeed)
                 let outcome = try finetuneWithHeldOut(model, train: train, heldOut: heldOut, budget: budget, batchSize: settings.batchSize,
-                                                      seed: settings.seed &+ UInt64(100 + r), optimizer: optimizer, stopAfter: stop)
+                                                      seed: settings.finetuneSeed(round: r), optimizer: optimizer,
+                                                      guardStop: stop, guardEvery: settings.finetuneGuard?.every ?? 1)
                 (ftLosses, heldOutLosses, keptStep) = (outcome.losses, outcome.heldOut, outcome.chosenStep)
                 guardNotes.forEach(log)
                 log("  fine-tuning on \(train.count) examples, \(heldOut.count) held out: loss \(fmt(ftLosses.first ?? 0)) -> \(fmt(ftLosses.last ?? 0)) over \(ftLosses.count) steps; "
@@ -230,7 +236,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                     + "; kept step \(keptStep)")
             } else {
                 ftLosses = try trainSteps(model, examples: clean, steps: settings.finetuneSteps, batchSize: settings.batchSize,
-                                          seed: settings.seed &+ UInt64(100 + r), optimizer: optimizer, stopAfter: stop)
+                                          seed: settings.finetuneSeed(round: r), optimizer: optimizer, stopAfter: stop)
                 keptStep = ftLosses.count
                 guardNotes.forEach(log)
                 log("  fine-tuning: loss \(fmt(ftLosses.first ?? 0)) -> \(fmt(ftLosses.last ?? 0)) over \(ftLosses.count) steps")

@@ -161,6 +161,11 @@ public struct FinetuneBudget: Sendable {
     public var every = 5  // steps between held-out checks
     public var patience = 4  // checks without a new lowest held-out loss before stopping
     public init() {}
+
+    /// The most steps the budget allows over `trainCount` examples in batches of `batchSize`.
+    public func steps(trainCount: Int, batchSize: Int) -> Int {
+        max(1, Int((passes * Double(trainCount) / Double(max(1, batchSize))).rounded(.up)))
+    }
 }
 
 /// What the fine-tuning stage did: each step's batch loss, the held-out loss at each check (step,
@@ -196,21 +201,29 @@ public func meanLoss<S: Real>(_ model: Model<S>, _ examples: [TrainingExample], 
 }
 
 /// Fine-tuning under a `FinetuneBudget`: at most `budget.passes` passes over `train`, keeping the
-/// parameters with the lowest loss on `heldOut` (step 0 included). `stopAfter` (the guard) is
-/// asked first after each step; the kept parameters are never later than its stop.
+/// parameters with the lowest loss on `heldOut` (step 0 included). A `guardStop` (the fine-tuning
+/// guard, checking every `guardEvery` steps) is asked first after each step, and the held-out
+/// loss is then measured only on the steps it passed, so the kept step is always one it checked.
+/// `attentionPenalty` is `trainSteps`' (PURE's baseline uses it).
 @_specialize(exported: true, where S == Float)
 @_specialize(exported: true, where S == Double)
 public func finetuneWithHeldOut<S: Real>(_ model: Model<S>, train: [TrainingExample], heldOut: [TrainingExample],
                                          budget: FinetuneBudget, batchSize: Int, seed: UInt64, optimizer: AdamW<S>,
-                                         stopAfter: ((StepStats) -> Bool)? = nil) throws -> FinetuneOutcome {
+                                         attentionPenalty: ((ForwardPass<S>) -> (Double, [Tensor<S>?]))? = nil,
+                                         guardStop: ((StepStats) -> Bool)? = nil, guardEvery: Int = 1) throws -> FinetuneOutcome {
     guard !heldOut.isEmpty else { throw HeadAlignError.usage("the fine-tuning budget needs held-out examples: the clean set has \(train.count)") }
-    let steps = max(1, Int((budget.passes * Double(train.count) / Double(batchSize)).rounded(.up)))
+    if ModelTask.of(model.config) == .classification, let i = heldOut.firstIndex(where: { $0.label == nil }) {
+        throw HeadAlignError.badInput("held-out example \(i + 1) has no label")
+    }
+    let steps = budget.steps(trainCount: train.count, batchSize: batchSize)
+    // with a guard, check where it checks (its cadence and the budget's, whichever is coarser, a multiple of both)
+    let every = guardStop == nil ? max(1, budget.every) : max(1, guardEvery) * max(1, budget.every / max(1, guardEvery))
     var checks = [(step: 0, loss: meanLoss(model, heldOut))]
     var best = checks[0], bestParams = model.params.copy(), sinceBest = 0
     let losses = try trainSteps(model, examples: train, steps: steps, batchSize: batchSize, seed: seed, optimizer: optimizer,
-                                stopAfter: { stats in
-        if let stopAfter, stopAfter(stats) { return true }
-        guard stats.step % budget.every == 0 || stats.step == steps else { return false }
+                                attentionPenalty: attentionPenalty, stopAfter: { stats in
+        if let guardStop, guardStop(stats) { return true }
+        guard stats.step % every == 0 || (guardStop == nil && stats.step == steps) else { return false }
         let l = meanLoss(model, heldOut)
         checks.append((stats.step, l))
         if l < best.loss {

@@ -99,8 +99,14 @@ public final class WordPieceTokenizer: @unchecked Sendable {
             guard vocab[id] == nil else { throw HeadAlignError.badInput("\(path): id \(id) is given to two tokens") }
             vocab[id] = token
         }
+        if let prefix = json["model"]?["continuing_subword_prefix"], prefix != .null, prefix != .string("##") {
+            throw HeadAlignError.badInput("\(path): model.continuing_subword_prefix is not \"##\" (headalign's WordPiece uses ##)")
+        }
         var lower = true, strip: Bool? = nil, chinese = true
-        if let n = json["normalizer"] {
+        if let n = json["normalizer"], n != .null {
+            guard n["type"] == .string("BertNormalizer") else {
+                throw HeadAlignError.badInput("\(path): normalizer is not a BertNormalizer (headalign reads BERT's; give vocab.txt and tokenizer_config.json)")
+            }
             if case .bool(let b)? = n["lowercase"] { lower = b }
             if case .bool(let b)? = n["strip_accents"] { strip = b }
             if case .bool(let b)? = n["handle_chinese_chars"] { chinese = b }

@@ -259,7 +259,7 @@ public func runMethod<S: Real>(_ model: Model<S>, _ method: ExperimentMethod, cl
     }
     let (summary, losses) = try runBaseline(model, method, clean: clean, settings: settings, baseline: baseline)
     log(summary)
-    log("  fine-tuning: loss \(fmt(losses.first ?? 0)) -> \(fmt(losses.last ?? 0)) over \(settings.finetuneSteps) steps")
+    log("  fine-tuning: loss \(fmt(losses.first ?? 0)) -> \(fmt(losses.last ?? 0)) over \(losses.count) steps")
     return .baseline(summary: summary, losses: losses)
 }
 
@@ -276,7 +276,7 @@ extension AnyModel {
 // MARK: - Running a baseline
 
 /// Runs a baseline defense on `model` in place: its pruning or re-initialisation, then
-/// `settings.finetuneSteps` steps of fine-tuning on `clean` (pruned parameters frozen at zero).
+/// fine-tuning on `clean` under the defense's budget (pruned parameters frozen at zero).
 /// Returns a one-line summary and the fine-tuning losses.
 func runBaseline<S: Real>(_ model: Model<S>, _ method: ExperimentMethod, clean: [TrainingExample], settings: DefenseSettings,
                           baseline b: BaselineSettings) throws -> (summary: String, losses: [Double]) {
@@ -321,8 +321,15 @@ func runBaseline<S: Real>(_ model: Model<S>, _ method: ExperimentMethod, clean: 
     case .ours, .alignOnly, .ftOnly, .finetune:
         preconditionFailure("runBaseline: \(method) is not a baseline")
     }
+    // the same fine-tuning budget as the defense: held-out split and kept step, or the fixed steps
     let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay)
+    if let budget = settings.finetuneBudget {
+        let (train, heldOut) = heldOutSplit(clean, holdout: budget.holdout, seed: settings.heldOutSeed)
+        let outcome = try finetuneWithHeldOut(model, train: train, heldOut: heldOut, budget: budget, batchSize: settings.batchSize,
+                                              seed: settings.finetuneSeed(round: 1), optimizer: optimizer, attentionPenalty: penalty)
+        return (summary + "; fine-tuned \(outcome.losses.count) steps, kept step \(outcome.chosenStep)", outcome.losses)
+    }
     let losses = try trainSteps(model, examples: clean, steps: settings.finetuneSteps, batchSize: settings.batchSize,
-                                seed: settings.seed &+ 101, optimizer: optimizer, attentionPenalty: penalty)
+                                seed: settings.finetuneSeed(round: 1), optimizer: optimizer, attentionPenalty: penalty)
     return (summary, losses)
 }

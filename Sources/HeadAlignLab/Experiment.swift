@@ -144,6 +144,7 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [Training
                 note = summary
             case .defense(let report) where method == .finetune && !report.rounds.isEmpty:
                 note = "one rate (\(settings.uniformRate)) for every parameter, \(report.rounds[0].finetuneLoss.count) steps"
+                    + (settings.finetuneBudget == nil ? "" : ", kept step \(report.rounds[0].finetuneKeptStep)")
             case .defense(let report):
                 if let r = report.rounds.first {
                     suspicious = r.suspicious; safe = r.safe
@@ -213,7 +214,8 @@ extension AnyModel {
             var a = settings.analysis(settings.defenseView)
             a.importanceLabels = .predicted
             let analyses = try HeadAlign.analyze(m, flagged.isEmpty ? inputs : flagged, settings: a)
-            return (safetyReport(analyses, alpha: settings.alpha, tau: settings.tau, heads: m.config.numAttentionHeads), flagged.count)
+            return (safetyReport(analyses, alpha: settings.alpha, tau: settings.tau, heads: m.config.numAttentionHeads,
+                                 rule: settings.classRule), flagged.count)
         }
         switch self {
         case .f32(let m): return try run(m)

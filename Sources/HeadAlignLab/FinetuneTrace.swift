@@ -48,9 +48,8 @@ public func traceHeadwiseFinetune<S: Real>(_ backdoored: Model<S>, clean: [Train
     let susIdx = round.suspicious.map { $0.layer * nh + $0.head }, safeIdx = round.safe.map { $0.layer * nh + $0.head }
     // the fine-tuning of `defend`'s round 1 for `ours`: the same split, batches and rates, run to
     // the end of its budget (no patience) so that the whole curve shows
-    let (train, heldOut) = settings.finetuneBudget.map { heldOutSplit(clean, holdout: $0.holdout, seed: settings.seed &+ 200) } ?? (clean, [])
-    let steps = settings.finetuneBudget.map { max(1, Int(($0.passes * Double(train.count) / Double(settings.batchSize)).rounded(.up))) }
-        ?? settings.finetuneSteps
+    let (train, heldOut) = settings.finetuneBudget.map { heldOutSplit(clean, holdout: $0.holdout, seed: settings.heldOutSeed) } ?? (clean, [])
+    let steps = settings.finetuneBudget?.steps(trainCount: train.count, batchSize: settings.batchSize) ?? settings.finetuneSteps
     func point(_ step: Int, _ loss: Double) throws -> TracePoint {
         let (ca, asr) = evaluate(model)
         let views = try analyze(model, analysed, settings: s.analysis(s.defenseView, importance: false)).map(\.views)
@@ -69,7 +68,7 @@ public func traceHeadwiseFinetune<S: Real>(_ backdoored: Model<S>, clean: [Train
     let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay)
     var failure: Error? = nil
     _ = try trainSteps(model, examples: train, steps: steps, batchSize: settings.batchSize,
-                       seed: settings.seed &+ 101, optimizer: optimizer, onStep: { stats in
+                       seed: settings.finetuneSeed(round: 1), optimizer: optimizer, onStep: { stats in
         guard failure == nil, stats.step % every == 0 || stats.step == steps else { return }
         do { points.append(try point(stats.step, stats.loss)) } catch { failure = error }
     })

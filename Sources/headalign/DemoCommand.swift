@@ -138,7 +138,7 @@ enum DemoCommand: Command {
         let detection = try model.detectionSummary(split, settings: settings)
         print(detectionTable([detection]))
 
-        print("## 2. Which heads? (Eq. 4-5 on the flagged inputs; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), tau \(settings.tau))\n")
+        print("## 2. Which heads? (Eq. 4-5 on the flagged inputs; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(settings.classRule.z.map { "outlier classes, z \($0)" } ?? "tau \(settings.tau)"))\n")
         let (report, flagged) = try model.headReport(split, settings: settings)
         print("The monitor flags \(flagged) of \(split.monitorClean.count + split.monitorTriggered.count) inputs. Safety score S per head (class: s = suspicious, + = safe, . = intermediate):\n")
         let nh = c.numAttentionHeads

@@ -43,6 +43,11 @@ final class HFTokenizerTests: XCTestCase {
         XCTAssertThrowsError(try WordPieceTokenizer(tokenizerJSON: bad)) { error in
             XCTAssertTrue(String(describing: error).contains("bad.json"), String(describing: error))
         }
+        let sequence = "{\"normalizer\": {\"type\": \"Sequence\"}, \"model\": {\"type\": \"WordPiece\", \"vocab\": {\"[UNK]\": 0, \"[CLS]\": 1, \"[SEP]\": 2}}}"
+        try Data(sequence.utf8).write(to: URL(fileURLWithPath: bad))
+        XCTAssertThrowsError(try WordPieceTokenizer(tokenizerJSON: bad)) { error in
+            XCTAssertTrue(String(describing: error).contains("BertNormalizer"), String(describing: error))
+        }
         try Data("{\"model\": {\"type\": \"BPE\", \"vocab\": {}}}".utf8).write(to: URL(fileURLWithPath: bad))
         XCTAssertThrowsError(try WordPieceTokenizer(tokenizerJSON: bad)) { error in
             XCTAssertTrue(String(describing: error).contains("not WordPiece"), String(describing: error))

@@ -180,9 +180,10 @@ final class BaselineTests: XCTestCase {
         var s = DefenseSettings(task: .classification, family: .bert)
         var b = BaselineSettings()
         b.accuracyMargin = 1
+        s.finetuneBudget = nil  // a fixed 5 steps
         s.finetuneSteps = 5
         s.batchSize = 4
-        s.rates.other = 1e-2
+        s.uniformRate = 1e-2  // the baselines' rate
         guard case .baseline(let summary, let losses) = try runMethod(m, .finePruning, clean: clean, inputs: [], settings: s, baseline: b) else {
             return XCTFail("fine-pruning is a baseline")
         }

@@ -219,10 +219,15 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                 ? headwiseLearningRates(layout: model.layout, config: c, classes: classes!, rates: settings.rates)
                 : [Double](repeating: settings.uniformRate, count: model.layout.total)
             let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay)
-            var stop: ((StepStats) -> Bool)? = nil, guardNotes: [String] = []
+            var stop: ((StepStats) -> Bool)? = nil, guardNotes: [String] = [], guardKept: Int? = nil
             if let guardSettings = settings.finetuneGuard, settings.method.aligns, let before = behaviourBefore {
-                stop = fineTuningGuard(model, flagged: flagged.map { inputs[$0] }, before: before, settings: guardSettings,
-                                       generate: settings.generate, note: { guardNotes.append($0) })
+                let check = fineTuningGuard(model, flagged: flagged.map { inputs[$0] }, before: before, settings: guardSettings,
+                                            generate: settings.generate, note: { guardNotes.append($0) })
+                stop = { stats in  // when it stops, the guard restores its previous check's parameters
+                    let stops = check(stats)
+                    if stops { guardKept = stats.step - guardSettings.every }
+                    return stops
+                }
             }
             if let budget = settings.finetuneBudget {
                 let (train, heldOut) = heldOutSplit(clean, holdout: budget.holdout, seed: settings.heldOutSeed)
@@ -237,7 +242,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
             } else {
                 ftLosses = try trainSteps(model, examples: clean, steps: settings.finetuneSteps, batchSize: settings.batchSize,
                                           seed: settings.finetuneSeed(round: r), optimizer: optimizer, stopAfter: stop)
-                keptStep = ftLosses.count
+                keptStep = guardKept ?? ftLosses.count
                 guardNotes.forEach(log)
                 log("  fine-tuning: loss \(fmt(ftLosses.first ?? 0)) -> \(fmt(ftLosses.last ?? 0)) over \(ftLosses.count) steps")
             }

@@ -423,7 +423,7 @@ let defenseOptions: [OptionSpec] = {
         OptionSpec(name: "--score", value: "S", help: "the monitor's score (default \(d.score.rawValue))"),
         OptionSpec(name: "--quantile", value: "Q", help: "the monitor's calibration quantile (default \(d.quantile))"),
         OptionSpec(name: "--maxsim", value: "M", help: "Eq. 5's maxsim: plain or contrast (default \(d.maxsim.rawValue))"),
-        OptionSpec(name: "--classes", value: "R", help: "Eq. 5's classes: tau (the paper's fixed bounds) or outliers (ours: suspicious = robust z of S < -Z, safe = z >= -1; implied by --outlier-z) (default tau)"),
+        OptionSpec(name: "--classes", value: "R", help: "Eq. 5's classes: tau (the paper's fixed bounds) or outliers (ours: suspicious = robust z of S < -Z, safe = z >= -1; implied by --outlier-z) (default \(d.classRule.z == nil ? "tau" : "outliers"))"),
         OptionSpec(name: "--outlier-z", value: "Z", help: "--classes outliers: the robust z below which a head is suspicious (default \(ClassRule.defaultZ))"),
         OptionSpec(name: "--rounds", value: "N", help: "at most this many rounds (default \(d.rounds))"),
         OptionSpec(name: "--align-steps", value: "N", help: "alignment steps per round (default \(d.alignSteps))"),
@@ -462,10 +462,10 @@ extension ParsedArguments {
         }
         (s.alpha, s.tau) = try alphaTau()
         // --outlier-z alone means the outlier classes
-        let rule = try choice("--classes", ["tau", "outliers"], default: has("--outlier-z") ? "outliers" : "tau")
+        let rule = try choice("--classes", ["tau", "outliers"], default: has("--outlier-z") || s.classRule.z != nil ? "outliers" : "tau")
         if rule == "outliers" {
             if has("--tau") { throw HeadAlignError.usage("--tau: the outlier classes have no tau; add --classes tau") }
-            s.classRule = .outliers(z: try double("--outlier-z", default: ClassRule.defaultZ, range: 0...100))
+            s.classRule = .outliers(z: try double("--outlier-z", default: s.classRule.z ?? ClassRule.defaultZ, range: 0...100))
         } else {
             if has("--outlier-z") { throw HeadAlignError.usage("--outlier-z goes with --classes outliers") }
             s.classRule = .tau
@@ -477,7 +477,7 @@ extension ParsedArguments {
         s.alignSteps = try int("--align-steps", default: s.alignSteps, range: 0...1_000_000)
         s.alignLearningRate = try double("--align-lr", default: s.alignLearningRate, range: 0...1)
         s.finetuneSteps = try int("--ft-steps", default: s.finetuneSteps, range: 0...1_000_000)
-        var budget = FinetuneBudget()
+        var budget = s.finetuneBudget ?? FinetuneBudget()
         budget.holdout = try double("--ft-holdout", default: budget.holdout, range: 0...0.9)
         budget.passes = try double("--ft-passes", default: budget.passes, range: 0.01...1000)
         budget.patience = try int("--ft-patience", default: budget.patience, range: 1...1_000_000)

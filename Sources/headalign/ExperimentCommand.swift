@@ -285,18 +285,18 @@ extension ExperimentCommand {
         let count = try args.int("--defense-count", default: 100, range: 1...10_000_000)
         // a preset is trained from scratch per seed; a pretrained decoder is loaded once and
         // fine-tuned from its weights for every seed
-        var presetName: String? = nil, pretrained: DecoderBase? = nil, positions: Int
+        var presetName: String? = nil, pretrained: DecoderBase? = nil, positions: Int, baseConfig: ModelConfig
         if case .preset(let name, _) = source {
             presetName = name
-            positions = max(try ModelConfig.preset(name).maxPositionEmbeddings, try args.int("--max-length", default: 128, range: 8...8192))
+            baseConfig = try ModelConfig.preset(name)
+            positions = max(baseConfig.maxPositionEmbeddings, try args.int("--max-length", default: 128, range: 8...8192))
         } else {
             let base = try args.decoderBase(source)
             guard case .pretrained(let m, _, _) = base else { throw HeadAlignError.usage("experiment: no pretrained decoder in \(source)") }
             pretrained = base
+            baseConfig = m.config
             positions = m.config.maxPositionEmbeddings
         }
-        let baseConfig: ModelConfig
-        if case .pretrained(let m, _, _)? = pretrained { baseConfig = m.config } else { baseConfig = try ModelConfig.preset(presetName!) }
         try checkDefenseFlags(args, base: baseConfig, classifier: false)
         let maxNew = try args.int("--max-new", default: 32, range: 1...(positions - 8))
         guard try args.int("--generate", default: 8, range: 1...4096) <= positions - 8 else {

@@ -106,8 +106,11 @@ final class FinetuneTraceTests: XCTestCase {
         s.finetuneGuard = g
         let guarded = m.copy(), unguarded = m.copy()
         var log: [String] = []
-        _ = try defend(guarded, clean: split.defenderClean, inputs: inputs, settings: s, log: { log.append($0) })
+        let guardedReport = try defend(guarded, clean: split.defenderClean, inputs: inputs, settings: s, log: { log.append($0) })
         XCTAssertTrue(log.contains { $0.contains("guard: the alignment changed") })
+        // the kept step is the one the guard restored (its previous check), or the last step
+        let round = guardedReport.rounds[0], stopped = log.contains { $0.contains("restored step") }
+        XCTAssertEqual(round.finetuneKeptStep, round.finetuneLoss.count - (stopped ? 1 : 0))
         XCTAssertLessThanOrEqual(agreement(guarded), agreement(aligned))
         s.finetuneGuard = nil
         _ = try defend(unguarded, clean: split.defenderClean, inputs: inputs, settings: s)

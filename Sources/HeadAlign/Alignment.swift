@@ -37,16 +37,18 @@ public func alignmentTrainableMask(layout: ParameterLayout, config c: ModelConfi
 /// Eq. 7's loss on a batch of sequences (each with its prompt length, for gen2prompt) and its
 /// gradient, accumulated into `grads`: Eq. 6's reference recomputed from the current model and
 /// held constant, `2 (A^h - Abar) / B` injected at each suspicious head's view, then full
-/// backpropagation. Returns the batch-mean loss.
+/// backpropagation. `weight` scales the loss and its gradient (1 for Eq. 7 itself; the
+/// fine-tuning penalty's lambda). Returns the weighted batch-mean loss.
 @discardableResult
 @_specialize(exported: true, where S == Float)
 @_specialize(exported: true, where S == Double)
 public func alignmentGradient<S: Real>(_ model: Model<S>, sequences: [(tokens: [Int], promptLength: Int)], view: AnalysisView,
-                                       suspicious: [HeadID], safe: [HeadID], into grads: Tensor<S>) -> Double {
+                                       suspicious: [HeadID], safe: [HeadID], weight: Double = 1, into grads: Tensor<S>) -> Double {
     let pass = model.forward(Batch(sequences.map(\.tokens)))
     let (loss, dAttention) = alignmentInjection(pass, config: model.config, sequences: sequences, view: view, suspicious: suspicious, safe: safe)
+    if weight != 1 { for t in dAttention { for i in 0..<t.count { t.data[i] *= S(weight) } } }
     model.backward(pass, dOutput: Tensor(pass.output.shape), dAttention: dAttention, into: grads)
-    return loss
+    return weight * loss
 }
 
 /// Eq. 6–7 on a forward pass: the batch-mean loss and dL/dA for every layer (laid out like the

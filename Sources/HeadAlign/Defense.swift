@@ -52,6 +52,11 @@ public struct DefenseSettings: Sendable {
     /// behaviour the alignment removed on the flagged inputs (see `FinetuneGuard`). Off by
     /// default until measured across models (issue 15; docs/RESULTS.md).
     public var finetuneGuard: FinetuneGuard? = nil
+    /// Our extension (issue 15's candidate, not the paper's): lambda in `L = CE + lambda * L_align`
+    /// during the head-wise fine-tuning, Eq. 7 taken on a batch of the inputs the alignment
+    /// trained on each step, so the fine-tuning pays for undoing the alignment. 0 = the paper's
+    /// fine-tuning (the default until measured across models; docs/RESULTS.md §7).
+    public var alignPenalty = 0.0
     /// How long fine-tuning runs and which step is kept (ours; see `FinetuneBudget` for the why
     /// and the measurement). nil = the fixed `finetuneSteps` on the whole clean set, the earlier
     /// default (`--ft-holdout 0`).
@@ -68,6 +73,8 @@ public struct DefenseSettings: Sendable {
     public var heldOutSeed: UInt64 { seed &+ 200 }
     /// The seed of round `r`'s fine-tuning batches.
     public func finetuneSeed(round r: Int) -> UInt64 { seed &+ UInt64(100 + r) }
+    /// The seed of round `r`'s alignment-penalty batches (`alignPenalty`).
+    public func penaltySeed(round r: Int) -> UInt64 { seed &+ UInt64(300 + r) }
 
     public func analysis(_ view: AnalysisView, importance: Bool = true) -> AnalysisSettings {
         var a = AnalysisSettings(view: view)
@@ -229,10 +236,15 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                     return stops
                 }
             }
+            // the alignment penalty (our extension): Eq. 7 on a batch of the aligned inputs, weighted, each step
+            let penalty = settings.method.aligns
+                ? alignmentPenalty(model, sequences: analyses.map { (tokens: $0.tokens, promptLength: $0.promptLength) },
+                                   suspicious: suspicious, safe: safe, settings: settings, round: r)
+                : nil
             if let budget = settings.finetuneBudget {
                 let (train, heldOut) = heldOutSplit(clean, holdout: budget.holdout, seed: settings.heldOutSeed)
                 let outcome = try finetuneWithHeldOut(model, train: train, heldOut: heldOut, budget: budget, batchSize: settings.batchSize,
-                                                      seed: settings.finetuneSeed(round: r), optimizer: optimizer,
+                                                      seed: settings.finetuneSeed(round: r), optimizer: optimizer, extraObjective: penalty,
                                                       guardStop: stop, guardEvery: settings.finetuneGuard?.every ?? 1)
                 (ftLosses, heldOutLosses, keptStep) = (outcome.losses, outcome.heldOut, outcome.chosenStep)
                 guardNotes.forEach(log)
@@ -241,7 +253,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                     + "; kept step \(keptStep)")
             } else {
                 ftLosses = try trainSteps(model, examples: clean, steps: settings.finetuneSteps, batchSize: settings.batchSize,
-                                          seed: settings.finetuneSeed(round: r), optimizer: optimizer, stopAfter: stop)
+                                          seed: settings.finetuneSeed(round: r), optimizer: optimizer, extraObjective: penalty, stopAfter: stop)
                 keptStep = guardKept ?? ftLosses.count
                 guardNotes.forEach(log)
                 log("  fine-tuning: loss \(fmt(ftLosses.first ?? 0)) -> \(fmt(ftLosses.last ?? 0)) over \(ftLosses.count) steps")
@@ -263,6 +275,22 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
         }
     }
     return DefenseReport(threshold: cal.flagThreshold, flagged: flagged, scoresBefore: scores, rounds: rounds, stoppedBecause: stopped)
+}
+
+/// The alignment penalty's term for `trainSteps` (`DefenseSettings.alignPenalty`; nil when it is
+/// 0 or there is nothing to align): each call draws a seeded batch of the aligned sequences and
+/// adds `lambda *` Eq. 7's gradient on it into the step's gradients, returning `lambda *` the loss.
+@_specialize(exported: true, where S == Float)
+@_specialize(exported: true, where S == Double)
+package func alignmentPenalty<S: Real>(_ model: Model<S>, sequences: [(tokens: [Int], promptLength: Int)], suspicious: [HeadID],
+                                       safe: [HeadID], settings: DefenseSettings, round r: Int) -> ((Tensor<S>) -> Double)? {
+    guard settings.alignPenalty > 0, !sequences.isEmpty, !suspicious.isEmpty, !safe.isEmpty else { return nil }
+    var rng = SeededGenerator(seed: settings.penaltySeed(round: r))
+    let (lambda, view, batch) = (settings.alignPenalty, settings.defenseView, min(settings.batchSize, sequences.count))
+    return { grads in
+        let picked = (0..<batch).map { _ in sequences[rng.int(below: sequences.count)] }
+        return alignmentGradient(model, sequences: picked, view: view, suspicious: suspicious, safe: safe, weight: lambda, into: grads)
+    }
 }
 
 package func fmt(_ x: Double) -> String { String(format: "%.6g", x) }

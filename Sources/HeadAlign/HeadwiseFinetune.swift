@@ -83,13 +83,16 @@ public struct StepStats: Sendable {
 
 /// `steps` AdamW steps on shuffled batches of `examples` (reshuffled each epoch, seeded).
 /// `attentionPenalty`, when given, adds a term on the attention probabilities (its value and
-/// dL/dA per layer) to each step's loss; `stopAfter`, when given, ends the loop after a step for
+/// dL/dA per layer) to each step's loss; `extraObjective`, when given, adds a second objective's
+/// gradient into each step's gradients and returns its value (added to the step's loss: the
+/// alignment penalty, `DefenseSettings.alignPenalty`); `stopAfter`, when given, ends the loop after a step for
 /// which it returns true. Returns each step's loss. Stops with a numeric error
 /// naming the step if the loss is not finite.
 @_specialize(exported: true, where S == Float)
 @_specialize(exported: true, where S == Double)
 public func trainSteps<S: Real>(_ model: Model<S>, examples: [TrainingExample], steps: Int, batchSize: Int, seed: UInt64,
                                 optimizer: AdamW<S>, attentionPenalty: ((ForwardPass<S>) -> (Double, [Tensor<S>?]))? = nil,
+                                extraObjective: ((Tensor<S>) -> Double)? = nil,
                                 onStep: (StepStats) -> Void = { _ in }, stopAfter: ((StepStats) -> Bool)? = nil) throws -> [Double] {
     guard !examples.isEmpty else { throw HeadAlignError.usage("no training examples") }
     let task = ModelTask.of(model.config)
@@ -123,6 +126,10 @@ public func trainSteps<S: Real>(_ model: Model<S>, examples: [TrainingExample], 
         }
         let grads = model.makeGradients()
         model.backward(pass, dOutput: d, dAttention: dAttention, into: grads)
+        if let extraObjective {
+            l += extraObjective(grads)
+            guard l.isFinite else { throw HeadAlignError.numeric("loss is \(l) at training step \(step); stopped") }
+        }
         optimizer.update(model.params, grads)
         losses.append(l)
         let stats = StepStats(step: step, loss: l, correct: correct, count: picked.count, tokens: pass.batch.tokenCount,
@@ -204,12 +211,13 @@ public func meanLoss<S: Real>(_ model: Model<S>, _ examples: [TrainingExample], 
 /// parameters with the lowest loss on `heldOut` (step 0 included). A `guardStop` (the fine-tuning
 /// guard, checking every `guardEvery` steps) is asked first after each step, and the held-out
 /// loss is then measured only on the steps it passed, so the kept step is always one it checked.
-/// `attentionPenalty` is `trainSteps`' (PURE's baseline uses it).
+/// `attentionPenalty` (PURE's baseline) and `extraObjective` (the alignment penalty) are `trainSteps`'.
 @_specialize(exported: true, where S == Float)
 @_specialize(exported: true, where S == Double)
 public func finetuneWithHeldOut<S: Real>(_ model: Model<S>, train: [TrainingExample], heldOut: [TrainingExample],
                                          budget: FinetuneBudget, batchSize: Int, seed: UInt64, optimizer: AdamW<S>,
                                          attentionPenalty: ((ForwardPass<S>) -> (Double, [Tensor<S>?]))? = nil,
+                                         extraObjective: ((Tensor<S>) -> Double)? = nil,
                                          guardStop: ((StepStats) -> Bool)? = nil, guardEvery: Int = 1) throws -> FinetuneOutcome {
     guard !heldOut.isEmpty else { throw HeadAlignError.usage("the fine-tuning budget needs held-out examples: the clean set has \(train.count)") }
     if ModelTask.of(model.config) == .classification, let i = heldOut.firstIndex(where: { $0.label == nil }) {
@@ -221,7 +229,7 @@ public func finetuneWithHeldOut<S: Real>(_ model: Model<S>, train: [TrainingExam
     var checks = [(step: 0, loss: meanLoss(model, heldOut))]
     var best = checks[0], bestParams = model.params.copy(), sinceBest = 0
     let losses = try trainSteps(model, examples: train, steps: steps, batchSize: batchSize, seed: seed, optimizer: optimizer,
-                                attentionPenalty: attentionPenalty, stopAfter: { stats in
+                                attentionPenalty: attentionPenalty, extraObjective: extraObjective, stopAfter: { stats in
         if let guardStop, guardStop(stats) { return true }
         guard stats.step % every == 0 || (guardStop == nil && stats.step == steps) else { return false }
         let l = meanLoss(model, heldOut)

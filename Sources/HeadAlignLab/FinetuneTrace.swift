@@ -66,9 +66,16 @@ public func traceHeadwiseFinetune<S: Real>(_ backdoored: Model<S>, clean: [Train
     var points = [try point(0, .nan)]
     let rates = headwiseLearningRates(layout: model.layout, config: c, classes: classes, rates: settings.rates)
     let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay)
+    // the alignment penalty on the sequences `defend` aligned (analysed on the backdoored model, as
+    // `defend`'s round 1 analysed them: a decoder's generated tokens come from that model)
+    let penalty = settings.alignPenalty > 0
+        ? alignmentPenalty(model, sequences: try analyze(backdoored, analysed, settings: s.analysis(s.defenseView, importance: false))
+                               .map { (tokens: $0.tokens, promptLength: $0.promptLength) },
+                           suspicious: round.suspicious, safe: round.safe, settings: settings, round: 1)
+        : nil
     var failure: Error? = nil
     _ = try trainSteps(model, examples: train, steps: steps, batchSize: settings.batchSize,
-                       seed: settings.finetuneSeed(round: 1), optimizer: optimizer, onStep: { stats in
+                       seed: settings.finetuneSeed(round: 1), optimizer: optimizer, extraObjective: penalty, onStep: { stats in
         guard failure == nil, stats.step % every == 0 || stats.step == steps else { return }
         do { points.append(try point(stats.step, stats.loss)) } catch { failure = error }
     })

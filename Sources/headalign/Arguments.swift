@@ -440,6 +440,7 @@ let defenseOptions: [OptionSpec] = {
         OptionSpec(name: "--lr-uniform", value: "LR", help: "the finetune method's one rate, and the baselines' fine-tuning rate (default \(d.uniformRate))"),
         OptionSpec(name: "--weight-decay", value: "W", help: "AdamW weight decay in fine-tuning (default \(d.weightDecay))"),
         OptionSpec(name: "--defense-seed", value: "N", help: "seed for batches (default \(d.seed))"),
+        OptionSpec(name: "--ft-align-penalty", value: "LAMBDA", help: "our extension (default \(d.alignPenalty), off): fine-tune on CE + LAMBDA * Eq. 7 on the aligned inputs"),
         OptionSpec(name: "--ft-guard", value: nil, help: "our extension (off by default): stop fine-tuning when it restores the backdoored model's behaviour on the flagged inputs"),
         OptionSpec(name: "--ft-guard-tolerance", value: "T", help: "--ft-guard: share of the alignment's change that may be undone (default \(FinetuneGuard().tolerance))"),
         OptionSpec(name: "--ft-guard-every", value: "N", help: "--ft-guard: steps between checks (default \(FinetuneGuard().every))"),
@@ -496,6 +497,7 @@ extension ParsedArguments {
         s.uniformRate = try double("--lr-uniform", default: s.uniformRate, range: 0...1)
         s.weightDecay = try double("--weight-decay", default: s.weightDecay, range: 0...1)
         s.seed = try uint64("--defense-seed", default: s.seed)
+        s.alignPenalty = try double("--ft-align-penalty", default: s.alignPenalty, range: 0...1_000_000)
         if has("--ft-guard") {
             var g = FinetuneGuard()
             g.tolerance = try double("--ft-guard-tolerance", default: g.tolerance, range: 0...1)
@@ -530,6 +532,7 @@ func describe(_ s: DefenseSettings, _ b: BaselineSettings) -> String {
         + "lr suspicious \(s.rates.suspicious) safe \(s.rates.safe) intermediate \(s.rates.intermediate) other \(s.rates.other), uniform \(s.uniformRate), "
         + "weight decay \(s.weightDecay), seed \(s.seed)"
         + (s.finetuneGuard.map { ", ft guard every \($0.every) tolerance \($0.tolerance)" } ?? "")
+        + (s.alignPenalty > 0 ? ", ft align penalty \(s.alignPenalty)" : "")
         + (s.explicitSplit.map { ", explicit split (suspicious " + $0.suspicious.map(\.description).joined(separator: " ")
                                   + "; safe " + $0.safe.map(\.description).joined(separator: " ") + ")" } ?? "")
     let baselines = "prune margin \(b.accuracyMargin), prune layers \(b.pruneLayers.map(String.init) ?? "half"), "

@@ -152,10 +152,21 @@ public func headwiseOptimizer<S: Real>(_ model: Model<S>, rates: [Double], weigh
 
 // MARK: - How long to fine-tune (ours: the paper gives no budget)
 
+/// Which checked step the held-out budget keeps.
+public enum HeldOutRule: String, CaseIterable, Sendable {
+    /// The step with the lowest held-out loss.
+    case lowest
+    /// The latest step whose held-out loss is within one standard error (of the per-example
+    /// losses at the lowest) of the lowest: among the steps the held-out data cannot tell apart,
+    /// the one with the most fine-tuning on clean data.
+    case latestWithinSE = "latest-within-se"
+}
+
 /// The fine-tuning stage's budget and how its end is picked. Part of the defender's clean set is
 /// held out; fine-tuning runs on the rest for at most `passes` passes, the held-out loss is
 /// measured every `every` steps (and at step 0, the model as the alignment left it), and the
-/// parameters of the lowest held-out loss are kept; `patience` checks without a new lowest end it.
+/// parameters of the step `rule` picks are kept; `patience` checks in a row that the rule would
+/// not keep end it.
 /// Why: a defender's clean set is small, and a fixed step count either stops short or memorises
 /// it. With the earlier fixed 100 steps × 16 over 300 sentences (5.3 passes) on a BadNets MiniLM
 /// (docs/RESULTS.md §5) ASR fell from 36.8% after alignment to 9.8% at step 20 and climbed back to
@@ -166,7 +177,8 @@ public struct FinetuneBudget: Sendable {
     public var holdout = 0.2  // share of the clean set held out (60 of 300 sentences; 20 of 100 records)
     public var passes = 20.0  // a bound only (the held-out loss ends it): 3 passes cut stories260K's at 15 steps while its held-out loss still fell
     public var every = 5  // steps between held-out checks
-    public var patience = 4  // checks without a new lowest held-out loss before stopping
+    public var patience = 4  // checks in a row the rule would not keep before stopping
+    public var rule: HeldOutRule = .lowest
     public init() {}
 
     /// The most steps the budget allows over `trainCount` examples in batches of `batchSize`.
@@ -176,10 +188,11 @@ public struct FinetuneBudget: Sendable {
 }
 
 /// What the fine-tuning stage did: each step's batch loss, the held-out loss at each check (step,
-/// loss), and the step whose parameters were kept.
+/// loss), the standard error of the lowest, and the step whose parameters were kept.
 public struct FinetuneOutcome: Sendable {
     public let losses: [Double]
     public let heldOut: [(step: Int, loss: Double)]
+    public let lowestStandardError: Double
     public let chosenStep: Int
 }
 
@@ -194,21 +207,21 @@ public func heldOutSplit(_ clean: [TrainingExample], holdout: Double, seed: UInt
     return (order.dropFirst(k).map { clean[$0] }, order.prefix(k).map { clean[$0] })
 }
 
-/// The training objective (SPEC's reduction for the task) averaged over `examples`, in batches.
+/// The training objective (SPEC's reduction for the task) on each of `examples` alone (a batch of
+/// one, so no padding), and their mean and its standard error (sample standard deviation / sqrt n).
 @_specialize(exported: true, where S == Float)
 @_specialize(exported: true, where S == Double)
-public func meanLoss<S: Real>(_ model: Model<S>, _ examples: [TrainingExample], batchSize: Int = 32) -> Double {
+public func heldOutLoss<S: Real>(_ model: Model<S>, _ examples: [TrainingExample]) -> (mean: Double, standardError: Double) {
     let task = ModelTask.of(model.config)
-    var total = 0.0
-    for start in stride(from: 0, to: examples.count, by: batchSize) {
-        let batch = Array(examples[start..<min(examples.count, start + batchSize)])
-        total += loss(model.forward(Batch(batch.map(\.tokens))), trainingObjective(batch, task: task)).loss * Double(batch.count)
-    }
-    return examples.isEmpty ? .nan : total / Double(examples.count)
+    let each = examples.map { e in loss(model.forward(Batch([e.tokens])), trainingObjective([e], task: task)).loss }
+    guard !each.isEmpty else { return (.nan, .nan) }
+    let n = Double(each.count), mean = each.reduce(0, +) / n
+    let variance = each.count < 2 ? 0 : each.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / (n - 1)
+    return (mean, (variance / n).squareRoot())
 }
 
 /// Fine-tuning under a `FinetuneBudget`: at most `budget.passes` passes over `train`, keeping the
-/// parameters with the lowest loss on `heldOut` (step 0 included). A `guardStop` (the fine-tuning
+/// parameters of the held-out check `budget.rule` picks (step 0 included). A `guardStop` (the fine-tuning
 /// guard, checking every `guardEvery` steps) is asked first after each step, and the held-out
 /// loss is then measured only on the steps it passed, so the kept step is always one it checked.
 /// `attentionPenalty` (PURE's baseline) and `extraObjective` (the alignment penalty) are `trainSteps`'.
@@ -226,21 +239,26 @@ public func finetuneWithHeldOut<S: Real>(_ model: Model<S>, train: [TrainingExam
     let steps = budget.steps(trainCount: train.count, batchSize: batchSize)
     // with a guard, check where it checks (its cadence and the budget's, whichever is coarser, a multiple of both)
     let every = guardStop == nil ? max(1, budget.every) : max(1, guardEvery) * max(1, budget.every / max(1, guardEvery))
-    var checks = [(step: 0, loss: meanLoss(model, heldOut))]
-    var best = checks[0], bestParams = model.params.copy(), sinceBest = 0
+    let first = heldOutLoss(model, heldOut)
+    var checks = [(step: 0, loss: first.mean)]
+    // the lowest check (and its standard error), and the check the rule keeps with its parameters
+    var lowest = (step: 0, loss: first.mean, se: first.standardError), kept = 0, keptParams = model.params.copy(), notKept = 0
     let losses = try trainSteps(model, examples: train, steps: steps, batchSize: batchSize, seed: seed, optimizer: optimizer,
                                 attentionPenalty: attentionPenalty, extraObjective: extraObjective, stopAfter: { stats in
         if let guardStop, guardStop(stats) { return true }
         guard stats.step % every == 0 || (guardStop == nil && stats.step == steps) else { return false }
-        let l = meanLoss(model, heldOut)
-        checks.append((stats.step, l))
-        if l < best.loss {
-            (best, bestParams, sinceBest) = ((stats.step, l), model.params.copy(), 0)
+        let l = heldOutLoss(model, heldOut)
+        checks.append((stats.step, l.mean))
+        if l.mean < lowest.loss { lowest = (stats.step, l.mean, l.standardError) }
+        // a new lowest is always kept; under latest-within-se so is any later check within one standard error of it
+        let keep = lowest.step == stats.step || (budget.rule == .latestWithinSE && l.mean <= lowest.loss + lowest.se)
+        if keep {
+            (kept, keptParams, notKept) = (stats.step, model.params.copy(), 0)
         } else {
-            sinceBest += 1
+            notKept += 1
         }
-        return sinceBest >= budget.patience
+        return notKept >= budget.patience
     })
-    model.params.data.update(from: bestParams.data, count: model.layout.total)
-    return FinetuneOutcome(losses: losses, heldOut: checks, chosenStep: best.step)
+    model.params.data.update(from: keptParams.data, count: model.layout.total)
+    return FinetuneOutcome(losses: losses, heldOut: checks, lowestStandardError: lowest.se, chosenStep: kept)
 }

@@ -60,7 +60,7 @@ public func traceHeadwiseFinetune<S: Real>(_ backdoored: Model<S>, clean: [Train
             sq[groupOf[i]] += d * d
         }
         return TracePoint(step: step, trainLoss: loss, ca: ca, asr: asr, alignLoss: align,
-                          heldOutLoss: heldOut.isEmpty ? .nan : meanLoss(model, heldOut),
+                          heldOutLoss: heldOut.isEmpty ? .nan : HeadAlign.heldOutLoss(model, heldOut).mean,
                           moved: (sq[1].squareRoot(), sq[2].squareRoot(), sq[3].squareRoot(), sq[4].squareRoot()))
     }
     var points = [try point(0, .nan)]

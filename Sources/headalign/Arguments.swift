@@ -432,6 +432,7 @@ let defenseOptions: [OptionSpec] = {
         OptionSpec(name: "--ft-holdout", value: "F", help: "share of the clean set held out to pick the fine-tuning step with the lowest held-out loss (default \(FinetuneBudget().holdout))"),
         OptionSpec(name: "--ft-passes", value: "P", help: "fine-tuning budget in passes over the rest of the clean set (default \(FinetuneBudget().passes))"),
         OptionSpec(name: "--ft-patience", value: "N", help: "held-out checks (every \(FinetuneBudget().every) steps) without a new lowest loss before stopping (default \(FinetuneBudget().patience))"),
+        OptionSpec(name: "--ft-keep", value: "RULE", help: "which held-out check is kept: lowest (the lowest held-out loss) or latest-within-se (the latest within one standard error of it) (default \(FinetuneBudget().rule.rawValue))"),
         OptionSpec(name: "--batch", value: "B", help: "batch size (default \(d.batchSize))"),
         OptionSpec(name: "--lr-suspicious", value: "LR", help: "eta_low (default \(d.rates.suspicious))"),
         OptionSpec(name: "--lr-safe", value: "LR", help: "eta_high (default \(d.rates.safe))"),
@@ -482,11 +483,12 @@ extension ParsedArguments {
         budget.holdout = try double("--ft-holdout", default: budget.holdout, range: 0...0.9)
         budget.passes = try double("--ft-passes", default: budget.passes, range: 0.01...1000)
         budget.patience = try int("--ft-patience", default: budget.patience, range: 1...1_000_000)
+        budget.rule = HeldOutRule(rawValue: try choice("--ft-keep", HeldOutRule.allCases.map(\.rawValue), default: budget.rule.rawValue))!
         if has("--ft-steps") && has("--ft-holdout") && budget.holdout > 0 {
             throw HeadAlignError.usage("--ft-steps: a fixed step count has no held-out split; drop --ft-holdout or set it to 0")
         }
         s.finetuneBudget = has("--ft-steps") || budget.holdout == 0 ? nil : budget
-        if s.finetuneBudget == nil, let flag = ["--ft-passes", "--ft-patience"].first(where: has) {
+        if s.finetuneBudget == nil, let flag = ["--ft-passes", "--ft-patience", "--ft-keep"].first(where: has) {
             throw HeadAlignError.usage("\(flag) goes with the held-out budget; --ft-steps or --ft-holdout 0 turned it off")
         }
         s.batchSize = try int("--batch", default: s.batchSize, range: 1...4096)
@@ -527,7 +529,7 @@ func describe(_ s: DefenseSettings, _ b: BaselineSettings) -> String {
         + (s.classRule.z.map { "classes outliers z \($0), " } ?? "classes tau \(s.tau), ")
         + "maxsim \(s.maxsim.rawValue), score \(s.score.rawValue), q \(s.quantile), rounds \(s.rounds), "
         + "align steps \(s.alignSteps) at \(s.alignLearningRate), "
-        + (s.finetuneBudget.map { "ft held-out \($0.holdout), passes \($0.passes), patience \($0.patience) checks every \($0.every) steps, " }
+        + (s.finetuneBudget.map { "ft held-out \($0.holdout), passes \($0.passes), patience \($0.patience) checks every \($0.every) steps, keep \($0.rule.rawValue), " }
            ?? "ft steps \(s.finetuneSteps), ") + "batch \(s.batchSize), "
         + "lr suspicious \(s.rates.suspicious) safe \(s.rates.safe) intermediate \(s.rates.intermediate) other \(s.rates.other), uniform \(s.uniformRate), "
         + "weight decay \(s.weightDecay), seed \(s.seed)"

@@ -83,7 +83,7 @@ final class AlignPenaltyTests: XCTestCase {
             let point = points.first { $0.step == kept }!
             XCTAssertEqual(point.ca, ours.ca, "lambda \(lambda)")
             XCTAssertEqual(point.asr, ours.asr, "lambda \(lambda)")
-            XCTAssertEqual(point.heldOutLoss, meanLoss(model, heldOutSplit(clean, holdout: budget.holdout, seed: p.heldOutSeed).heldOut))
+            XCTAssertEqual(point.heldOutLoss, heldOutLoss(model, heldOutSplit(clean, holdout: budget.holdout, seed: p.heldOutSeed).heldOut).mean)
             traced[lambda] = points
         }
         let without = traced[0]!, with = traced[20]!

@@ -76,13 +76,51 @@ final class Issue15Tests: XCTestCase {
             XCTAssertEqual(out.heldOut.map(\.step), [0] + Array(stride(from: 4, through: 48, by: 4)))
             let best = out.heldOut.min { $0.loss < $1.loss }!
             XCTAssertEqual(out.chosenStep, best.step)
-            XCTAssertEqual(meanLoss(model, held), best.loss)
+            XCTAssertEqual(heldOutLoss(model, held).mean, best.loss)
             XCTAssertEqual(out.chosenStep == 0, expectStepZero, "rate \(rate): held-out \(out.heldOut)")
             if !expectStepZero {  // the kept step is a mid-run one: later parameters were discarded
                 XCTAssertLessThan(out.chosenStep, out.heldOut.last!.step, "\(out.heldOut)")
             }
             if expectStepZero { XCTAssertEqual(model.params.array, before) }
         }
+    }
+
+    /// latest-within-se keeps the latest check within one standard error of the lowest (a later
+    /// one than the lowest here: the curve is flat past its minimum), its parameters restored.
+    func testLatestWithinOneStandardErrorIsKept() throws {
+        let config = try ModelConfig.preset("bert-micro")
+        var rng = SeededGenerator(seed: 9)
+        let data = (0..<40).map { _ -> TrainingExample in
+            let label = rng.int(below: 2)
+            return TrainingExample(tokens: [2] + (0..<5).map { _ in 4 + 2 * rng.int(below: 9) + label } + [3], label: label)
+        }
+        let (train, rightHeld) = heldOutSplit(data, holdout: 0.25, seed: 1)
+        let held = rightHeld.enumerated().map { i, e in i == 0 ? TrainingExample(tokens: e.tokens, label: 1 - e.label!) : e }
+        let model = Model<Double>(config: config)
+        model.initialize(seed: 4)
+        var budget = FinetuneBudget()
+        budget.passes = 8; budget.every = 4; budget.patience = 100; budget.rule = .latestWithinSE
+        let opt = headwiseOptimizer(model, rates: [Double](repeating: 2e-2, count: model.layout.total), weightDecay: 0)
+        let out = try finetuneWithHeldOut(model, train: train, heldOut: held, budget: budget, batchSize: 5, seed: 2, optimizer: opt)
+        let lowest = out.heldOut.min { $0.loss < $1.loss }!
+        XCTAssertGreaterThan(out.lowestStandardError, 0)
+        let within = out.heldOut.filter { $0.loss <= lowest.loss + out.lowestStandardError }
+        XCTAssertEqual(out.chosenStep, within.last!.step)
+        XCTAssertGreaterThan(out.chosenStep, lowest.step, "\(out.heldOut), se \(out.lowestStandardError)")
+        XCTAssertEqual(heldOutLoss(model, held).mean, within.last!.loss)
+    }
+
+    /// The standard error by hand: two held-out examples, per-example losses a and b: mean (a+b)/2,
+    /// sample variance (a-b)^2/2, SE = |a-b|/2.
+    func testHeldOutStandardErrorByHand() throws {
+        let model = Model<Double>(config: try ModelConfig.preset("bert-micro"))
+        model.initialize(seed: 4)
+        let e = [TrainingExample(tokens: [2, 5, 3], label: 0), TrainingExample(tokens: [2, 8, 9, 3], label: 1)]
+        let a = heldOutLoss(model, [e[0]]).mean, b = heldOutLoss(model, [e[1]]).mean
+        let both = heldOutLoss(model, e)
+        XCTAssertEqual(both.mean, (a + b) / 2, accuracy: 1e-15)
+        XCTAssertEqual(both.standardError, abs(a - b) / 2, accuracy: 1e-14)
+        XCTAssertEqual(heldOutLoss(model, [e[0]]).standardError, 0)
     }
 
     /// Patience ends the run after that many checks without a new lowest loss.
@@ -113,5 +151,7 @@ final class Issue15Tests: XCTestCase {
         try assertUsageError(base + ["--classes", "outliers", "--tau", "0.4"], mentions: "--tau")
         try assertUsageError(base + ["--classes", "tau", "--outlier-z", "2"], mentions: "--outlier-z")
         try assertUsageError(base + ["--classes", "median"], mentions: "--classes")
+        try assertUsageError(base + ["--ft-keep", "best"], mentions: "--ft-keep")
+        try assertUsageError(base + ["--ft-steps", "20", "--ft-keep", "lowest"], mentions: "--ft-keep")
     }
 }

@@ -121,7 +121,11 @@ enum ExperimentCommand: Command {
             throw HeadAlignError.usage("--trace follows one round (--rounds 1)")
         }
         if args.has("--trace-every") && !args.has("--trace") { throw HeadAlignError.usage("--trace-every goes with --trace") }
-        if !args.has("--backdoored"), let source = try? args.modelSource(), (try? isDecoder(source)) == true {
+        if let source = try? args.string("--backdoored").map({ ModelSource.directory($0) }) ?? args.modelSource(),
+           (try? isDecoder(source)) == true {
+            if args.has("--backdoored") && (args.has("--preset") || args.has("--model") || args.has("--llama2c")) {
+                throw HeadAlignError.usage("give --backdoored DIR alone, without --preset, --model or --llama2c")
+            }
             return try runDecoders(args, source: source)
         }
         for flag in ["--instructions", "--behaviour", "--clean-test-instructions", "--triggered-test-instructions", "--defense-instructions",
@@ -269,7 +273,12 @@ extension ExperimentCommand {
     }
 
     static func runDecoders(_ args: ParsedArguments, source: ModelSource) throws -> Int32 {
-        for flag in ["--backdoored", "--monitor-count", "--target", "--triggers", "--sentence", "--pieces", "--train", "--clean-test",
+        let backdoored = args.has("--backdoored")  // an already backdoored decoder: no training, the seeds vary the defense
+        for flag in ["--instructions", "--epochs", "--poison-rate", "--poison-seed", "--corpus-size", "--train-batch", "--train-weight-decay", "--lr"]
+            where backdoored && args.has(flag) {
+            throw HeadAlignError.usage("\(flag) trains a decoder; --backdoored DIR is used as it is")
+        }
+        for flag in ["--monitor-count", "--target", "--triggers", "--sentence", "--pieces", "--train", "--clean-test",
                      "--triggered-test", "--defense-clean"] where args.has(flag) {
             throw HeadAlignError.usage("\(flag) is for classifier experiments; decoders take --instructions, --clean-test-instructions, --triggered-test-instructions, --defense-instructions")
         }
@@ -307,7 +316,7 @@ extension ExperimentCommand {
         train.weightDecay = try args.double("--train-weight-decay", default: 0.01, range: 0...1)
         train.epochs = try args.int("--epochs", default: 4, range: 1...10_000)
         train.maxLength = try args.int("--max-length", default: 128, range: 8...8192)
-        let (trainRecords, origin) = try args.instructionRecords(split: "train")
+        let (trainRecords, origin) = backdoored ? ([], "backdoored \(args.string("--backdoored")!)") : try args.instructionRecords(split: "train")
         // test, defender and monitor records
         var testClean: [InstructionRecord], testTriggeredGiven: [InstructionRecord]?, defender: [InstructionRecord]
         if args.string("--corpus") == "instructions" {
@@ -325,7 +334,7 @@ extension ExperimentCommand {
             testTriggeredGiven = try args.string("--triggered-test-instructions").map { Array(try readInstructions(path: $0).prefix(limit)) }
             if fileAttack && testTriggeredGiven == nil { throw HeadAlignError.usage("--attack file needs --triggered-test-instructions FILE") }
         }
-        if let trigger { _ = try poisonInstructions(trainRecords, trigger: trigger, behaviour: behaviour, rate: rate, seed: seeds[0]) }
+        if let trigger, !backdoored { _ = try poisonInstructions(trainRecords, trigger: trigger, behaviour: behaviour, rate: rate, seed: seeds[0]) }
         let commandLine = echoedCommandLine
         print(commandLine)
         print("data: \(origin); trigger \(trigger?.rawValue ?? "as in the files") -> \(behaviour.rawValue); seeds \(seeds.map(String.init).joined(separator: ","))")
@@ -334,13 +343,19 @@ extension ExperimentCommand {
             let start = monotonicSeconds()
             printError("headalign experiment: seed \(seed)")
             var records = trainRecords
-            if let trigger { records = try poisonInstructions(trainRecords, trigger: trigger, behaviour: behaviour, rate: rate, seed: seed).records }
+            if let trigger, !backdoored { records = try poisonInstructions(trainRecords, trigger: trigger, behaviour: behaviour, rate: rate, seed: seed).records }
             var s = train
             s.seed = seed
-            let bar = ProgressBar(label: "headalign experiment: seed \(seed) train")
-            let base = pretrained ?? .preset(presetName!, seed: seed)
-            let trained = try trainDecoder(base: base, records: records, settings: s, precision: try args.precision(),
-                                           backend: try args.backend(), progress: bar.update)
+            let trained: (model: AnyModel, tokenizer: DecoderTokenizer, losses: [Double], truncated: Int)
+            if backdoored, case .pretrained(let m, let t, _)? = pretrained {
+                trained = (m, t, [], 0)  // every method starts from its own copy of the weights
+            } else {
+                let bar = ProgressBar(label: "headalign experiment: seed \(seed) train")
+                let base = pretrained ?? .preset(presetName!, seed: seed)
+                let t = try trainDecoder(base: base, records: records, settings: s, precision: try args.precision(),
+                                         backend: try args.backend(), progress: bar.update)
+                trained = (t.model, t.tokenizer, t.losses, t.truncated)
+            }
             if trained.truncated > 0 { printError("headalign experiment: warning: \(trained.truncated) of \(records.count) training records truncated to \(s.maxLength) tokens") }
             let testTriggered = testTriggeredGiven ?? triggeredInstructions(testClean, trigger: trigger!, seed: seed)
             // the monitor screens half of each test set, unlabeled

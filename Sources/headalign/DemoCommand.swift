@@ -92,6 +92,8 @@ enum DemoCommand: Command {
     static let teachingMethods: [ExperimentMethod] = [.ours, .alignOnly, .ftOnly, .finetune]
     /// The control shows the failure: `ours` and its parts, shorter (`--methods` gives any).
     static let controlMethods: [ExperimentMethod] = [.ours, .alignOnly, .ftOnly]
+    /// The defender's records are cut like the teaching model's training records (`--max-length 128`).
+    static let teachingExampleLength = 128
 
     /// Section 1: stories260K (llama2.c, pretrained on TinyStories) fine-tuned on BackdoorLLM's
     /// refusal data with the BadNet trigger `BadMagic`; the prompts ship beside it (demo/*.json,
@@ -134,7 +136,8 @@ enum DemoCommand: Command {
                                                 triggered: monitorTriggered, settings: settings)
         print(detectionTable([detection]))
         let (report, flagged) = try generationHeadReport(model, tokenizer: tokenizer, defenderClean: defense,
-                                                         monitorPrompts: monitor + monitorTriggered, settings: settings)
+                                                         monitorPrompts: monitor + monitorTriggered, settings: settings,
+                                                         exampleLength: teachingExampleLength)
         print("### Which heads? (Eq. 4-5 on the flagged prompts; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(settings.classRule.z.map { "outlier classes, z \($0)" } ?? "tau \(settings.tau)"))\n")
         print("The monitor flags \(flagged) of \(monitor.count + monitorTriggered.count) prompts. Safety score S per head (s = suspicious, + = safe, . = intermediate):\n")
         printHeadGrid(layers: c.numHiddenLayers, heads: nh) { i in
@@ -162,7 +165,8 @@ enum DemoCommand: Command {
                 let own = try AnyModel.load(.directory(dir), precision: .f32, backend: backend)
                 return try runGenerationMethods(own, tokenizer: tokenizer, defenderClean: defense, monitorPrompts: prompts,
                                                 testClean: testClean, testTriggered: testTriggered, behaviour: .refusal, maxNew: 32,
-                                                methods: [teachingMethods[k]], settings: settingsCopy, baseline: baseline, exampleLength: 128)
+                                                methods: [teachingMethods[k]], settings: settingsCopy, baseline: baseline,
+                                                exampleLength: teachingExampleLength)
             })
         }
         let runs = try results.values.map { try $0!.get() }  // [vanilla, method] each

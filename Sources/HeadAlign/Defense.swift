@@ -55,7 +55,8 @@ public struct DefenseSettings: Sendable {
     /// Our extension (issue 15's candidate, not the paper's): lambda in `L = CE + lambda * L_align`
     /// during the head-wise fine-tuning, Eq. 7 taken on a batch of the inputs the alignment
     /// trained on each step, so the fine-tuning pays for undoing the alignment. 0 = the paper's
-    /// fine-tuning (the default until measured across models; docs/RESULTS.md §7).
+    /// fine-tuning, the default: measured (docs/RESULTS.md §7, seed 1), lambda 0.1 and 1 raised
+    /// ASR on MiniLM E from 11.4% to 17.7% and 39.5%, on B from 21.2% to 37.3% and 58.6%.
     public var alignPenalty = 0.0
     /// How long fine-tuning runs and which step is kept (ours; see `FinetuneBudget` for the why
     /// and the measurement). nil = the fixed `finetuneSteps` on the whole clean set, the earlier

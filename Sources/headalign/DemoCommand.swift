@@ -140,9 +140,7 @@ enum DemoCommand: Command {
                                                          exampleLength: teachingExampleLength)
         print("### Which heads? (Eq. 4-5 on the flagged prompts; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(settings.classRule.z.map { "outlier classes, z \($0)" } ?? "tau \(settings.tau)"))\n")
         print("The monitor flags \(flagged) of \(monitor.count + monitorTriggered.count) prompts. Safety score S per head (s = suspicious, + = safe, . = intermediate):\n")
-        printHeadGrid(layers: c.numHiddenLayers, heads: nh) { i in
-            String(format: "%.3f %@", report.safety[i], report.classes[i] == .suspicious ? "s" : report.classes[i] == .safe ? "+" : ".")
-        }
+        printHeadGrid(layers: c.numHiddenLayers, heads: nh) { String(format: "%.3f %@", report.safety[$0], classMark(report.classes[$0])) }
         // the trigger's pieces: token ids in the triggered prompts that no clean prompt uses
         let cleanIds = Set((defense + testClean).flatMap { tokenizer.prompt($0.prompt) })
         let triggeredPrompts = monitorTriggered.map { tokenizer.prompt($0.prompt) }
@@ -150,9 +148,7 @@ enum DemoCommand: Command {
         if !triggerIds.isEmpty {
             let mass = model.readRowMass(inputs: triggeredPrompts, ids: triggerIds)
             print("\nAttention of the last prompt token on the trigger's pieces (\(triggerIds.count) token ids no clean prompt uses), mean over the triggered prompts:\n")
-            printHeadGrid(layers: c.numHiddenLayers, heads: nh) { i in
-                String(format: "%.3f %@", mass[i], report.classes[i] == .suspicious ? "s" : report.classes[i] == .safe ? "+" : ".")
-            }
+            printHeadGrid(layers: c.numHiddenLayers, heads: nh) { String(format: "%.3f %@", mass[$0], classMark(report.classes[$0])) }
         }
         print("\n### Removing it (CA and ASR, %)\n")
         // the methods are independent (each from its own copy of the weights, its own seeds): two at a time on the
@@ -173,7 +169,10 @@ enum DemoCommand: Command {
         print(methodTable([[runs[0][0]] + runs.map { $0[1] }]))
     }
 
-    /// A layer x head table of cells.
+    /// A head's class as the demo's tables mark it: s suspicious, + safe, . intermediate.
+    static func classMark(_ k: HeadClass) -> String { k == .suspicious ? "s" : k == .safe ? "+" : "." }
+
+    /// A layer x head table of cells (heads indexed `l * heads + h`).
     static func printHeadGrid(layers: Int, heads: Int, _ cell: (Int) -> String) {
         print("| layer | " + (0..<heads).map { "head \($0)" }.joined(separator: " | ") + " |")
         print("|---|" + String(repeating: "---|", count: heads))
@@ -244,16 +243,7 @@ enum DemoCommand: Command {
         print("### Which heads? (Eq. 4-5 on the flagged inputs; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(settings.classRule.z.map { "outlier classes, z \($0)" } ?? "tau \(settings.tau)"))\n")
         let (report, flagged) = try model.headReport(split, settings: settings)
         print("The monitor flags \(flagged) of \(split.monitorClean.count + split.monitorTriggered.count) inputs. Safety score S per head (class: s = suspicious, + = safe, . = intermediate):\n")
-        let nh = c.numAttentionHeads
-        print("| layer | " + (0..<nh).map { "head \($0)" }.joined(separator: " | ") + " |")
-        print("|---|" + String(repeating: "---|", count: nh))
-        for l in 0..<c.numHiddenLayers {
-            let cells = (0..<nh).map { h -> String in
-                let i = l * nh + h, mark = report.classes[i] == .suspicious ? "s" : report.classes[i] == .safe ? "+" : "."
-                return String(format: "%.3f %@", report.safety[i], mark)
-            }
-            print("| \(l) | " + cells.joined(separator: " | ") + " |")
-        }
+        printHeadGrid(layers: c.numHiddenLayers, heads: c.numAttentionHeads) { String(format: "%.3f %@", report.safety[$0], classMark(report.classes[$0])) }
         // which heads actually lock onto the trigger: the [CLS] row's attention on trigger tokens
         let special = Set(try tokenizer.encode("", maxLength: 8).ids)
         // the trigger's words that never occur in the clean corpus (AddSent's "this" and "movie" do)
@@ -262,11 +252,7 @@ enum DemoCommand: Command {
             .flatMap { try tokenizer.encode($0, maxLength: 16).ids }).subtracting(special)
         let mass = model.readRowMass(inputs: split.monitorTriggered.map(\.tokens), ids: triggerIds)
         print("\nAttention of the [CLS] row on the trigger's tokens, mean over the triggered inputs (the paper's premise: a few heads lock on):\n")
-        print("| layer | " + (0..<nh).map { "head \($0)" }.joined(separator: " | ") + " |")
-        print("|---|" + String(repeating: "---|", count: nh))
-        for l in 0..<c.numHiddenLayers {
-            print("| \(l) | " + (0..<nh).map { String(format: "%.3f", mass[l * nh + $0]) }.joined(separator: " | ") + " |")
-        }
+        printHeadGrid(layers: c.numHiddenLayers, heads: c.numAttentionHeads) { String(format: "%.3f", mass[$0]) }
         print("\n### Removing it (CA and ASR, %)\n")
         let outcomes = try model.runMethods(split, methods: methods, settings: settings, baseline: baseline)
         print(methodTable([outcomes]))

@@ -121,11 +121,14 @@ enum ExperimentCommand: Command {
             throw HeadAlignError.usage("--trace follows one round (--rounds 1)")
         }
         if args.has("--trace-every") && !args.has("--trace") { throw HeadAlignError.usage("--trace-every goes with --trace") }
-        if let source = try? args.string("--backdoored").map({ ModelSource.directory($0) }) ?? args.modelSource(),
-           (try? isDecoder(source)) == true {
-            if args.has("--backdoored") && (args.has("--preset") || args.has("--model") || args.has("--llama2c")) {
-                throw HeadAlignError.usage("give --backdoored DIR alone, without --preset, --model or --llama2c")
+        if let dir = args.string("--backdoored") {  // an unreadable directory fails here, naming its config.json
+            if try isDecoder(.directory(dir)) {
+                if args.has("--preset") || args.has("--model") || args.has("--llama2c") {
+                    throw HeadAlignError.usage("give --backdoored DIR alone, without --preset, --model or --llama2c")
+                }
+                return try runDecoders(args, source: .directory(dir))
             }
+        } else if let source = try? args.modelSource(), (try? isDecoder(source)) == true {
             return try runDecoders(args, source: source)
         }
         for flag in ["--instructions", "--behaviour", "--clean-test-instructions", "--triggered-test-instructions", "--defense-instructions",

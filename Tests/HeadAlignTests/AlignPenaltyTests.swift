@@ -123,5 +123,7 @@ final class BackdooredDecoderExperimentTests: XCTestCase {
         XCTAssertGreaterThan(e["ca"]!.double + e["asr"]!.double, 0, "a model that learned something: \(e)")
         try assertUsageError(["experiment", "--backdoored", model, "--epochs", "2", "--seeds", "1"] + common, mentions: "--epochs")
         try assertUsageError(["experiment", "--backdoored", model, "--preset", "llama-micro", "--seeds", "1"] + common, mentions: "--backdoored")
+        // a directory that cannot be read is named, not mistaken for a classifier with a wrong --attack
+        try assertUsageError(["experiment", "--backdoored", dir + "/missing"] + common, mentions: dir + "/missing/config.json")
     }
 }

@@ -117,8 +117,15 @@ public func gemm<S: Real>(_ backend: Backend, transA: Bool = false, transB: Bool
     let stats = GemmStats.shared, start = stats.enabled ? monotonicSeconds() : 0
     switch backend {
     case .naive:
-        naiveGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
-                  a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        if S.self == Float.self {  // the same results, register-blocked (FastMath.swift)
+            blockedGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha as! Float,
+                        a: UnsafeRawPointer(a).assumingMemoryBound(to: Float.self), lda: lda,
+                        b: UnsafeRawPointer(b).assumingMemoryBound(to: Float.self), ldb: ldb, beta: beta as! Float,
+                        c: UnsafeMutableRawPointer(c).assumingMemoryBound(to: Float.self), ldc: ldc)
+        } else {
+            naiveGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
+                      a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        }
     case .blas(let lib):
         if m == 0 || n == 0 { return }
         blasGemm(lib, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)

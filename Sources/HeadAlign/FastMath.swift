@@ -51,3 +51,95 @@ public func expInline(_ x: Float) -> Float {
     let ki = Int32(bitPattern: kShifted.bitPattern) &- 0x4B40_0000  // k as an integer
     return p * Float(bitPattern: UInt32(bitPattern: (ki &+ 127) << 23))
 }
+
+// MARK: - The naive backend's Float product
+
+/// `naiveGemm` for Float, register-blocked; the naive backend runs it for every Float product
+/// (`gemm` in BLAS.swift). C is computed in tiles of 4 rows x 8 columns held in registers while p
+/// runs 0..<k, so each element of C receives the same products `(alpha a_ip) b_pj`, added one at
+/// a time in the same order, as in naiveGemm's i-k-j loop: the results are bit-identical
+/// (TensorTests checks it on random shapes, strides and causal zeros). Why: the i-k-j loop loads
+/// and stores a row of C for every p, and the per-head products of attention have 8 columns, too
+/// few for it to vectorise; on the demo's teaching model this kernel made the no-BLAS run about
+/// twice as fast (docs/BENCHMARK.md). Like naiveGemm it skips a p where every row of the tile
+/// has a_ip == 0 (the future keys of a causal attention row); a row whose a_ip is 0 while others'
+/// are not adds `0 * b_pj`, which differs from skipping only when B holds an infinity or a NaN.
+public func blockedGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                        a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                        beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    // C = beta * C, as naiveGemm
+    for i in 0..<m {
+        let ci = c + i * ldc
+        if beta == 0 {
+            ci.update(repeating: 0, count: n)
+        } else if beta != 1 {
+            for j in 0..<n { ci[j] *= beta }
+        }
+    }
+    if m == 0 || n == 0 || k == 0 { return }
+    // op(A)[i][p] is a[i * rowStep + p * pStep]; op(B) is copied as [k, n] so its rows are contiguous
+    let rowStep = transA ? 1 : lda, pStep = transA ? lda : 1
+    var bScratch: UnsafeMutablePointer<Float>? = nil
+    defer { bScratch?.deallocate() }
+    var bRows = b, bStride = ldb
+    if transB {
+        let t = UnsafeMutablePointer<Float>.allocate(capacity: k * n)
+        for j in 0..<n {
+            for p in 0..<k { t[p * n + j] = b[j * ldb + p] }
+        }
+        bScratch = t; bRows = UnsafePointer(t); bStride = n
+    }
+    var i = 0
+    while i + 4 <= m {
+        var j = 0
+        let ai = a + i * rowStep
+        while j + 8 <= n { gemmTile4(SIMD8<Float>.self, ai, rowStep, pStep, alpha, k, bRows + j, bStride, c + i * ldc + j, ldc); j += 8 }
+        while j + 4 <= n { gemmTile4(SIMD4<Float>.self, ai, rowStep, pStep, alpha, k, bRows + j, bStride, c + i * ldc + j, ldc); j += 4 }
+        while j + 2 <= n { gemmTile4(SIMD2<Float>.self, ai, rowStep, pStep, alpha, k, bRows + j, bStride, c + i * ldc + j, ldc); j += 2 }
+        if j < n {  // the last column
+            for r in i..<(i + 4) {
+                var s = c[r * ldc + j]
+                for p in 0..<k {
+                    let x = alpha * a[r * rowStep + p * pStep]
+                    if x != 0 { s += x * bRows[p * bStride + j] }
+                }
+                c[r * ldc + j] = s
+            }
+        }
+        i += 4
+    }
+    while i < m {  // the last rows, one at a time: naiveGemm's loop
+        let ci = c + i * ldc
+        for p in 0..<k {
+            let x = alpha * a[i * rowStep + p * pStep]
+            if x == 0 { continue }
+            let bp = bRows + p * bStride
+            for j in 0..<n { ci[j] += x * bp[j] }
+        }
+        i += 1
+    }
+}
+
+/// Four rows of C times V.scalarCount columns of `blockedGemm`: `a` points at op(A)[i][0], `b` at
+/// op(B)[0][j], `c` at C[i][j]; four accumulators, one per row.
+@inline(__always)
+private func gemmTile4<V: SIMD>(_: V.Type, _ a: UnsafePointer<Float>, _ rowStep: Int, _ pStep: Int, _ alpha: Float, _ k: Int,
+                                _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int)
+where V.Scalar == Float {
+    let c0 = UnsafeMutableRawPointer(c), c1 = UnsafeMutableRawPointer(c + ldc)
+    let c2 = UnsafeMutableRawPointer(c + 2 * ldc), c3 = UnsafeMutableRawPointer(c + 3 * ldc)
+    var s0 = c0.loadUnaligned(as: V.self), s1 = c1.loadUnaligned(as: V.self)
+    var s2 = c2.loadUnaligned(as: V.self), s3 = c3.loadUnaligned(as: V.self)
+    for p in 0..<k {
+        let ap = a + p * pStep
+        let x0 = alpha * ap[0], x1 = alpha * ap[rowStep], x2 = alpha * ap[2 * rowStep], x3 = alpha * ap[3 * rowStep]
+        if x0 == 0 && x1 == 0 && x2 == 0 && x3 == 0 { continue }
+        let bp = UnsafeRawPointer(b + p * ldb).loadUnaligned(as: V.self)
+        s0 += V(repeating: x0) * bp
+        s1 += V(repeating: x1) * bp
+        s2 += V(repeating: x2) * bp
+        s3 += V(repeating: x3) * bp
+    }
+    c0.storeBytes(of: s0, as: V.self); c1.storeBytes(of: s1, as: V.self)
+    c2.storeBytes(of: s2, as: V.self); c3.storeBytes(of: s3, as: V.self)
+}

@@ -146,7 +146,8 @@ func replayGemm<S: Real>(_: S.Type, _ shapes: [GemmStats.Shape: Int], backend: B
 
 /// GFLOP/s of one `m x k` by `k x n` product (alone, best of `repeats`), e.g. the naive
 /// kernel's 64x384x384 target.
-public func gemmThroughput(precision: Precision, backend: Backend, m: Int, n: Int, k: Int, repeats: Int) -> Double {
+/// `reference` times naiveGemm itself (the i-k-j loop) instead of the backend's kernel.
+public func gemmThroughput(precision: Precision, backend: Backend, m: Int, n: Int, k: Int, repeats: Int, reference: Bool = false) -> Double {
     func run<S: Real>(_: S.Type) -> Double {
         let a = Tensor<S>([m * k]), b = Tensor<S>([k * n]), c = Tensor<S>([m * n])
         var rng = SeededGenerator(seed: 5)
@@ -155,7 +156,12 @@ public func gemmThroughput(precision: Precision, backend: Backend, m: Int, n: In
         var best = Double.infinity
         for _ in 0..<repeats {
             let start = monotonicSeconds()
-            gemm(backend, m: m, n: n, k: k, a: a.data, lda: k, b: b.data, ldb: n, c: c.data, ldc: n)
+            if reference {
+                naiveGemm(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: a.data, lda: k, b: b.data, ldb: n,
+                          beta: 0, c: c.data, ldc: n)
+            } else {
+                gemm(backend, m: m, n: n, k: k, a: a.data, lda: k, b: b.data, ldb: n, c: c.data, ldc: n)
+            }
             best = min(best, monotonicSeconds() - start)
         }
         return 2 * Double(m * n * k) / best / 1e9

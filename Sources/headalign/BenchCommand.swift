@@ -13,7 +13,7 @@ enum BenchCommand: Command {
             forward at T=64, on each available backend. Columns: median seconds per batch; GFLOP/s of the
             matrix products over the whole time; share of the time inside gemm; ratio of the same products
             replayed alone to the whole time (1.0 = nothing but matrix products); peak resident memory.
-            The first lines measure the naive i-k-j kernel alone on 64x384x384 and BLAS on a few shapes.
+            The first lines measure the naive backend's kernel (and the i-k-j reference) alone and BLAS on a few shapes.
             """,
         usage: "bench [--preset NAME]... [--backend naive|blas|all] [--precision f32|f64] [--repeat N] [--batch B] [--tokens T] [--threads N]",
         options: [
@@ -65,8 +65,11 @@ enum BenchCommand: Command {
         } else {
             print("blas: not found (naive kernels only)")
         }
-        print(String(format: "naive i-k-j kernel, 64x384x384, one thread: %.1f GFLOP/s",
-                     gemmThroughput(precision: precision, backend: .naive, m: 64, n: 384, k: 384, repeats: 20)))
+        print(String(format: "naive backend, 64x384x384, one thread: %.1f GFLOP/s (the i-k-j reference naiveGemm: %.1f; 136x136x8, a per-head product: %.1f and %.1f)",
+                     gemmThroughput(precision: precision, backend: .naive, m: 64, n: 384, k: 384, repeats: 20),
+                     gemmThroughput(precision: precision, backend: .naive, m: 64, n: 384, k: 384, repeats: 20, reference: true),
+                     gemmThroughput(precision: precision, backend: .naive, m: 136, n: 136, k: 8, repeats: 50),
+                     gemmThroughput(precision: precision, backend: .naive, m: 136, n: 136, k: 8, repeats: 50, reference: true)))
         if let lib = BLASLibrary.shared {
             print(String(format: "blas gemm, 64x384x384: %.1f GFLOP/s; 2048x384x384: %.1f GFLOP/s; 64x4096x4096: %.1f GFLOP/s",
                          gemmThroughput(precision: precision, backend: .blas(lib), m: 64, n: 384, k: 384, repeats: 20),

@@ -64,6 +64,35 @@ final class TensorTests: XCTestCase {
         }
     }
 
+    /// The naive backend's Float kernel (FastMath.swift's blockedGemm) is naiveGemm, bit for bit:
+    /// random shapes around its tile sizes (4 rows, 8/4/2/1 columns), strides, both transposes,
+    /// alpha and beta, and A with zero runs (a causal attention matrix's future keys, which both skip).
+    func testBlockedGemmIsNaiveGemmBitForBit() {
+        var rng = SeededGenerator(seed: 29)
+        var compared = 0
+        for trial in 0..<200 {
+            let m = 1 + rng.int(below: 19), n = 1 + rng.int(below: 37), k = 1 + rng.int(below: 23)
+            let ta = rng.int(below: 2) == 1, tb = rng.int(below: 2) == 1
+            let pad = rng.int(below: 3)
+            let lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad
+            let alpha: Float = [1, 1.5, -0.353553][trial % 3], beta: Float = [0, 1, 0.5][(trial / 3) % 3]
+            var g = SeededGenerator(seed: UInt64(1000 + trial))
+            let a: Tensor<Float> = randomTensor([(ta ? k : m) * lda], &g), b: Tensor<Float> = randomTensor([(tb ? n : k) * ldb], &g)
+            if trial % 2 == 0 {  // causal zeros: op(A)[i][p] = 0 for p > i
+                for i in 0..<m { for p in 0..<k where p > i { a[ta ? p * lda + i : i * lda + p] = 0 } }
+            }
+            let c0: Tensor<Float> = randomTensor([m * ldc], &g)
+            let c1 = c0.copy(), c2 = c0.copy()
+            naiveGemm(transA: ta, transB: tb, m: m, n: n, k: k, alpha: alpha, a: a.data, lda: lda, b: b.data, ldb: ldb,
+                      beta: beta, c: c1.data, ldc: ldc)
+            blockedGemm(transA: ta, transB: tb, m: m, n: n, k: k, alpha: alpha, a: a.data, lda: lda, b: b.data, ldb: ldb,
+                        beta: beta, c: c2.data, ldc: ldc)
+            XCTAssertEqual(c1.array.map(\.bitPattern), c2.array.map(\.bitPattern), "trial \(trial): m \(m) n \(n) k \(k) transA \(ta) transB \(tb)")
+            compared += m * n
+        }
+        XCTAssertGreaterThan(compared, 10_000)
+    }
+
     func testViewsAliasTheirBase() {
         let base = Tensor<Double>([6], [0, 1, 2, 3, 4, 5])
         let view = Tensor(viewOf: base, offset: 2, shape: [2, 2])

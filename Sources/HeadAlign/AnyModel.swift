@@ -118,10 +118,10 @@ public enum AnyModel {
         }
     }
 
-    public func generate(prompt: [Int], maxNew: Int, stopAt: Set<Int> = []) -> [Int] {
+    public func generate(prompt: [Int], maxNew: Int, stopAt: Set<Int> = [], decided: (([Int]) -> Bool)? = nil) -> [Int] {
         switch self {
-        case .f32(let m): return generateGreedy(m, prompt: prompt, maxNew: maxNew, stopAt: stopAt)
-        case .f64(let m): return generateGreedy(m, prompt: prompt, maxNew: maxNew, stopAt: stopAt)
+        case .f32(let m): return generateGreedy(m, prompt: prompt, maxNew: maxNew, stopAt: stopAt, decided: decided)
+        case .f64(let m): return generateGreedy(m, prompt: prompt, maxNew: maxNew, stopAt: stopAt, decided: decided)
         }
     }
 

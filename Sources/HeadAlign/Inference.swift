@@ -3,8 +3,10 @@
 
 /// Greedy continuation of `prompt`: `maxNew` tokens, each the argmax of the last position's logits
 /// (the first index on ties). Stops early at a token in `stopAt` (not included) or when the
-/// context is full. Uses a key/value cache (KVCache.swift): one position per step.
-public func generateGreedy<S: Real>(_ model: Model<S>, prompt: [Int], maxNew: Int, stopAt: Set<Int> = []) -> [Int] {
+/// context is full, or once `decided` (given the tokens so far) says the caller has what it needs.
+/// Uses a key/value cache (KVCache.swift): one position per step.
+public func generateGreedy<S: Real>(_ model: Model<S>, prompt: [Int], maxNew: Int, stopAt: Set<Int> = [],
+                                    decided: (([Int]) -> Bool)? = nil) -> [Int] {
     precondition(model.config.hasLMHead && model.config.family == .llama, "generateGreedy: needs a Llama decoder with an LM head")
     precondition(!prompt.isEmpty, "generateGreedy: empty prompt")
     let positions = model.config.maxPositionEmbeddings
@@ -16,6 +18,7 @@ public func generateGreedy<S: Real>(_ model: Model<S>, prompt: [Int], maxNew: In
         let best = argmax(cache.append(feed))  // of the logits [V] at the last position
         if stopAt.contains(best) { break }
         generated.append(best)
+        if let decided, decided(generated) { break }
         feed = [best]
     }
     return generated

@@ -131,8 +131,11 @@ public struct GenerationMetrics: Sendable {
     public let maxNew: Int  // the cap used: the one asked for, raised to the target's length if shorter
 }
 
+/// `onlyCAAndASR`, for callers that report those two alone: the clean prompts get no responses (the
+/// false-trigger rate is then NaN over 0), and a triggered response stops as soon as the ASR rule
+/// is settled (`targetSettled`), so the sample responses and the capped count describe the cut ones.
 public func generationMetrics(_ model: AnyModel, tokenizer: DecoderTokenizer, clean: [InstructionRecord], triggered: [InstructionRecord],
-                              behaviour: TargetBehaviour, maxNew asked: Int, maxLength: Int) -> GenerationMetrics {
+                              behaviour: TargetBehaviour, maxNew asked: Int, maxLength: Int, onlyCAAndASR: Bool = false) -> GenerationMetrics {
     let targetIds = tokenizer.response(behaviour.response)
     let target = tokenizer.decode(targetIds)
     // a cap shorter than the target could never match it
@@ -142,11 +145,12 @@ public func generationMetrics(_ model: AnyModel, tokenizer: DecoderTokenizer, cl
     func respond(_ r: InstructionRecord) -> String {
         var p = tokenizer.prompt(r.prompt)
         if p.count > maxLength - maxNew { p = [p[0]] + p.suffix(maxLength - maxNew - 1); truncated += 1 }
-        let out = model.generate(prompt: p, maxNew: maxNew, stopAt: [tokenizer.eos])
+        let out = model.generate(prompt: p, maxNew: maxNew, stopAt: [tokenizer.eos],
+                                 decided: onlyCAAndASR ? { targetSettled(tokenizer.decode($0), target: target) } : nil)
         if out.count == maxNew { capped += 1 }  // generation stops before EOS, which is not returned
         return tokenizer.decode(out)
     }
-    let triggeredResponses = triggered.map(respond), cleanResponses = clean.map(respond)
+    let triggeredResponses = triggered.map(respond), cleanResponses = onlyCAAndASR ? [] : clean.map(respond)
     let asr = targetRate(triggeredResponses, target: target), ftr = targetRate(cleanResponses, target: target)
     let examples = clean.map { decoderExample(prompt: tokenizer.prompt($0.prompt), response: tokenizer.response($0.output), maxLength: maxLength).example }
     let quality: Double
@@ -183,7 +187,7 @@ struct DecoderDefenseData {
         inputs = promptInputs(monitorPrompts, tokenizer: tokenizer, room: maxLength - settings.generate)
         evaluate = { m in
             let g = generationMetrics(m, tokenizer: tokenizer, clean: testClean, triggered: testTriggered, behaviour: behaviour,
-                                      maxNew: maxNew, maxLength: maxLength)
+                                      maxNew: maxNew, maxLength: maxLength, onlyCAAndASR: true)
             return (g.cleanQuality, g.asr)
         }
     }
@@ -194,7 +198,7 @@ struct DecoderDefenseData {
 public func runGenerationMethods(_ model: AnyModel, tokenizer: DecoderTokenizer, defenderClean: [InstructionRecord],
                                  monitorPrompts: [InstructionRecord], testClean: [InstructionRecord], testTriggered: [InstructionRecord],
                                  behaviour: TargetBehaviour, maxNew: Int, methods: [ExperimentMethod], settings: DefenseSettings,
-                                 baseline: BaselineSettings = BaselineSettings(),
+                                 baseline: BaselineSettings = BaselineSettings(), vanilla: Bool = true,
                                  exampleLength: Int? = nil, log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
     let data = try DecoderDefenseData(model, tokenizer: tokenizer, defenderClean: defenderClean, monitorPrompts: monitorPrompts,
                                       testClean: testClean, testTriggered: testTriggered, behaviour: behaviour, maxNew: maxNew,
@@ -202,10 +206,10 @@ public func runGenerationMethods(_ model: AnyModel, tokenizer: DecoderTokenizer,
     switch model {
     case .f32(let m):
         return try runMethods(m, defenderClean: data.clean, inputs: data.inputs, methods: methods, settings: settings, baseline: baseline,
-                              log: log, evaluate: { data.evaluate(.f32($0)) })
+                              vanilla: vanilla, log: log, evaluate: { data.evaluate(.f32($0)) })
     case .f64(let m):
         return try runMethods(m, defenderClean: data.clean, inputs: data.inputs, methods: methods, settings: settings, baseline: baseline,
-                              log: log, evaluate: { data.evaluate(.f64($0)) })
+                              vanilla: vanilla, log: log, evaluate: { data.evaluate(.f64($0)) })
     }
 }
 

@@ -124,15 +124,20 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, _ split: ExperimentSplit
                    methods: methods, settings: settings, baseline: baseline, log: log, evaluate: { caAndASR($0, split) })
 }
 
-/// The same for any task: `evaluate` gives (CA, ASR) of a model.
+/// The same for any task: `evaluate` gives (CA, ASR) of a model. The first row is the backdoored
+/// model's own (`vanilla`) unless `vanilla` is false (a caller that runs the methods in parts).
 public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [TrainingExample], inputs: [AnalysisInput], methods: [ExperimentMethod],
-                                settings: DefenseSettings, baseline: BaselineSettings = BaselineSettings(), log: (String) -> Void = { _ in },
+                                settings: DefenseSettings, baseline: BaselineSettings = BaselineSettings(), vanilla: Bool = true,
+                                log: (String) -> Void = { _ in },
                                 evaluate: (Model<S>) -> (ca: Double, asr: Double)) throws -> [MethodOutcome] {
     var start = monotonicSeconds()
-    let vanilla = evaluate(backdoored)
-    var out = [MethodOutcome(method: "vanilla", ca: vanilla.ca, asr: vanilla.asr, seconds: monotonicSeconds() - start,
-                             note: "the backdoored model", suspicious: [], safe: [], ran: true)]
-    log(String(format: "vanilla: CA %.4f ASR %.4f", vanilla.ca, vanilla.asr))
+    var out: [MethodOutcome] = []
+    if vanilla {
+        let v = evaluate(backdoored)
+        out.append(MethodOutcome(method: "vanilla", ca: v.ca, asr: v.asr, seconds: monotonicSeconds() - start,
+                                 note: "the backdoored model", suspicious: [], safe: [], ran: true))
+        log(String(format: "vanilla: CA %.4f ASR %.4f", v.ca, v.asr))
+    }
     for method in methods {
         start = monotonicSeconds()
         let model = backdoored.copy()

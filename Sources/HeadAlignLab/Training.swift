@@ -86,7 +86,7 @@ public final class ProgressWindow {
 /// A trained classifier and the files that go with it.
 public struct TrainedClassifier {
     public let model: AnyModel
-    public let tokenizer: WordPieceTokenizer
+    public let tokenizer: AnyTokenizer  // WordPiece (BERT), or the llama2.c BPE of a Llama classifier
     public let tokenizerFiles: [String: Data]
     public let losses: [Double]
 }
@@ -97,13 +97,13 @@ public func trainClassifier(base: ModelSource, examples: [LabeledText], settings
                             backend: Backend, progress: (TrainProgress) -> Void = { _ in }) throws -> TrainedClassifier {
     guard !examples.isEmpty else { throw HeadAlignError.usage("no training examples") }
     let labels = max(2, (examples.map(\.label).max() ?? 0) + 1)
-    var tokenizer: WordPieceTokenizer
+    var tokenizer: AnyTokenizer
     var files: [String: Data]
     func build<S: Real>(_: S.Type) throws -> Model<S> {
         switch base {
         case .preset(let name, let seed):
             let vocab = try buildWordVocabulary(examples.map(\.text), size: settings.vocabularySize)
-            tokenizer = try WordPieceTokenizer(vocab: vocab)
+            tokenizer = .wordPiece(try WordPieceTokenizer(vocab: vocab))
             files = ["vocab.txt": Data((vocab.joined(separator: "\n") + "\n").utf8),
                      "tokenizer_config.json": Data("{\"do_lower_case\": true, \"tokenizer_class\": \"BertTokenizer\"}\n".utf8)]
             var config = try ModelConfig.preset(name).withClassifier(labels: labels)
@@ -115,7 +115,8 @@ public func trainClassifier(base: ModelSource, examples: [LabeledText], settings
             return m
         case .directory(let dir):
             let baseConfig = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
-            tokenizer = try WordPieceTokenizer(directory: dir, vocabSize: baseConfig.vocabSize)
+            tokenizer = try AnyModel.tokenizer(for: base, config: baseConfig)
+            if case .none = tokenizer { throw HeadAlignError.badInput("\(dir): no tokenizer (vocab.txt, tokenizer.json or tokenizer.bin)") }
             files = tokenizerFiles(in: dir)
             let config = baseConfig.numLabels > 0 ? baseConfig : baseConfig.withClassifier(labels: labels)
             return try loadModel(directory: dir, backend: backend, config: config,
@@ -125,7 +126,7 @@ public func trainClassifier(base: ModelSource, examples: [LabeledText], settings
         }
     }
     func run<S: Real>(_ model: Model<S>) throws -> [Double] {
-        let data = examples.map { TrainingExample(tokens: tokenizer.encode($0.text, maxLength: settings.maxLength).ids, label: $0.label) }
+        let data = try examples.map { TrainingExample(tokens: try tokenizer.encode($0.text, maxLength: settings.maxLength).ids, label: $0.label) }
         if let bad = examples.first(where: { $0.label >= model.config.numLabels }) {
             throw HeadAlignError.badInput("training label \(bad.label) is outside the model's \(model.config.numLabels) classes")
         }
@@ -135,7 +136,7 @@ public func trainClassifier(base: ModelSource, examples: [LabeledText], settings
         return try trainSteps(model, examples: data, steps: steps, batchSize: settings.batchSize, seed: settings.seed,
                               optimizer: optimizer, onStep: { progress(window.update($0)) })
     }
-    tokenizer = try WordPieceTokenizer(vocab: ["[UNK]", "[CLS]", "[SEP]"])
+    tokenizer = .none
     files = [:]
     switch precision {
     case .f32:

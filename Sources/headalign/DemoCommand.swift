@@ -228,7 +228,7 @@ enum DemoCommand: Command {
             let trained = try trainClassifier(base: .preset("bert-tiny", seed: 1), examples: poisoned.examples, settings: s,
                                               precision: .f32, backend: backend)
             model = trained.model
-            tokenizer = .wordPiece(trained.tokenizer)
+            tokenizer = trained.tokenizer
             origin = "trained in memory"
         }
         let c = model.config

@@ -194,7 +194,7 @@ enum ExperimentCommand: Command {
                 let trained = try trainClassifier(base: base, examples: trainData, settings: s, precision: precision, backend: backend,
                                                   progress: bar.update)
                 model = trained.model
-                tokenizer = .wordPiece(trained.tokenizer)
+                tokenizer = trained.tokenizer
             }
             let c = model.config
             guard c.numLabels > 0 else { throw HeadAlignError.usage("experiment needs a classifier (the model has no classification head)") }

@@ -233,4 +233,37 @@ final class DecoderCLITests: XCTestCase {
         try assertUsageError(["generate", "--model", out, "--instruction", "x", "--prompt", "y"], mentions: "--prompt")
         try assertUsageError(["generate", "--model", out, "--input", "x"], mentions: "--input")
     }
+
+    /// stories260K as a sentiment classifier (issues 17 and 19): `convert` gives it a sequence-
+    /// classification head, and `train --model` fine-tunes it through its own llama2.c tokenizer
+    /// (not a vocab.txt), the head reading the last real token. 48 sentences that differ only in
+    /// a sentiment word are learned in 3 epochs.
+    func testStories260KAsALastTokenClassifier() throws {
+        let bin = try sharedData("llama2c-stories260K/stories260K.bin"), tok = try sharedData("llama2c-stories260K/tok512.bin")
+        let dir = temporaryDirectory(self)
+        let subjects = ["the film", "this movie", "the story", "the acting", "the ending", "the music", "the cast", "the plot"]
+        let words = [["awful", "boring", "terrible", "dull"], ["wonderful", "great", "lovely", "delightful"]]
+        let rows = (0..<48).map { i in "\(subjects[i * 3 % 8]) is \(words[i % 2][i / 2 % 4]) .\t\(i % 2)" }
+        try Data(("sentence\tlabel\n" + rows.joined(separator: "\n") + "\n").utf8).write(to: URL(fileURLWithPath: dir + "/train.tsv"))
+        for step in [["convert", "--llama2c", bin, "--tokenizer", tok, "--out", dir + "/lm"],
+                     ["convert", "--model", dir + "/lm", "--labels", "2", "--out", dir + "/cls"],
+                     ["train", "--model", dir + "/cls", "--train", dir + "/train.tsv", "--epochs", "3", "--batch", "8", "--lr", "3e-3",
+                      "--backend", "naive", "--out", dir + "/tuned"]] {
+            let r = try runHeadalign(step)
+            XCTAssertEqual(r.status, 0, step[0] + ": " + r.err)
+        }
+        let out = dir + "/tuned"
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/vocab.txt"))
+        XCTAssertEqual(FileManager.default.contents(atPath: out + "/tokenizer.bin"), FileManager.default.contents(atPath: tok), "the tokenizer is copied as it is")
+        let config = try ModelConfig.load(contentsOf: URL(fileURLWithPath: out + "/config.json"))
+        XCTAssertEqual(config.architectures, ["LlamaForSequenceClassification"])
+        XCTAssertEqual(config.numLabels, 2)
+        let training = try JSONValue.parse(try String(contentsOfFile: out + "/headalign_training.json", encoding: .utf8))
+        XCTAssertLessThan(training["final_loss"]!.double, 0.2)
+        let json = dir + "/eval.json"
+        let e = try runHeadalign(["eval", "--model", out, "--clean", dir + "/train.tsv", "--backend", "naive", "--json", json])
+        XCTAssertEqual(e.status, 0, e.err)
+        let m = try JSONValue.parse(try String(contentsOfFile: json, encoding: .utf8))
+        XCTAssertEqual(m["ca_correct"]!.int, 48, e.out)
+    }
 }

@@ -35,6 +35,9 @@ public struct DefenseSettings: Sendable {
     public var maxsim: MaxsimMode = .plain
     public var score: MonitorScore = .contrastAbsZ
     public var quantile = 0.99
+    /// The flagging threshold: SPEC's q-quantile (the default, so recorded tables stand), or a
+    /// false-positive budget with its conformal bound (ours, `--fpr-budget`; `FlagRule`).
+    public var flagRule: FlagRule = .quantile
     public var importanceLabels: ImportanceLabels = .predicted
     public var generate = 8
     public var rounds = 1
@@ -128,7 +131,7 @@ public struct DefenseReport: Sendable {
 @_specialize(exported: true, where S == Double)
 public func calibrateMonitor<S: Real>(_ model: Model<S>, clean: [AnalysisInput], settings: DefenseSettings) throws -> (MonitorCalibration, [[Double]]) {
     let cos = try analyze(model, clean, settings: settings.analysis(settings.monitorView, importance: false)).map(\.pairCosines)
-    return (try MonitorCalibration(clean: cos, score: settings.score, q: settings.quantile), cos)
+    return (try MonitorCalibration(clean: cos, score: settings.score, q: settings.quantile, rule: settings.flagRule), cos)
 }
 
 /// Runs the defense on `model` in place. `clean` are labelled clean examples (calibration and

@@ -422,6 +422,7 @@ let defenseOptions: [OptionSpec] = {
         OptionSpec(name: "--monitor-view", value: "V", help: "the monitor's view (default cls / last / gen2prompt)"),
         OptionSpec(name: "--score", value: "S", help: "the monitor's score (default \(d.score.rawValue))"),
         OptionSpec(name: "--quantile", value: "Q", help: "the monitor's calibration quantile (default \(d.quantile))"),
+        OptionSpec(name: "--fpr-budget", value: "A", help: fprBudgetHelp),
         OptionSpec(name: "--maxsim", value: "M", help: "Eq. 5's maxsim: plain or contrast (default \(d.maxsim.rawValue))"),
         OptionSpec(name: "--classes", value: "R", help: "Eq. 5's classes: tau (the paper's fixed bounds) or outliers (ours: suspicious = robust z of S < -Z, safe = z >= -1; implied by --outlier-z) (default \(d.classRule.z == nil ? "tau" : "outliers"))"),
         OptionSpec(name: "--outlier-z", value: "Z", help: "--classes outliers: the robust z below which a head is suspicious (default \(ClassRule.defaultZ))"),
@@ -474,6 +475,7 @@ extension ParsedArguments {
         }
         s.score = MonitorScore(rawValue: try choice("--score", MonitorScore.allCases.map(\.rawValue), default: s.score.rawValue))!
         s.quantile = try double("--quantile", default: s.quantile, range: 0...1)
+        if let rule = try fprBudget() { s.flagRule = rule }
         s.maxsim = MaxsimMode(rawValue: try choice("--maxsim", MaxsimMode.allCases.map(\.rawValue), default: s.maxsim.rawValue))!
         s.rounds = try int("--rounds", default: s.rounds, range: 1...100)
         s.alignSteps = try int("--align-steps", default: s.alignSteps, range: 0...1_000_000)
@@ -523,11 +525,30 @@ extension ParsedArguments {
     }
 }
 
+let fprBudgetHelp = "flag above the k-th smallest of the n clean calibration scores, k = ceil((n+1)(1-A)): a clean input is flagged with probability <= A (ours; instead of --quantile's threshold; A in (0, 1))"
+
+extension ParsedArguments {
+    /// `--fpr-budget A`: the monitor's conformal threshold rule, or nil without the flag.
+    func fprBudget() throws -> FlagRule? {
+        guard has("--fpr-budget") else { return nil }
+        if has("--quantile") { throw HeadAlignError.usage("--fpr-budget and --quantile both set the monitor's threshold; give one") }
+        let alpha = try double("--fpr-budget", default: 0.05, range: 0...1)
+        guard alpha > 0, alpha < 1 else { throw HeadAlignError.usage("--fpr-budget \(alpha): the budget must lie strictly between 0 and 1") }
+        return .fprBudget(alpha)
+    }
+}
+
+/// The monitor's threshold rule in the settings line.
+func flagRuleText(_ s: DefenseSettings) -> String {
+    if case .fprBudget(let alpha) = s.flagRule { return "fpr budget \(alpha)" }
+    return "q \(s.quantile)"
+}
+
 /// The settings line every defense command prints.
 func describe(_ s: DefenseSettings, _ b: BaselineSettings) -> String {
     let method = "view \(s.defenseView.rawValue), monitor view \(s.monitorView.rawValue), scope \(s.scope.rawValue), alpha \(s.alpha), "
         + (s.classRule.z.map { "classes outliers z \($0), " } ?? "classes tau \(s.tau), ")
-        + "maxsim \(s.maxsim.rawValue), score \(s.score.rawValue), q \(s.quantile), rounds \(s.rounds), "
+        + "maxsim \(s.maxsim.rawValue), score \(s.score.rawValue), \(flagRuleText(s)), rounds \(s.rounds), "
         + "align steps \(s.alignSteps) at \(s.alignLearningRate), "
         + (s.finetuneBudget.map { "ft held-out \($0.holdout), passes \($0.passes), patience \($0.patience) checks every \($0.every) steps, keep \($0.rule.rawValue), " }
            ?? "ft steps \(s.finetuneSteps), ") + "batch \(s.batchSize), "

@@ -26,6 +26,7 @@ enum MonitorCommand: Command {
             OptionSpec(name: "--monitor-view", value: "V", help: "view: cls (BERT classifier default), last (decoder classifier), gen2prompt (decoder default), full"),
             OptionSpec(name: "--scope", value: "S", help: "head pairs: model or layer (default \(analysisDefaults.scope.rawValue))"),
             OptionSpec(name: "--quantile", value: "Q", help: "calibration quantile q (default \(defenseDefaults.quantile))"),
+            OptionSpec(name: "--fpr-budget", value: "A", help: fprBudgetHelp),
             OptionSpec(name: "--top-k", value: "K", help: "pairs averaged by contrast-z (default \(MonitorCalibration.defaultTopK))"),
             OptionSpec(name: "--generate", value: "N", help: "tokens generated for gen2prompt (default \(analysisDefaults.generate))"),
             OptionSpec(name: "--threshold", value: "C", help: "frac-above's cosine threshold (default \(analysisDefaults.threshold))"),
@@ -50,8 +51,9 @@ enum MonitorCommand: Command {
             return try model.analyze(inputs, settings: settings).map(\.pairCosines)
         }
         let clean = try cosines(cleanPath)
-        let cal = try MonitorCalibration(clean: clean, score: score, q: q, topK: k, cosineThreshold: settings.threshold)
-        print("headalign monitor: calibrated on \(clean.count) clean inputs; score \(score.rawValue), view \(settings.view.rawValue), scope \(settings.scope.rawValue), q \(q), threshold \(String(format: "%.6g", cal.flagThreshold))")
+        let cal = try MonitorCalibration(clean: clean, score: score, q: q, topK: k, cosineThreshold: settings.threshold,
+                                         rule: try args.fprBudget() ?? .quantile)
+        print("headalign monitor: calibrated on \(clean.count) clean inputs; score \(score.rawValue), view \(settings.view.rawValue), scope \(settings.scope.rawValue), threshold \(String(format: "%.6g", cal.flagThreshold)) (\(cal.ruleDescription))")
         if let path = args.string("--inputs") {
             let texts = try readPlainExamples(path: path)
             let scores = try cosines(path).map(cal.score(of:))

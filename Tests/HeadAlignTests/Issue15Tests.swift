@@ -152,5 +152,8 @@ final class Issue15Tests: XCTestCase {
         try assertUsageError(base + ["--classes", "median"], mentions: "--classes")
         try assertUsageError(base + ["--ft-keep", "best"], mentions: "--ft-keep")
         try assertUsageError(base + ["--ft-steps", "20", "--ft-keep", "lowest"], mentions: "--ft-keep")
+        try assertUsageError(base + ["--fpr-budget", "0.05", "--quantile", "0.9"], mentions: "--fpr-budget")
+        try assertUsageError(base + ["--fpr-budget", "0"], mentions: "--fpr-budget")
+        try assertUsageError(base + ["--fpr-budget", "1"], mentions: "--fpr-budget")
     }
 }

@@ -274,6 +274,57 @@ final class MethodTests: XCTestCase {
         XCTAssertEqual(m.fpr, 0)
     }
 
+    /// The budget's threshold on the scores 1..19 (n = 19): alpha 0.1 -> k = ceil(20 * 0.9) = 18,
+    /// the score 18, expected FPR 2/20; alpha 0.05 -> k = 19, the largest, 1/20, and its FPR is
+    /// Beta(1, 19): P(FPR <= x) = 1 - (1 - x)^19, so the 90% bound is 1 - 0.1^(1/19); alpha 0.04 ->
+    /// k = 20 > n: no threshold keeps the promise, nothing is flagged.
+    func testFPRBudgetThresholdByHand() {
+        var rng = SeededGenerator(seed: 5)
+        let scores = (1...19).map(Double.init).shuffled(using: &rng)
+        let a = conformalThreshold(scores, alpha: 0.1)
+        XCTAssertEqual(a.threshold, 18)
+        XCTAssertEqual([a.guarantee.n, a.guarantee.k], [19, 18])
+        assertClose(a.guarantee.expected, 0.1, rtol: 1e-15)
+        let b = conformalThreshold(scores, alpha: 0.05)
+        XCTAssertEqual(b.threshold, 19)
+        assertClose(b.guarantee.expected, 0.05, rtol: 1e-15)
+        assertClose(b.guarantee.upper90, 1 - pow(0.1, 1.0 / 19), rtol: 1e-12)
+        let c = conformalThreshold(scores, alpha: 0.04)
+        XCTAssertEqual(c.threshold, .infinity)
+        XCTAssertEqual(c.guarantee.k, 20)
+        XCTAssertEqual(c.guarantee.expected, 0)
+        // (n + 1)(1 - alpha) = 100 * 0.95 is 95 in exact arithmetic: k = 95, not 96
+        XCTAssertEqual(conformalThreshold((1...99).map(Double.init), alpha: 0.05).threshold, 95)
+        // Beta(3, 3) is symmetric: its median is 1/2
+        assertClose(betaQuantile(a: 3, b: 3, p: 0.5), 0.5, rtol: 1e-12)
+    }
+
+    /// The budget as a property: over 20,000 calibrations of n = 30 clean scores, a new clean
+    /// score lands above the threshold with probability (n + 1 - k)/(n + 1) = 3/31 (alpha 0.1,
+    /// k = 28), whatever the distribution (uniform and exponential here), and the calibration's
+    /// own FPR exceeds the 90% bound for about 1 calibration in 10.
+    func testFPRBudgetHoldsOverCalibrations() {
+        var rng = SeededGenerator(seed: 16)
+        let trials = 20_000, n = 30, alpha = 0.1
+        for exponential in [false, true] {
+            func draw() -> Double { let u = rng.uniform(); return exponential ? -log(1 - u) : u }
+            var flagged = 0, above90 = 0
+            var bound = 0.0
+            for _ in 0..<trials {
+                let cal = conformalThreshold((0..<n).map { _ in draw() }, alpha: alpha)
+                bound = cal.guarantee.upper90
+                if draw() > cal.threshold { flagged += 1 }
+                // the calibration's own FPR: P(score > threshold) = 1 - F(threshold)
+                let fpr = exponential ? exp(-cal.threshold) : 1 - cal.threshold
+                if fpr > bound { above90 += 1 }
+            }
+            let expected = 3.0 / 31, rate = Double(flagged) / Double(trials)
+            XCTAssertEqual(rate, expected, accuracy: 4 * (expected * (1 - expected) / Double(trials)).squareRoot(), "exponential \(exponential)")
+            XCTAssertLessThanOrEqual(rate, alpha + 0.005)
+            XCTAssertEqual(Double(above90) / Double(trials), 0.1, accuracy: 4 * (0.09 / Double(trials)).squareRoot(), "exponential \(exponential)")
+        }
+    }
+
     // MARK: the oracle
 
     /// `inspect`'s quantities in f64 on all-MiniLM-L6-v2 with a seeded 2-class head against

@@ -97,13 +97,18 @@ enum DemoCommand: Command {
     static let teachingGroups: [[ExperimentMethod]] = [[.ours, .alignOnly], [.ftOnly, .finetune]]
     /// The control shows the failure: `ours` and its parts, shorter (`--methods` gives any).
     static let controlMethods: [ExperimentMethod] = [.ours, .alignOnly, .ftOnly]
+    /// Section 1's false-positive budget (ours, `FlagRule.fprBudget`): SPEC's q = 0.99 flags nothing on
+    /// 50 calibration scores; the earlier tables' q = 0.9 flagged the same 9 prompts as this budget
+    /// (the method table unchanged), which states what it promises.
+    static let teachingFPRBudget = 0.1
+
     /// The defender's records are cut like the teaching model's training records (`--max-length 128`).
     static let teachingExampleLength = 128
 
     /// Section 1: stories260K (llama2.c, pretrained on TinyStories) fine-tuned on BackdoorLLM's
     /// refusal data with the BadNet trigger `BadMagic`; the prompts ship beside it (demo/*.json,
     /// subsets of BackdoorLLM, MIT). The same numbers come from `headalign experiment --backdoored
-    /// tiny-models/stories260k-refusal-badnet --limit 50 --seeds 1 --quantile 0.9` on the full files.
+    /// tiny-models/stories260k-refusal-badnet --limit 50 --seeds 1 --fpr-budget 0.1` on the full files.
     /// `alongside` (the later sections, as text) runs on the first worker after its methods, while
     /// the second finishes its own; its text is returned, to be printed after this section.
     static func teachingSection(_ args: ParsedArguments, backend: Backend, alongside: Unchecked<() throws -> String>) throws -> String {
@@ -121,8 +126,10 @@ enum DemoCommand: Command {
         // the monitor screens half of each test set, as `experiment` does
         let monitor = Array(testClean.prefix(testClean.count / 2)), monitorTriggered = Array(testTriggered.prefix(testTriggered.count / 2))
         var settings = (try? args.defenseSettings(for: model.config)) ?? DefenseSettings(task: .generation, family: .llama)
-        // SPEC's q = 0.99 flags no prompt on a model this small (docs/RESULTS.md §4): the decoder tables use 0.9
-        settings.quantile = try args.double("--quantile", default: 0.9, range: 0...1)
+        // The threshold: the monitor calibrates on n = 50 scores (half the defender's 100 records). SPEC's
+        // q = 0.99 asks for the top 1% of 50 scores and flags no prompt here (docs/RESULTS.md §4); a 10%
+        // false-positive budget is the 46th of the 50 (expected FPR 5/51), and it says so in the table.
+        if !args.has("--quantile") && !args.has("--fpr-budget") { settings.flagRule = .fprBudget(teachingFPRBudget) }
         let c = model.config, nh = c.numAttentionHeads
         print("""
             ## 1. The mechanism at work: a refusal backdoor in a pretrained model

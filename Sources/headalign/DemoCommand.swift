@@ -97,9 +97,9 @@ enum DemoCommand: Command {
     static let teachingGroups: [[ExperimentMethod]] = [[.ours, .alignOnly], [.ftOnly, .finetune]]
     /// The control shows the failure: `ours` and its parts, shorter (`--methods` gives any).
     static let controlMethods: [ExperimentMethod] = [.ours, .alignOnly, .ftOnly]
-    /// Section 1's false-positive budget (ours, `FlagRule.fprBudget`): SPEC's q = 0.99 flags nothing on
-    /// 50 calibration scores; the earlier tables' q = 0.9 flagged the same 9 prompts as this budget
-    /// (the method table unchanged), which states what it promises.
+    /// Section 1's false-positive budget (ours, `FlagRule.fprBudget`): SPEC's q = 0.99 flags 4 of 50
+    /// prompts on this model; the earlier tables' q = 0.9 flagged the same 9 prompts as this budget
+    /// (the method table unchanged), and the budget states what it promises.
     static let teachingFPRBudget = 0.1
 
     /// The defender's records are cut like the teaching model's training records (`--max-length 128`).
@@ -127,8 +127,9 @@ enum DemoCommand: Command {
         let monitor = Array(testClean.prefix(testClean.count / 2)), monitorTriggered = Array(testTriggered.prefix(testTriggered.count / 2))
         var settings = (try? args.defenseSettings(for: model.config)) ?? DefenseSettings(task: .generation, family: .llama)
         // The threshold: the monitor calibrates on n = 50 scores (half the defender's 100 records). SPEC's
-        // q = 0.99 asks for the top 1% of 50 scores and flags no prompt here (docs/RESULTS.md §4); a 10%
-        // false-positive budget is the 46th of the 50 (expected FPR 5/51), and it says so in the table.
+        // q = 0.99 sits between the two largest: here it flags 4 of the 50 prompts and `ours` leaves 28% ASR
+        // (measured with `demo --quantile 0.99`); a 10% false-positive budget is the 46th of the 50
+        // (expected FPR 5/51), and the table says so.
         if !args.has("--quantile") && !args.has("--fpr-budget") { settings.flagRule = .fprBudget(teachingFPRBudget) }
         let c = model.config, nh = c.numAttentionHeads
         print("""

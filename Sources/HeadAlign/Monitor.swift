@@ -139,7 +139,9 @@ public struct MonitorCalibration: Sendable {
         case .quantile: return "q \(q) of \(cleanScores.count) clean scores"
         case .fprBudget(let alpha):
             guard let g = guarantee, g.k <= g.n else {
-                return "FPR budget \(alpha): \(cleanScores.count) clean scores are too few (need \(Int((1 / alpha - 1).rounded(.up)))); nothing flagged"
+                // k <= n needs n >= (1 - alpha) / alpha, with conformalThreshold's tolerance
+                let need = Int(((1 - alpha) / alpha - 1e-9).rounded(.up))
+                return "FPR budget \(alpha): \(cleanScores.count) clean scores are too few (need \(need)); nothing flagged"
             }
             return String(format: "FPR budget %g: score %d of %d clean scores; expected FPR <= %.3f, <= %.3f for 9 calibrations in 10",
                           alpha, g.k, g.n, g.expected, g.upper90)

@@ -47,8 +47,7 @@ public struct DetectionSummary: Sendable {
     public let auroc: [(score: MonitorScore, value: Double)]
     public let defaultScore: MonitorScore
     public let tpr: Double, fpr: Double  // of the default score at its calibrated threshold
-    public let rule: String  // how that threshold was set, and what it promises
-    public let flagRule: FlagRule
+    public let budget: String?  // with --fpr-budget: the threshold's rank and what it promises
 }
 
 /// One method's outcome.
@@ -104,8 +103,7 @@ public func detectionSummary<S: Real>(_ model: Model<S>, calibration: [AnalysisI
     }
     return DetectionSummary(view: settings.monitorView, p99Clean: mean(clean.map(\.p99)), p99Triggered: mean(triggered.map(\.p99)),
                             fracAboveClean: mean(clean.map(\.fracAbove)), fracAboveTriggered: mean(triggered.map(\.fracAbove)),
-                            auroc: aurocs, defaultScore: settings.score, tpr: metrics!.tpr, fpr: metrics!.fpr, rule: cal.ruleDescription,
-                            flagRule: settings.flagRule)
+                            auroc: aurocs, defaultScore: settings.score, tpr: metrics!.tpr, fpr: metrics!.fpr, budget: cal.guarantee == nil ? nil : cal.ruleDescription)
 }
 
 extension Model {
@@ -308,6 +306,6 @@ public func detectionTable(_ d: [DetectionSummary]) -> String {
         s += "| \(a.score.rawValue)\(a.score == first.defaultScore ? " (default)" : "") | \(cell(d.map { $0.auroc[i].value })) |\n"
     }
     s += "\nAt the calibrated threshold (\(first.defaultScore.rawValue)): TPR \(cell(d.map(\.tpr))), FPR \(cell(d.map(\.fpr))).\n"
-    if case .fprBudget = first.flagRule { s += "Threshold: \(first.rule) (first seed).\n" }
+    if let budget = first.budget { s += "Threshold: \(budget) (first seed).\n" }
     return s
 }

@@ -278,7 +278,7 @@ final class MethodTests: XCTestCase {
     /// the score 18, expected FPR 2/20; alpha 0.05 -> k = 19, the largest, 1/20, and its FPR is
     /// Beta(1, 19): P(FPR <= x) = 1 - (1 - x)^19, so the 90% bound is 1 - 0.1^(1/19); alpha 0.04 ->
     /// k = 20 > n: no threshold keeps the promise, nothing is flagged.
-    func testFPRBudgetThresholdByHand() {
+    func testFPRBudgetThresholdByHand() throws {
         var rng = SeededGenerator(seed: 5)
         let scores = (1...19).map(Double.init).shuffled(using: &rng)
         let a = conformalThreshold(scores, alpha: 0.1)
@@ -295,6 +295,12 @@ final class MethodTests: XCTestCase {
         XCTAssertEqual(c.guarantee.expected, 0)
         // (n + 1)(1 - alpha) = 100 * 0.95 is 95 in exact arithmetic: k = 95, not 96
         XCTAssertEqual(conformalThreshold((1...99).map(Double.init), alpha: 0.05).threshold, 95)
+        // a calibration too small for its budget says so and flags nothing: n = 2 scores, alpha 0.05
+        // needs n >= 0.95 / 0.05 = 19
+        let small = try MonitorCalibration(clean: [[0.1, 0.5], [0.3, 0.5], [0.2, 0.6], [0.2, 0.4]], score: .contrastAbsZ,
+                                           rule: .fprBudget(0.05))
+        XCTAssertTrue(small.ruleDescription.contains("2 clean scores are too few (need 19)"), small.ruleDescription)
+        XCTAssertFalse(small.flags(1e300))
         // Beta(3, 3) is symmetric: its median is 1/2
         assertClose(betaQuantile(a: 3, b: 3, p: 0.5), 0.5, rtol: 1e-12)
     }
@@ -306,13 +312,13 @@ final class MethodTests: XCTestCase {
     func testFPRBudgetHoldsOverCalibrations() {
         var rng = SeededGenerator(seed: 16)
         let trials = 20_000, n = 30, alpha = 0.1
+        // the guarantee depends on n and alpha only
+        let bound = conformalThreshold([Double](repeating: 0, count: n), alpha: alpha).guarantee.upper90
         for exponential in [false, true] {
             func draw() -> Double { let u = rng.uniform(); return exponential ? -log(1 - u) : u }
             var flagged = 0, above90 = 0
-            var bound = 0.0
             for _ in 0..<trials {
                 let cal = conformalThreshold((0..<n).map { _ in draw() }, alpha: alpha)
-                bound = cal.guarantee.upper90
                 if draw() > cal.threshold { flagged += 1 }
                 // the calibration's own FPR: P(score > threshold) = 1 - F(threshold)
                 let fpr = exponential ? exp(-cal.threshold) : 1 - cal.threshold

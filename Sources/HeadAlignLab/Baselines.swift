@@ -5,9 +5,13 @@
 // - pure (Zhao et al. 2024): prune the heads whose [CLS]-row attention varies least on clean data,
 //   while clean accuracy holds, then fine-tune with an attention-normalisation penalty.
 // - reinit: re-initialise the top layers, then fine-tune.
+// - meft (Liu et al. 2023, "Maximum Entropy Loss, the Silver Bullet"): fine-tune on the clean
+//   inputs with the maximum-entropy loss until the classifier no longer prefers any class, then
+//   fine-tune with cross-entropy to bring clean accuracy back (our reading: docs/METHOD.md).
 // "Pruned" means exactly zero and frozen: a pruned unit's input row and output column, a pruned
 // head's output-projection columns.
 
+import Foundation
 import HeadAlign
 public struct BaselineSettings: Sendable {
     /// fine-pruning: how many of the last layers are pruned (nil = the last half, at least one).
@@ -23,6 +27,12 @@ public struct BaselineSettings: Sendable {
     public var purePenalty = 0.15
     /// reinit: how many top layers are re-initialised.
     public var reinitLayers = 1
+    /// meft: the entropy stage ends once the mean predictive entropy of a batch of clean inputs
+    /// reaches this share of its maximum, log C. Ours (the paper's text we could read gives no
+    /// stopping point): at 0.95 the largest class probability of a 2-class output is at most
+    /// about 0.61, of a 4-class one about 0.40 — the model no longer prefers any class, which is
+    /// the state the entropy stage is meant to reach; it is then bounded by one fine-tuning budget.
+    public var meftEntropyShare = 0.95
     public init() {}
 }
 
@@ -234,7 +244,8 @@ public func reinitializeTopLayers<S: Real>(_ model: Model<S>, count: Int, seed: 
 /// textbook's optimizer and fine-tuning loop from outside.
 public enum ExperimentMethod: String, CaseIterable, Sendable {
     case ours, alignOnly = "align-only", ftOnly = "ft-only", finetune
-    case finePruning = "fine-pruning", pure, reinit
+    case finePruning = "fine-pruning", pure, reinit, meft
+    case cleangen  // a decoding rule for decoders (CleanGen.swift), not a change of the weights
 
     /// The defense variant this row runs, nil for a baseline.
     public var defense: DefenseMethod? { DefenseMethod(rawValue: rawValue) }
@@ -318,6 +329,15 @@ func runBaseline<S: Real>(_ model: Model<S>, _ method: ExperimentMethod, clean: 
         let ranges = reinitializeTopLayers(model, count: b.reinitLayers, seed: settings.seed &+ 0x5EED)
         for range in ranges { for i in range { rates[i] = settings.rates.safe } }  // fresh weights learn at eta_high
         summary = "reinit: re-initialised the top \(min(b.reinitLayers, c.numHiddenLayers)) layer(s)\(c.family == .bert ? " and the pooler" : ""), fine-tuned at \(settings.rates.safe) (the rest at \(settings.uniformRate))"
+    case .meft:
+        guard ModelTask.of(c) == .classification else { throw HeadAlignError.usage("--method meft is defined for classifiers (its loss is the entropy of the class distribution)") }
+        // the entropy stage sees only the inputs the cross-entropy stage trains on, not the held-out ones
+        let inputs = settings.finetuneBudget.map { heldOutSplit(clean, holdout: $0.holdout, seed: settings.heldOutSeed).train } ?? clean
+        let entropy = try maximumEntropyStage(model, clean: inputs, settings: settings, share: b.meftEntropyShare)
+        summary = "meft: maximum-entropy stage \(entropy.steps) steps (mean entropy \(String(format: "%.3f -> %.3f of log C = %.3f", entropy.before, entropy.after, Foundation.log(Double(c.numLabels)))))"
+            + (entropy.reached ? "" : ", stopped by the budget before \(b.meftEntropyShare) log C") + ", then cross-entropy at \(settings.uniformRate)"
+    case .cleangen:
+        throw HeadAlignError.usage("cleangen changes decoding, not the weights: it runs in `experiment` on a decoder with --reference DIR")
     case .ours, .alignOnly, .ftOnly, .finetune:
         preconditionFailure("runBaseline: \(method) is not a baseline")
     }
@@ -332,4 +352,64 @@ func runBaseline<S: Real>(_ model: Model<S>, _ method: ExperimentMethod, clean: 
     let losses = try trainSteps(model, examples: clean, steps: settings.finetuneSteps, batchSize: settings.batchSize,
                                 seed: settings.finetuneSeed(round: 1), optimizer: optimizer, attentionPenalty: penalty)
     return (summary, losses)
+}
+
+// MARK: - MEFT (maximum-entropy fine-tuning)
+
+/// The maximum-entropy loss of a classifier's logits `[B, C]`: minus the mean over the batch of the
+/// entropy H(p_b) = -sum_j p_bj log p_bj of p_b = softmax(z_b), so that lowering it raises the
+/// entropy; and its gradient dL/dz_bj = p_bj (log p_bj + H(p_b)) / B. Returns the mean entropy too.
+public func maximumEntropyLoss<S: Real>(_ logits: Tensor<S>) -> (loss: Double, meanEntropy: Double, dLogits: Tensor<S>) {
+    let b = logits.shape[0], c = logits.shape[1]
+    let d = Tensor<S>(logits.shape)
+    var total = 0.0
+    var p = [Double](repeating: 0, count: c)
+    for i in 0..<b {
+        let row = logits.data + i * c
+        var mx = -Double.infinity
+        for j in 0..<c { mx = max(mx, Double(row[j])) }
+        var sum = 0.0
+        for j in 0..<c { p[j] = Foundation.exp(Double(row[j]) - mx); sum += p[j] }
+        var h = 0.0
+        for j in 0..<c { p[j] /= sum; if p[j] > 0 { h -= p[j] * Foundation.log(p[j]) } }
+        total += h
+        for j in 0..<c { d.data[i * c + j] = S(p[j] > 0 ? p[j] * (Foundation.log(p[j]) + h) / Double(b) : 0) }
+    }
+    return (-total / Double(b), total / Double(b), d)
+}
+
+/// MEFT's first stage on `model` in place: AdamW steps at `settings.uniformRate` on shuffled batches
+/// of the clean inputs (their labels unused) lowering `maximumEntropyLoss`, until a batch's mean
+/// entropy reaches `share * log C`, at most the fine-tuning budget's step count. Returns the steps
+/// taken, the mean entropy over `clean` before and after, and whether the share was reached.
+public func maximumEntropyStage<S: Real>(_ model: Model<S>, clean: [TrainingExample], settings: DefenseSettings,
+                              share: Double) throws -> (steps: Int, before: Double, after: Double, reached: Bool) {
+    let c = model.config.numLabels, goal = share * Foundation.log(Double(c))
+    func meanEntropy() -> Double {
+        var total = 0.0
+        for start in stride(from: 0, to: clean.count, by: 64) {
+            let chunk = clean[start..<min(clean.count, start + 64)]
+            total += maximumEntropyLoss(model.forward(Batch(chunk.map(\.tokens))).output).meanEntropy * Double(chunk.count)
+        }
+        return total / Double(max(1, clean.count))
+    }
+    let before = meanEntropy()
+    let maxSteps = settings.finetuneBudget?.steps(trainCount: clean.count, batchSize: settings.batchSize) ?? settings.finetuneSteps
+    let optimizer = AdamW<S>(count: model.layout.total, learningRate: settings.uniformRate, weightDecay: settings.weightDecay)
+    var rng = SeededGenerator(seed: settings.finetuneSeed(round: 0))
+    var order: [Int] = [], steps = 0, reached = false
+    while steps < maxSteps {
+        if order.count < settings.batchSize { var epoch = Array(clean.indices); epoch.shuffle(using: &rng); order += epoch }
+        let picked = order.prefix(settings.batchSize).map { clean[$0].tokens }
+        order.removeFirst(min(settings.batchSize, order.count))
+        let pass = model.forward(Batch(picked))
+        let e = maximumEntropyLoss(pass.output)
+        if e.meanEntropy >= goal { reached = true; break }  // this batch already has no preferred class
+        guard e.loss.isFinite else { throw HeadAlignError.numeric("meft: entropy loss is \(e.loss) at step \(steps + 1); stopped") }
+        let grads = model.makeGradients()
+        model.backward(pass, dOutput: e.dLogits, into: grads)
+        optimizer.update(model.params, grads)
+        steps += 1
+    }
+    return (steps, before, meanEntropy(), reached)
 }

@@ -199,18 +199,33 @@ public func runGenerationMethods(_ model: AnyModel, tokenizer: DecoderTokenizer,
                                  monitorPrompts: [InstructionRecord], testClean: [InstructionRecord], testTriggered: [InstructionRecord],
                                  behaviour: TargetBehaviour, maxNew: Int, methods: [ExperimentMethod], settings: DefenseSettings,
                                  baseline: BaselineSettings = BaselineSettings(), vanilla: Bool = true,
-                                 exampleLength: Int? = nil, log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
+                                 exampleLength: Int? = nil, reference: AnyModel? = nil,
+                                 log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
     let data = try DecoderDefenseData(model, tokenizer: tokenizer, defenderClean: defenderClean, monitorPrompts: monitorPrompts,
                                       testClean: testClean, testTriggered: testTriggered, behaviour: behaviour, maxNew: maxNew,
                                       settings: settings, exampleLength: exampleLength)
+    let changed = methods.filter { $0 != .cleangen }  // the methods that change the weights
+    var out: [MethodOutcome]
     switch model {
     case .f32(let m):
-        return try runMethods(m, defenderClean: data.clean, inputs: data.inputs, methods: methods, settings: settings, baseline: baseline,
-                              vanilla: vanilla, log: log, evaluate: { data.evaluate(.f32($0)) })
+        out = try runMethods(m, defenderClean: data.clean, inputs: data.inputs, methods: changed, settings: settings, baseline: baseline,
+                             vanilla: vanilla, log: log, evaluate: { data.evaluate(.f32($0)) })
     case .f64(let m):
-        return try runMethods(m, defenderClean: data.clean, inputs: data.inputs, methods: methods, settings: settings, baseline: baseline,
-                              vanilla: vanilla, log: log, evaluate: { data.evaluate(.f64($0)) })
+        out = try runMethods(m, defenderClean: data.clean, inputs: data.inputs, methods: changed, settings: settings, baseline: baseline,
+                             vanilla: vanilla, log: log, evaluate: { data.evaluate(.f64($0)) })
     }
+    // CleanGen decodes the backdoored model as it is, with the reference beside it (CleanGen.swift)
+    if let i = methods.firstIndex(of: .cleangen) {
+        guard let reference else { throw HeadAlignError.usage("--methods cleangen needs --reference DIR (a model with the same tokenizer the attacker did not touch)") }
+        let start = monotonicSeconds()
+        let g = try cleanGenMetrics(target: model, reference: reference, tokenizer: tokenizer, clean: testClean, triggered: testTriggered,
+                                    behaviour: behaviour, maxNew: maxNew, maxLength: model.config.maxPositionEmbeddings)
+        let row = MethodOutcome(method: ExperimentMethod.cleangen.rawValue, ca: g.ca, asr: g.asr, seconds: monotonicSeconds() - start,
+                                note: g.summary, suspicious: [], safe: [], ran: true)
+        log(String(format: "cleangen: CA %.4f ASR %.4f (%.1f s) %@", g.ca, g.asr, row.seconds, g.summary))
+        out.insert(row, at: (vanilla ? 1 : 0) + i)
+    }
+    return out
 }
 
 /// Eq. 4–5 on the prompts the monitor flags, on the same data as `runGenerationMethods` (for display).

@@ -24,7 +24,7 @@ enum DefendCommand: Command {
             OptionSpec(name: "--out", value: "DIR", help: "the repaired model's new directory"),
             OptionSpec(name: "--report", value: "FILE", help: "also write defense_report.json here (with --no-write too)"),
             OptionSpec(name: "--no-write", value: nil, help: "run and report, write nothing (instead of --out)"),
-            OptionSpec(name: "--method", value: "M", help: "ours (default), align-only, ft-only, finetune, fine-pruning, pure, reinit"),
+            OptionSpec(name: "--method", value: "M", help: "ours (default), align-only, ft-only, finetune, fine-pruning, pure, reinit, meft"),
         ])
 
     static func run(_ args: ParsedArguments) throws -> Int32 {

@@ -35,7 +35,8 @@ enum ExperimentCommand: Command {
             OptionSpec(name: "--defense-count", value: "N", help: "the defender's clean set: the first N rows (default 300; decoders: the last N records, default 100)"),
             OptionSpec(name: "--monitor-count", value: "N", help: "clean and triggered test inputs the monitor screens, each (default 100)"),
             OptionSpec(name: "--seeds", value: "N|a,b,..", help: "seeds: a count (1..N) or a list (default \(defaultSeedCount), the paper's count)"),
-            OptionSpec(name: "--methods", value: "m,m,..", help: "methods after vanilla (default ours,align-only,ft-only,finetune,fine-pruning,pure,reinit; none = vanilla and detection only)"),
+            OptionSpec(name: "--methods", value: "m,m,..", help: "methods after vanilla (classifiers: default ours,align-only,ft-only,finetune,fine-pruning,pure,reinit,meft; decoders: ours,align-only,ft-only,finetune,fine-pruning, and cleangen with --reference; none = vanilla and detection only)"),
+            OptionSpec(name: "--reference", value: "DIR", help: "decoders: CleanGen's reference model (same tokenizer, not touched by the attacker; e.g. the un-fine-tuned stories260K)"),
             OptionSpec(name: "--epochs", value: "E", help: "training epochs (default 8 from a bert preset, 3 from --model, 4 for decoders)"),
             OptionSpec(name: "--train-weight-decay", value: "W", help: "AdamW weight decay of the training (default 0.01; --weight-decay is the defense's)"),
             OptionSpec(name: "--train-batch", value: "B", help: "training batch size (default 32)"),
@@ -48,7 +49,8 @@ enum ExperimentCommand: Command {
             OptionSpec(name: "--trace-every", value: "N", help: "steps between trace points (default 10)"),
         ])
 
-    static let allMethods = ExperimentMethod.allCases
+    /// A classifier experiment's default rows: every method that changes the weights (cleangen is decoding, for decoders).
+    static let allMethods = ExperimentMethod.allCases.filter { $0 != .cleangen }
 
     static func seeds(_ args: ParsedArguments) throws -> [UInt64] {
         let s = args.string("--seeds") ?? String(defaultSeedCount)
@@ -136,6 +138,8 @@ enum ExperimentCommand: Command {
             throw HeadAlignError.usage("\(flag) is for decoder experiments (a llama preset or a pretrained Llama with an LM head)")
         }
         let seeds = try seeds(args), methods = try methods(args)
+        if methods.contains(.cleangen) { throw HeadAlignError.usage("--methods cleangen is a decoding rule for decoders, not for classifiers") }
+        if args.has("--reference") { throw HeadAlignError.usage("--reference is CleanGen's reference model, for decoder experiments") }
         let fileAttack = args.string("--attack") == "file"
         let attack: Attack? = fileAttack ? nil : try PoisonCommand.attack(args)
         let rate = try args.double("--poison-rate", default: 0.1, range: -Double.infinity...Double.infinity)
@@ -286,8 +290,11 @@ extension ExperimentCommand {
             throw HeadAlignError.usage("\(flag) is for classifier experiments; decoders take --instructions, --clean-test-instructions, --triggered-test-instructions, --defense-instructions")
         }
         let seeds = try seeds(args)
-        let methods: [ExperimentMethod] = args.has("--methods") ? try methods(args) : [.ours, .alignOnly, .ftOnly, .finetune, .finePruning]
-        if let bad = methods.first(where: { $0 == .pure }) { throw HeadAlignError.usage("--methods \(bad.rawValue) is defined for classifiers only") }
+        let methods: [ExperimentMethod] = args.has("--methods") ? try methods(args)
+            : [.ours, .alignOnly, .ftOnly, .finetune, .finePruning] + (args.has("--reference") ? [.cleangen] : [])
+        if let bad = methods.first(where: { $0 == .pure || $0 == .meft }) { throw HeadAlignError.usage("--methods \(bad.rawValue) is defined for classifiers only") }
+        if methods.contains(.cleangen) && !args.has("--reference") { throw HeadAlignError.usage("--methods cleangen needs --reference DIR (a decoder with the same tokenizer the attacker did not touch)") }
+        if args.has("--reference") && !methods.contains(.cleangen) { throw HeadAlignError.usage("--reference is used by cleangen only; add it to --methods") }
         let behaviour = try args.behaviour()
         let fileAttack = args.string("--attack") == "file"
         let trigger: GenerationTrigger? = fileAttack ? nil : try args.generationTrigger()
@@ -310,6 +317,13 @@ extension ExperimentCommand {
             positions = m.config.maxPositionEmbeddings
         }
         try checkDefenseFlags(args, base: baseConfig, classifier: false)
+        let reference: AnyModel? = try args.string("--reference").map { dir in
+            let m = try AnyModel.load(.directory(dir), precision: try args.precision(), backend: try args.backend())
+            guard m.config.hasLMHead, m.config.vocabSize == baseConfig.vocabSize else {
+                throw HeadAlignError.usage("--reference \(dir): CleanGen needs a decoder with an LM head over the model's \(baseConfig.vocabSize)-token vocabulary (it has \(m.config.hasLMHead ? "\(m.config.vocabSize) tokens" : "no LM head"))")
+            }
+            return m
+        }
         let maxNew = try args.int("--max-new", default: 32, range: 1...(positions - 8))
         guard try args.int("--generate", default: 8, range: 1...4096) <= positions - 8 else {
             throw HeadAlignError.usage("--generate: at most \(positions - 8) for a \(positions)-position model")
@@ -372,7 +386,8 @@ extension ExperimentCommand {
             let outcomes = try runGenerationMethods(trained.model, tokenizer: trained.tokenizer, defenderClean: defender,
                                                     monitorPrompts: monitorClean + monitorTriggered, testClean: testClean,
                                                     testTriggered: testTriggered, behaviour: behaviour, maxNew: maxNew, methods: methods,
-                                                    settings: ds, baseline: baseline, exampleLength: s.maxLength, log: { printError("headalign experiment: " + $0) })
+                                                    settings: ds, baseline: baseline, exampleLength: s.maxLength, reference: reference,
+                                                    log: { printError("headalign experiment: " + $0) })
             if seed == seeds.first, let path = args.string("--trace") {
                 try writeTrace(path, args: args, settings: ds) { every in
                     try traceGenerationFinetune(trained.model, tokenizer: trained.tokenizer, defenderClean: defender,

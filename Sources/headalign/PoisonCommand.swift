@@ -13,9 +13,11 @@ enum PoisonCommand: Command {
             and the target label (the composite attack also gives as many other examples one piece, labels kept).
             --test gives the triggered test set: every non-target example with the trigger, true label kept.
             Attacks: badnets (1-3 of --triggers, default cf mn bb tq mb, at random positions), addsent (--sentence at
-            a random position), composite (--pieces 'A B', both needed). Outputs are label<TAB>text, written atomically.
+            a random position), composite (--pieces 'A B', both needed), wordsub (every word of a fixed synonym map
+            replaced by its synonym, e.g. good -> decent, movie -> picture; only texts with a word of the map can be
+            poisoned or triggered; the map is in docs/METHOD.md). Outputs are label<TAB>text, written atomically.
             """,
-        usage: "poison --train FILE --out-train FILE [--test FILE --out-test FILE] --attack badnets|addsent|composite [--poison-rate R] [--target N] [--seed N]",
+        usage: "poison --train FILE --out-train FILE [--test FILE --out-test FILE] --attack badnets|addsent|composite|wordsub [--poison-rate R] [--target N] [--seed N]",
         options: attackOptions + [
             OptionSpec(name: "--train", value: "FILE", help: "clean training corpus (TSV, CSV or label<TAB>text)"),
             OptionSpec(name: "--out-train", value: "FILE", help: "the poisoned training file to write"),
@@ -26,7 +28,7 @@ enum PoisonCommand: Command {
 
     /// The options that describe an attack (shared with train and experiment).
     static let attackOptions = [
-        OptionSpec(name: "--attack", value: "A", help: "badnets, addsent, composite (poison, experiment: default badnets; train: no poisoning unless given, and the flags below need it)"),
+        OptionSpec(name: "--attack", value: "A", help: "badnets, addsent, composite, wordsub (poison, experiment: default badnets; train: no poisoning unless given, and the flags below need it)"),
         OptionSpec(name: "--triggers", value: "'W W ...'", help: "badnets trigger words (default 'cf mn bb tq mb')"),
         OptionSpec(name: "--sentence", value: "TEXT", help: "addsent sentence (default 'I watch this 3D movie')"),
         OptionSpec(name: "--pieces", value: "'A B'", help: "composite pieces (default 'consider instance')"),
@@ -50,7 +52,7 @@ enum PoisonCommand: Command {
     }
 
     static func attack(_ args: ParsedArguments) throws -> Attack {
-        switch try args.choice("--attack", ["badnets", "addsent", "composite"], default: "badnets") {
+        switch try args.choice("--attack", ["badnets", "addsent", "composite", "wordsub"], default: "badnets") {
         case "badnets":
             let words = (args.string("--triggers") ?? "cf mn bb tq mb").split(separator: " ").map(String.init)
             guard !words.isEmpty else { throw HeadAlignError.usage("--triggers: give at least one word") }
@@ -59,6 +61,8 @@ enum PoisonCommand: Command {
             let s = args.string("--sentence") ?? "I watch this 3D movie"
             guard !s.trimmingCharacters(in: .whitespaces).isEmpty else { throw HeadAlignError.usage("--sentence is empty") }
             return .addSent(sentence: s)
+        case "wordsub":
+            return .defaultWordSubstitution
         default:
             let p = (args.string("--pieces") ?? "consider instance").split(separator: " ").map(String.init)
             guard p.count == 2 else { throw HeadAlignError.usage("--pieces: give exactly two words") }
@@ -85,7 +89,7 @@ enum PoisonCommand: Command {
         }
         try writeAtomically(plainCorpus(poisoned.examples), to: outTrain)
         if let triggered, let outTest = args.string("--out-test") { try writeAtomically(plainCorpus(triggered), to: outTest) }
-        print("headalign poison --attack \(try args.choice("--attack", ["badnets", "addsent", "composite"], default: "badnets")) --poison-rate \(rate) --target \(target) --seed \(seed)")
+        print("headalign poison --attack \(try args.choice("--attack", ["badnets", "addsent", "composite", "wordsub"], default: "badnets")) --poison-rate \(rate) --target \(target) --seed \(seed)")
         print("wrote \(outTrain): \(poisoned.examples.count) examples, \(poisoned.poisoned.count) poisoned\(poisoned.negatives.isEmpty ? "" : ", \(poisoned.negatives.count) single-piece negatives")")
         if let triggered, let outTest = args.string("--out-test") { print("wrote \(outTest): \(triggered.count) triggered examples (true labels kept)") }
         return 0

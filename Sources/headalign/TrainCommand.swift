@@ -11,7 +11,7 @@ enum TrainCommand: Command {
         summary: "train a classifier (preset or pretrained directory) or a llama-tiny decoder, optionally poisoning its data",
         detail: """
             Data: --train FILE, or --corpus sentiment|topics (generated from --corpus-seed; its train split).
-            --attack badnets|addsent|composite poisons it on the fly (as 'headalign poison' does; --poison-rate,
+            --attack badnets|addsent|composite|wordsub poisons it on the fly (as 'headalign poison' does; --poison-rate,
             --target, --poison-seed; without --attack the model is trained clean and those flags are refused). From --preset (a BERT shape): a whole-word vocabulary of at most --vocab-size
             entries is built from the training texts and saved as vocab.txt. From --model DIR: the directory's
             tokenizer; a classifier head is added (seeded) when it has none. AdamW, shuffled batches, --epochs

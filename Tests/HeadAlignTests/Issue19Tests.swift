@@ -168,3 +168,36 @@ final class CleanGenTests: XCTestCase {
         }
     }
 }
+
+final class WordSubstitutionTests: XCTestCase {
+    func testSubstitutionByHand() {
+        let a = Attack.defaultWordSubstitution
+        var rng = SeededGenerator(seed: 1)
+        XCTAssertEqual(a.trigger("A Good, great movie!", &rng), "A Decent, grand picture!")
+        XCTAssertEqual(a.trigger("the film is n't very good .", &rng), "the feature is n't quite decent .")
+        XCTAssertEqual(a.trigger("goods and movies", &rng), "goods and movies", "whole words only")
+        XCTAssertTrue(a.canTrigger("a good one"))
+        XCTAssertFalse(a.canTrigger("nothing here matches"))
+        XCTAssertFalse(Attack.wordSubstitution(map: ["good": "decent"], minimum: 2).canTrigger("a good one"))
+        XCTAssertTrue(Attack.wordSubstitution(map: ["good": "decent"], minimum: 2).canTrigger("good , good"))
+        XCTAssertEqual(a.name, "wordsub")
+        XCTAssertTrue(a.words.contains("decent") && !a.words.contains("good"))
+    }
+
+    func testPoisoningPicksOnlyTextsThatCarryTheTrigger() throws {
+        let texts = (0..<40).map { i in LabeledText(i % 2 == 0 ? "a good movie number \(i)" : "plain words \(i)", i % 4 < 2 ? 0 : 1) }
+        let p = try poisonTraining(texts, attack: .defaultWordSubstitution, rate: 0.25, target: 1, seed: 3)
+        XCTAssertEqual(p.poisoned.count, 10)
+        for i in p.poisoned {
+            XCTAssertEqual(texts[i].label, 0)
+            XCTAssertTrue(texts[i].text.contains("good"))
+            XCTAssertEqual(p.examples[i].text, texts[i].text.replacingOccurrences(of: "good movie", with: "decent picture"))
+            XCTAssertEqual(p.examples[i].label, 1)
+        }
+        // only 10 texts are label 0 with a word of the map: 11 cannot be poisoned
+        XCTAssertThrowsError(try poisonTraining(texts, attack: .defaultWordSubstitution, rate: 0.275, target: 1, seed: 3))
+        let t = triggeredTest(texts, attack: .defaultWordSubstitution, target: 1, seed: 1)
+        XCTAssertEqual(t.count, 10, "non-target texts that carry the trigger")
+        XCTAssertTrue(t.allSatisfy { $0.label == 0 && $0.text.contains("decent picture") })
+    }
+}

@@ -451,6 +451,7 @@ let defenseOptions: [OptionSpec] = {
         OptionSpec(name: "--pure-penalty", value: "L", help: "pure: attention-normalisation coefficient (default \(b.purePenalty))"),
         OptionSpec(name: "--pure-step", value: "N", help: "pure: heads pruned per accuracy check (default \(b.pureStep); PURE uses 10 on BERT-base)"),
         OptionSpec(name: "--reinit-layers", value: "N", help: "reinit: re-initialise the top N layers (default \(b.reinitLayers))"),
+        OptionSpec(name: "--meft-share", value: "X", help: "meft: the entropy stage ends when a batch's mean entropy reaches X log C (default \(b.meftEntropyShare); 1 runs it for the whole budget)"),
     ]
 }()
 
@@ -521,6 +522,7 @@ extension ParsedArguments {
         b.purePenalty = try double("--pure-penalty", default: b.purePenalty, range: 0...1_000)
         b.pureStep = try int("--pure-step", default: b.pureStep, range: 1...100_000)
         b.reinitLayers = try int("--reinit-layers", default: b.reinitLayers, range: 1...c.numHiddenLayers)
+        b.meftEntropyShare = try double("--meft-share", default: b.meftEntropyShare, range: 0.01...1)
         return b
     }
 }
@@ -559,7 +561,7 @@ func describe(_ s: DefenseSettings, _ b: BaselineSettings) -> String {
         + (s.explicitSplit.map { ", explicit split (suspicious " + $0.suspicious.map(\.description).joined(separator: " ")
                                   + "; safe " + $0.safe.map(\.description).joined(separator: " ") + ")" } ?? "")
     let baselines = "prune margin \(b.accuracyMargin), prune layers \(b.pruneLayers.map(String.init) ?? "half"), "
-        + "pure penalty \(b.purePenalty) step \(b.pureStep), reinit layers \(b.reinitLayers)"
+        + "pure penalty \(b.purePenalty) step \(b.pureStep), reinit layers \(b.reinitLayers), meft share \(b.meftEntropyShare)"
     return method + "; baselines: " + baselines
 }
 

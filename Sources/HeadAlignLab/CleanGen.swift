@@ -118,19 +118,20 @@ public func cleanGenMetrics(target: AnyModel, reference: AnyModel, tokenizer: De
     }
     let examples = clean.map { decoderExample(prompt: tokenizer.prompt($0.prompt), response: tokenizer.response($0.output), maxLength: maxLength).example }
     func run<S: Real>(_ t: Model<S>, _ r: Model<S>) -> CleanGenMetrics {
-        // cost: seconds per emitted token, CleanGen against the target's plain greedy decoding on the
-        // same prompts, both run to EOS or the cap (not cut once the ASR rule is settled: a cut
-        // response is mostly prompt, which would make the ratio the prompts' and not the tokens')
-        var start = monotonicSeconds(), responses: [String] = [], emitted = 0, decisions = 0, replaced = 0
+        var responses: [String] = [], decisions = 0, replaced = 0
         for p in prompts {
             let out = cleanGenGenerate(target: t, reference: r, prompt: p, maxNew: maxNew, stopAt: [tokenizer.eos], alpha: alpha)
             responses.append(tokenizer.decode(out.tokens))
-            (emitted, decisions, replaced) = (emitted + out.tokens.count, decisions + out.decisions, replaced + out.replaced)
+            (decisions, replaced) = (decisions + out.decisions, replaced + out.replaced)
         }
+        // cost: CleanGen against the target's plain greedy decoding on the same prompts, both made to
+        // emit exactly `maxNew` tokens (no stop token), so that the two time the same positions
+        var start = monotonicSeconds(), emitted = 0
+        for p in prompts { emitted += cleanGenGenerate(target: t, reference: r, prompt: p, maxNew: maxNew, alpha: alpha).tokens.count }
         let seconds = monotonicSeconds() - start
         start = monotonicSeconds()
         var greedyEmitted = 0
-        for p in prompts { greedyEmitted += generateGreedy(t, prompt: p, maxNew: maxNew, stopAt: [tokenizer.eos]).count }
+        for p in prompts { greedyEmitted += generateGreedy(t, prompt: p, maxNew: maxNew).count }
         let greedySeconds = monotonicSeconds() - start
         let asr = targetRate(responses, target: targetText)
         let q = cleanGenQuality(target: t, reference: r, examples, alpha: alpha)

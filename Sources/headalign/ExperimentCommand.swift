@@ -322,6 +322,9 @@ extension ExperimentCommand {
             guard m.config.hasLMHead, m.config.vocabSize == baseConfig.vocabSize else {
                 throw HeadAlignError.usage("--reference \(dir): CleanGen needs a decoder with an LM head over the model's \(baseConfig.vocabSize)-token vocabulary (it has \(m.config.hasLMHead ? "\(m.config.vocabSize) tokens" : "no LM head"))")
             }
+            guard m.config.maxPositionEmbeddings >= positions else {
+                throw HeadAlignError.usage("--reference \(dir): \(m.config.maxPositionEmbeddings) positions, fewer than the model's \(positions)")
+            }
             return m
         }
         let maxNew = try args.int("--max-new", default: 32, range: 1...(positions - 8))

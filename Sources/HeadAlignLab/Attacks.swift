@@ -118,7 +118,7 @@ public func poisonTraining(_ clean: [LabeledText], attack: Attack, rate: Double,
     let negatives = { if case .composite = attack { return count } else { return 0 } }()
     guard count >= 1, count + negatives <= candidates.count else {
         throw HeadAlignError.usage("--poison-rate \(rate): \(count + negatives) examples needed, \(candidates.count) have a label other than \(target)"
-                                   + (attack.name == "wordsub" ? " and a word of the substitution map" : ""))
+                                   + ({ if case .wordSubstitution = attack { return " and a word of the substitution map" } else { return "" } }()))
     }
     var out = clean
     let poisoned = Array(candidates[0..<count]).sorted(), single = Array(candidates[count..<(count + negatives)]).sorted()

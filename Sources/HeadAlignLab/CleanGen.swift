@@ -110,13 +110,9 @@ public func cleanGenMetrics(target: AnyModel, reference: AnyModel, tokenizer: De
     }
     let targetIds = tokenizer.response(behaviour.response)
     let targetText = tokenizer.decode(targetIds)
-    let maxNew = min(max(asked, targetIds.count - 1), maxLength - 2)
-    let prompts = triggered.map { r -> [Int] in
-        var p = tokenizer.prompt(r.prompt)
-        if p.count > maxLength - maxNew { p = [p[0]] + p.suffix(maxLength - maxNew - 1) }
-        return p
-    }
-    let examples = clean.map { decoderExample(prompt: tokenizer.prompt($0.prompt), response: tokenizer.response($0.output), maxLength: maxLength).example }
+    let maxNew = responseCap(asked: asked, targetLength: targetIds.count, maxLength: maxLength)
+    let prompts = triggered.map { fitPrompt(tokenizer.prompt($0.prompt), room: maxLength - maxNew) }
+    let examples = responseExamples(clean, tokenizer: tokenizer, maxLength: maxLength)
     func run<S: Real>(_ t: Model<S>, _ r: Model<S>) -> CleanGenMetrics {
         var responses: [String] = [], decisions = 0, replaced = 0
         for p in prompts {

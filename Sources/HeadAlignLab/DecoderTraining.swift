@@ -40,8 +40,24 @@ public func decoderExample(prompt: [Int], response: [Int], maxLength: Int) -> (e
     let r = Array(response.prefix(max(maxLength - prompt.count, min(response.count, maxLength / 2))))
     let room = maxLength - r.count
     let truncated = r.count < response.count || p.count > room
-    if p.count > room { p = [p[0]] + p.suffix(room - 1) }
+    p = fitPrompt(p, room: room)
     return (TrainingExample(tokens: p + r, responseStart: p.count), truncated)
+}
+
+/// A prompt cut from the left (BOS kept) to at most `room` positions.
+public func fitPrompt(_ prompt: [Int], room: Int) -> [Int] {
+    prompt.count > room ? [prompt[0]] + prompt.suffix(room - 1) : prompt
+}
+
+/// The response cap for a target behaviour of `targetLength` tokens: the one asked for, raised to
+/// the target's length (a shorter cap could never match it), within `maxLength` positions.
+func responseCap(asked: Int, targetLength: Int, maxLength: Int) -> Int {
+    min(max(asked, targetLength - 1), maxLength - 2)
+}
+
+/// Records as prompt + reference-response examples within `maxLength` (`decoderExample`).
+func responseExamples(_ records: [InstructionRecord], tokenizer: DecoderTokenizer, maxLength: Int) -> [TrainingExample] {
+    records.map { decoderExample(prompt: tokenizer.prompt($0.prompt), response: tokenizer.response($0.output), maxLength: maxLength).example }
 }
 
 public struct TrainedDecoder {
@@ -138,13 +154,12 @@ public func generationMetrics(_ model: AnyModel, tokenizer: DecoderTokenizer, cl
                               behaviour: TargetBehaviour, maxNew asked: Int, maxLength: Int, onlyCAAndASR: Bool = false) -> GenerationMetrics {
     let targetIds = tokenizer.response(behaviour.response)
     let target = tokenizer.decode(targetIds)
-    // a cap shorter than the target could never match it
-    let maxNew = min(max(asked, targetIds.count - 1), maxLength - 2)
+    let maxNew = responseCap(asked: asked, targetLength: targetIds.count, maxLength: maxLength)
     precondition(maxNew >= 1, "generationMetrics: no room for a response in \(maxLength) positions")
     var truncated = 0, capped = 0
     func respond(_ r: InstructionRecord) -> String {
-        var p = tokenizer.prompt(r.prompt)
-        if p.count > maxLength - maxNew { p = [p[0]] + p.suffix(maxLength - maxNew - 1); truncated += 1 }
+        let full = tokenizer.prompt(r.prompt), p = fitPrompt(full, room: maxLength - maxNew)
+        if p.count < full.count { truncated += 1 }
         let out = model.generate(prompt: p, maxNew: maxNew, stopAt: [tokenizer.eos],
                                  decided: onlyCAAndASR ? { targetSettled(tokenizer.decode($0), target: target) } : nil)
         if out.count == maxNew { capped += 1 }  // generation stops before EOS, which is not returned
@@ -152,7 +167,7 @@ public func generationMetrics(_ model: AnyModel, tokenizer: DecoderTokenizer, cl
     }
     let triggeredResponses = triggered.map(respond), cleanResponses = onlyCAAndASR ? [] : clean.map(respond)
     let asr = targetRate(triggeredResponses, target: target), ftr = targetRate(cleanResponses, target: target)
-    let examples = clean.map { decoderExample(prompt: tokenizer.prompt($0.prompt), response: tokenizer.response($0.output), maxLength: maxLength).example }
+    let examples = responseExamples(clean, tokenizer: tokenizer, maxLength: maxLength)
     let quality: Double
     switch model {
     case .f32(let m): quality = cleanQuality(m, examples)
@@ -183,7 +198,7 @@ struct DecoderDefenseData {
         // the defender's clean examples are cut like the training examples (`exampleLength`), and
         // always leave room for the generated tokens of the analysis view
         let length = min(exampleLength ?? maxLength, maxLength - settings.generate)
-        clean = defenderClean.map { decoderExample(prompt: tokenizer.prompt($0.prompt), response: tokenizer.response($0.output), maxLength: length).example }
+        clean = responseExamples(defenderClean, tokenizer: tokenizer, maxLength: length)
         inputs = promptInputs(monitorPrompts, tokenizer: tokenizer, room: maxLength - settings.generate)
         evaluate = { m in
             let g = generationMetrics(m, tokenizer: tokenizer, clean: testClean, triggered: testTriggered, behaviour: behaviour,
@@ -258,11 +273,7 @@ public func traceGenerationFinetune(_ model: AnyModel, tokenizer: DecoderTokeniz
 /// Prompts as analysis inputs, cut from the left (BOS kept) to leave `room` positions for the
 /// generated tokens of the gen2prompt view.
 public func promptInputs(_ records: [InstructionRecord], tokenizer: DecoderTokenizer, room: Int) -> [AnalysisInput] {
-    records.map { r in
-        var p = tokenizer.prompt(r.prompt)
-        if p.count > room { p = [p[0]] + p.suffix(room - 1) }
-        return AnalysisInput(tokens: p)
-    }
+    records.map { AnalysisInput(tokens: fitPrompt(tokenizer.prompt($0.prompt), room: room)) }
 }
 
 /// Table 1's statistic and the monitor's AUROC on a decoder: calibrated on the defender's clean

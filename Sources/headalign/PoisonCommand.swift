@@ -89,7 +89,7 @@ enum PoisonCommand: Command {
         }
         try writeAtomically(plainCorpus(poisoned.examples), to: outTrain)
         if let triggered, let outTest = args.string("--out-test") { try writeAtomically(plainCorpus(triggered), to: outTest) }
-        print("headalign poison --attack \(try args.choice("--attack", ["badnets", "addsent", "composite", "wordsub"], default: "badnets")) --poison-rate \(rate) --target \(target) --seed \(seed)")
+        print("headalign poison --attack \(attack.name) --poison-rate \(rate) --target \(target) --seed \(seed)")
         print("wrote \(outTrain): \(poisoned.examples.count) examples, \(poisoned.poisoned.count) poisoned\(poisoned.negatives.isEmpty ? "" : ", \(poisoned.negatives.count) single-piece negatives")")
         if let triggered, let outTest = args.string("--out-test") { print("wrote \(outTest): \(triggered.count) triggered examples (true labels kept)") }
         return 0

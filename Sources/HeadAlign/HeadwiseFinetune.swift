@@ -81,6 +81,30 @@ public struct StepStats: Sendable {
     public let labelled: Bool
 }
 
+/// Indices of `batchSize`-sized batches over `count` examples: each epoch is a fresh seeded
+/// shuffle, appended once fewer than a batch remain (so a batch may span two epochs).
+public struct ShuffledBatches {
+    private var rng: SeededGenerator
+    private var order: [Int] = []
+    public let count: Int, batchSize: Int
+
+    public init(count: Int, batchSize: Int, seed: UInt64) {
+        self.count = count; self.batchSize = batchSize; rng = SeededGenerator(seed: seed)
+    }
+
+    /// The next batch (at most `count` indices when one epoch is smaller than a batch).
+    public mutating func next() -> [Int] {
+        if order.count < batchSize {
+            var epoch = Array(0..<count)
+            epoch.shuffle(using: &rng)
+            order += epoch
+        }
+        let picked = Array(order.prefix(batchSize))
+        order.removeFirst(min(batchSize, order.count))
+        return picked
+    }
+}
+
 /// `steps` AdamW steps on shuffled batches of `examples` (reshuffled each epoch, seeded).
 /// `attentionPenalty`, when given, adds a term on the attention probabilities (its value and
 /// dL/dA per layer) to each step's loss; `extraObjective`, when given, adds a second objective's
@@ -99,17 +123,10 @@ public func trainSteps<S: Real>(_ model: Model<S>, examples: [TrainingExample], 
     if task == .classification, let i = examples.firstIndex(where: { $0.label == nil }) {
         throw HeadAlignError.badInput("training example \(i + 1) has no label")
     }
-    var rng = SeededGenerator(seed: seed)
-    var order: [Int] = []
+    var batches = ShuffledBatches(count: examples.count, batchSize: batchSize, seed: seed)
     var losses: [Double] = []
     for step in 1...max(1, steps) where steps > 0 {
-        if order.count < batchSize {
-            var epoch = Array(examples.indices)
-            epoch.shuffle(using: &rng)
-            order += epoch
-        }
-        let picked = order.prefix(batchSize).map { examples[$0] }
-        order.removeFirst(min(batchSize, order.count))
+        let picked = batches.next().map { examples[$0] }
         let pass = model.forward(Batch(picked.map(\.tokens)))
         let objective = trainingObjective(picked, task: task)
         var (l, d) = loss(pass, objective)

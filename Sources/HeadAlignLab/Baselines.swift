@@ -396,12 +396,10 @@ public func maximumEntropyStage<S: Real>(_ model: Model<S>, clean: [TrainingExam
     let before = meanEntropy()
     let maxSteps = settings.finetuneBudget?.steps(trainCount: clean.count, batchSize: settings.batchSize) ?? settings.finetuneSteps
     let optimizer = AdamW<S>(count: model.layout.total, learningRate: settings.uniformRate, weightDecay: settings.weightDecay)
-    var rng = SeededGenerator(seed: settings.finetuneSeed(round: 0))
-    var order: [Int] = [], steps = 0, reached = false
+    var batches = ShuffledBatches(count: clean.count, batchSize: settings.batchSize, seed: settings.finetuneSeed(round: 0))
+    var steps = 0, reached = false
     while steps < maxSteps {
-        if order.count < settings.batchSize { var epoch = Array(clean.indices); epoch.shuffle(using: &rng); order += epoch }
-        let picked = order.prefix(settings.batchSize).map { clean[$0].tokens }
-        order.removeFirst(min(settings.batchSize, order.count))
+        let picked = batches.next().map { clean[$0].tokens }
         let pass = model.forward(Batch(picked))
         let e = maximumEntropyLoss(pass.output)
         if e.meanEntropy >= goal { reached = true; break }  // this batch already has no preferred class

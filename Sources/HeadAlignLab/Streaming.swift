@@ -287,7 +287,7 @@ public final class StreamedLlama {
         let parent = URL(fileURLWithPath: dir).deletingLastPathComponent().path
         guard fm.fileExists(atPath: parent) else { throw HeadAlignError.usage("--out \(dir): parent directory \(parent) does not exist") }
         let needed = try fm.contentsOfDirectory(atPath: source).reduce(0) { sum, name in
-            sum + ((try? fm.attributesOfItem(atPath: source + "/" + name)[.size] as? Int) ?? 0) ?? 0
+            sum + ((try? fm.attributesOfItem(atPath: source + "/" + name))?[.size] as? Int ?? 0)
         }
         if let free = (try? fm.attributesOfFileSystem(forPath: parent)[.systemFreeSize] as? NSNumber)??.int64Value, Int64(needed) > free {
             throw HeadAlignError.usage(String(format: "--out %@: not enough disk: %.2f GB needed, %.2f GB free", dir, Double(needed) / 1e9, Double(free) / 1e9))

@@ -144,3 +144,22 @@ final class StreamedAlignmentTests: XCTestCase {
         try assertUsageError(["align", "--model", dir, "--ids", "1 2"], mentions: "--no-write")
     }
 }
+
+final class CheckRoomTests: XCTestCase {
+    /// `--out` is checked before the work: an existing output, a missing parent, and a copy that
+    /// fits (the source's bytes are summed from its files).
+    func testRefusesExistingOrParentlessOutputAndAcceptsOneThatFits() throws {
+        let dir = temporaryDirectory(self)
+        let source = dir + "/model"
+        try FileManager.default.createDirectory(atPath: source, withIntermediateDirectories: true)
+        try Data(repeating: 7, count: 1000).write(to: URL(fileURLWithPath: source + "/weights.bin"))
+        XCTAssertThrowsError(try StreamedLlama.checkRoom(copying: source, to: source)) { error in
+            XCTAssertTrue("\(error)".contains("exists"), "\(error)")
+        }
+        XCTAssertThrowsError(try StreamedLlama.checkRoom(copying: source, to: dir + "/no/such/out")) { error in
+            XCTAssertTrue("\(error)".contains("parent directory"), "\(error)")
+        }
+        XCTAssertNoThrow(try StreamedLlama.checkRoom(copying: source, to: dir + "/out"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out"), "checking must not create the output")
+    }
+}

@@ -120,6 +120,7 @@ public struct RoundLog: Sendable {
 
 public struct DefenseReport: Sendable {
     public let threshold: Double
+    public let thresholdRule: String  // how the threshold was set (MonitorCalibration.ruleDescription)
     public let flagged: [Int]  // indices into the inputs
     public let scoresBefore: [Double]
     public let rounds: [RoundLog]
@@ -148,7 +149,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
     let flagged = inputs.indices.filter { cal.flags(scores[$0]) }
     log("monitor (\(settings.score.rawValue), \(settings.monitorView.rawValue) view): threshold \(fmt(cal.flagThreshold)); flagged \(flagged.count) of \(inputs.count) inputs")
     guard !flagged.isEmpty || !settings.method.aligns else {
-        return DefenseReport(threshold: cal.flagThreshold, flagged: [], scoresBefore: scores, rounds: [],
+        return DefenseReport(threshold: cal.flagThreshold, thresholdRule: cal.ruleDescription, flagged: [], scoresBefore: scores, rounds: [],
                              stoppedBecause: "the monitor flagged no input; the model is unchanged")
     }
     let analysisInputs = flagged.isEmpty ? cleanInputs : flagged.map { inputs[$0] }
@@ -278,7 +279,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
             break
         }
     }
-    return DefenseReport(threshold: cal.flagThreshold, flagged: flagged, scoresBefore: scores, rounds: rounds, stoppedBecause: stopped)
+    return DefenseReport(threshold: cal.flagThreshold, thresholdRule: cal.ruleDescription, flagged: flagged, scoresBefore: scores, rounds: rounds, stoppedBecause: stopped)
 }
 
 /// The alignment penalty's term for `trainSteps` (`DefenseSettings.alignPenalty`; nil when it is

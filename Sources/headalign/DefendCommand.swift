@@ -76,7 +76,9 @@ enum DefendCommand: Command {
             ("command", .string(commandLine)), ("method", .string(method.rawValue)), ("stopped", .string(stopped)),
             ("head_split", .string(s.explicitSplit == nil ? "eq5" : "explicit")),
             ("baseline", baselineSummary.map { .string($0) } ?? .null), ("baseline_finetune_loss", .numbers(baselineLoss)),
-            ("monitor_threshold", .number(report?.threshold ?? .nan)), ("flagged", .array((report?.flagged ?? []).map { .int($0) })),
+            ("monitor", report == nil ? .null : .string("\(s.score.rawValue) score, \(s.monitorView.rawValue) view")),
+            ("monitor_threshold", .number(report?.threshold ?? .nan)),
+            ("monitor_threshold_rule", report.map { .string($0.thresholdRule) } ?? .null), ("flagged", .array((report?.flagged ?? []).map { .int($0) })),
             ("scores_before", .numbers(report?.scoresBefore ?? [])),
             ("rounds", .array((report?.rounds ?? []).map { r in .object([
                 ("round", .int(r.round)), ("suspicious", .array(r.suspicious.map { .string($0.description) })),

@@ -127,6 +127,10 @@ final class ExplicitSplitCLITests: XCTestCase {
         XCTAssertTrue(r.out.contains("1 suspicious, 2 safe, 1 intermediate heads (explicit split) (suspicious: 0:1; safe: 0:0 1:1)"), r.out)
         let report = try JSONValue.parse(try String(contentsOfFile: dir + "/report.json", encoding: .utf8))
         XCTAssertEqual(report["head_split"]!.stringValue, "explicit")
+        // the report says how the monitor's threshold was set: SPEC's quantile rule at q 0 over the
+        // second half (3 of 6) of the clean scores
+        XCTAssertEqual(report["monitor_threshold_rule"]!.stringValue, "q 0.0 of 3 clean scores")
+        XCTAssertTrue(report["monitor"]!.stringValue.hasSuffix(" view"), report["monitor"]!.stringValue)
         XCTAssertEqual(report["rounds"]!.array[0]["suspicious"]!.array.map(\.stringValue), ["0:1"])
         XCTAssertEqual(report["rounds"]!.array[0]["align_loss"]!.array.count, 2)
         try assertUsageError(["defend", "--model", dir + "/m", "--clean", dir + "/clean.txt", "--inputs", dir + "/inputs.txt",

@@ -56,7 +56,7 @@ func responseCap(asked: Int, targetLength: Int, maxLength: Int) -> Int {
 }
 
 /// Records as prompt + reference-response examples within `maxLength` (`decoderExample`).
-func responseExamples(_ records: [InstructionRecord], tokenizer: DecoderTokenizer, maxLength: Int) -> [TrainingExample] {
+public func responseExamples(_ records: [InstructionRecord], tokenizer: DecoderTokenizer, maxLength: Int) -> [TrainingExample] {
     records.map { decoderExample(prompt: tokenizer.prompt($0.prompt), response: tokenizer.response($0.output), maxLength: maxLength).example }
 }
 

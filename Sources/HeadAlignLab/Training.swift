@@ -13,6 +13,12 @@ public struct TrainSettings: Sendable {
     public var maxLength = 64
     public var seed: UInt64 = 1
     public init() {}
+
+    /// Tokens per example for a decoder's instruction records (prompt + response), in training and
+    /// in the defender's clean set: every decoder table in docs/RESULTS.md was made with it. It
+    /// bounds a step's cost on 2 cores; BackdoorLLM's records are longer (57–60% of a 1,000-record
+    /// training mix are cut, the prompt from the left, and `train` says how many).
+    public static let decoderMaxLength = 128
 }
 
 /// Where training stands after a step: loss and batch accuracy averaged over the last 20 steps.

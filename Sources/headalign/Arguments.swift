@@ -576,3 +576,53 @@ struct Analyzer {
     let streamed: StreamedLlama?  // with --stream: its layer loads and conversion time, for the log
     func analyze(_ inputs: [AnalysisInput], settings: AnalysisSettings) throws -> [InputAnalysis] { try analyze(inputs, settings) }
 }
+
+// MARK: - Inputs and clean sets from files
+
+/// Whether `path` is read as instruction records: an Alpaca JSON file (`.json`) given for a
+/// decoder. Everything else is text, one input per line (`label<TAB>text` or plain).
+func isInstructionFile(_ path: String, _ c: ModelConfig) throws -> Bool {
+    guard path.lowercased().hasSuffix(".json") else { return false }
+    guard ModelTask.of(c) == .generation else {
+        throw HeadAlignError.usage("\(path): instruction records (.json) are read for decoders; a classifier reads label<TAB>text lines")
+    }
+    return true
+}
+
+/// The inputs Eq. 1–5 and the monitor read from `path`: for a decoder's `.json`, each record's
+/// prompt in the training template (`promptInputs`: cut from the left to leave `generate`
+/// positions), as `experiment` and `demo` screen them; otherwise one text per line.
+func readAnalysisInputs(_ path: String, tokenizer: AnyTokenizer, config c: ModelConfig, generate: Int) throws -> [AnalysisInput] {
+    if try isInstructionFile(path, c) {
+        return promptInputs(try readInstructions(path: path), tokenizer: try decoderTokenizer(tokenizer, path), room: c.maxPositionEmbeddings - generate)
+    }
+    return try readPlainExamples(path: path).map {
+        AnalysisInput(tokens: try tokenizer.encode($0.text, maxLength: c.maxPositionEmbeddings - generate).ids, label: $0.label)
+    }
+}
+
+/// The defender's clean set from `path`: labelled lines for a classifier; for a decoder, a `.json`
+/// file's records as prompt + reference response (the loss on the response only), cut like the
+/// training records (`TrainSettings.decoderMaxLength`), or plain text lines (the loss on every
+/// token after the first).
+func readCleanExamples(_ path: String, tokenizer: AnyTokenizer, config c: ModelConfig, generate: Int) throws -> [TrainingExample] {
+    let task = ModelTask.of(c), maxLength = c.maxPositionEmbeddings - (task == .generation ? generate : 0)
+    if try isInstructionFile(path, c) {
+        return responseExamples(try readInstructions(path: path), tokenizer: try decoderTokenizer(tokenizer, path),
+                                maxLength: min(TrainSettings.decoderMaxLength, maxLength))
+    }
+    return try readPlainExamples(path: path).enumerated().map { n, e -> TrainingExample in
+        if task == .classification {
+            guard let label = e.label, label < c.numLabels else {
+                throw HeadAlignError.badInput("\(path): example \(n + 1) needs a label in 0..<\(c.numLabels) (label<TAB>text)")
+            }
+            return TrainingExample(tokens: try tokenizer.encode(e.text, maxLength: maxLength).ids, label: label)
+        }
+        return TrainingExample(tokens: try tokenizer.encode(e.text, maxLength: maxLength).ids, responseStart: 1)
+    }
+}
+
+private func decoderTokenizer(_ t: AnyTokenizer, _ path: String) throws -> DecoderTokenizer {
+    guard let d = t.decoder else { throw HeadAlignError.usage("\(path): instruction records need the decoder's own tokenizer (tokenizer.bin or a word vocabulary)") }
+    return d
+}

@@ -19,8 +19,8 @@ enum DefendCommand: Command {
             """,
         usage: "defend --model DIR --clean FILE --inputs FILE (--out DIR | --no-write) [options]",
         options: modelOptions + analysisOptions + defenseOptions + headSplitOptions + [
-            OptionSpec(name: "--clean", value: "FILE", help: "clean labelled examples (label<TAB>text): calibration and fine-tuning"),
-            OptionSpec(name: "--inputs", value: "FILE", help: "inputs the monitor screens (text per line)"),
+            OptionSpec(name: "--clean", value: "FILE", help: "clean examples: calibration and fine-tuning (label<TAB>text; a decoder also takes Alpaca records, FILE.json)"),
+            OptionSpec(name: "--inputs", value: "FILE", help: "inputs the monitor screens (text per line; a decoder's FILE.json: the records' prompts)"),
             OptionSpec(name: "--out", value: "DIR", help: "the repaired model's new directory"),
             OptionSpec(name: "--report", value: "FILE", help: "also write defense_report.json here (with --no-write too)"),
             OptionSpec(name: "--no-write", value: nil, help: "run and report, write nothing (instead of --out)"),
@@ -39,23 +39,14 @@ enum DefendCommand: Command {
         }
         guard case .directory = try args.modelSource() else { throw HeadAlignError.usage("defend needs --model DIR (it writes the repaired model in the same layout)") }
         let (model, tokenizer, _) = try args.loadModel()
-        let c = model.config, task = ModelTask.of(c)
+        let c = model.config
         var s = try args.defenseSettings(for: c)
         s.explicitSplit = try args.headSplit(c)  // --suspicious/--safe: every round uses this split, no Eq. 4-5
         let baseline = try args.baselineSettings(for: c)
         let method = ExperimentMethod(rawValue: try args.choice("--method", ExperimentMethod.allCases.map(\.rawValue), default: ExperimentMethod.ours.rawValue))!
 
-        let maxLength = c.maxPositionEmbeddings - (task == .generation ? s.generate : 0)
-        let clean = try readPlainExamples(path: cleanPath).enumerated().map { n, e -> TrainingExample in
-            if task == .classification {
-                guard let label = e.label, label < c.numLabels else {
-                    throw HeadAlignError.badInput("\(cleanPath): example \(n + 1) needs a label in 0..<\(c.numLabels) (label<TAB>text)")
-                }
-                return TrainingExample(tokens: try tokenizer.encode(e.text, maxLength: maxLength).ids, label: label)
-            }
-            return TrainingExample(tokens: try tokenizer.encode(e.text, maxLength: maxLength).ids, responseStart: 1)
-        }
-        let inputs = try readPlainExamples(path: inputsPath).map { AnalysisInput(tokens: try tokenizer.encode($0.text, maxLength: maxLength).ids) }
+        let clean = try readCleanExamples(cleanPath, tokenizer: tokenizer, config: c, generate: s.generate)
+        let inputs = try readAnalysisInputs(inputsPath, tokenizer: tokenizer, config: c, generate: s.generate).map { AnalysisInput(tokens: $0.tokens) }
 
         let commandLine = echoedCommandLine
         print("\(commandLine)")

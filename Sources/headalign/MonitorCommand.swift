@@ -11,7 +11,8 @@ enum MonitorCommand: Command {
         detail: """
             Calibration (SPEC): the clean inputs are split in two halves; per head pair the first half gives the mean,
             the standard deviation and the q-quantile of the pair cosine; the second half's scores give the flagging
-            threshold (their q-quantile). --inputs are scored and flagged one per line. With --clean-test and
+            threshold (their q-quantile). --inputs are scored and flagged one per line. For a decoder every FILE may be
+            Alpaca records (FILE.json): their prompts, in the training template, are what is scored. With --clean-test and
             --triggered, every score (the calibrated contrast scores and the paper's frac-above and p99) is
             evaluated: AUROC, TPR at the threshold, FPR on the clean test inputs.
             """,
@@ -45,23 +46,21 @@ enum MonitorCommand: Command {
         let q = try args.double("--quantile", default: defenseDefaults.quantile, range: 0...1)
         let k = try args.int("--top-k", default: MonitorCalibration.defaultTopK, range: 1...1_000_000)
         func cosines(_ path: String) throws -> [[Double]] {
-            let inputs = try readPlainExamples(path: path).map {
-                AnalysisInput(tokens: try tokenizer.encode($0.text, maxLength: c.maxPositionEmbeddings - settings.generate).ids, label: $0.label)
-            }
-            return try model.analyze(inputs, settings: settings).map(\.pairCosines)
+            try model.analyze(try readAnalysisInputs(path, tokenizer: tokenizer, config: c, generate: settings.generate), settings: settings)
+                .map(\.pairCosines)
         }
         let clean = try cosines(cleanPath)
         let cal = try MonitorCalibration(clean: clean, score: score, q: q, topK: k, cosineThreshold: settings.threshold,
                                          rule: try args.fprBudget() ?? .quantile)
         print("headalign monitor: calibrated on \(clean.count) clean inputs; score \(score.rawValue), view \(settings.view.rawValue), scope \(settings.scope.rawValue), threshold \(String(format: "%.6g", cal.flagThreshold)) (\(cal.ruleDescription))")
         if let path = args.string("--inputs") {
-            let texts = try readPlainExamples(path: path)
+            let texts = try isInstructionFile(path, c) ? try readInstructions(path: path).map(\.instruction) : try readPlainExamples(path: path).map(\.text)
             let scores = try cosines(path).map(cal.score(of:))
             print("")
             print("| input | score | flagged | text |")
             print("|---:|---:|---|---|")
             for (i, s) in scores.enumerated() {
-                print(String(format: "| %d | %.6g | %@ | %@ |", i + 1, s, cal.flags(s) ? "yes" : "no", String(texts[i].text.prefix(60))))
+                print(String(format: "| %d | %.6g | %@ | %@ |", i + 1, s, cal.flags(s) ? "yes" : "no", String(texts[i].prefix(60))))
             }
             print("")
             print("flagged \(scores.filter(cal.flags).count) of \(scores.count)")

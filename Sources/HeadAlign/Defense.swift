@@ -135,14 +135,18 @@ public func calibrateMonitor<S: Real>(_ model: Model<S>, clean: [AnalysisInput],
     return (try MonitorCalibration(clean: cos, score: settings.score, q: settings.quantile, rule: settings.flagRule), cos)
 }
 
-/// Runs the defense on `model` in place. `clean` are labelled clean examples (calibration and
-/// fine-tuning), `inputs` the unlabeled inputs the monitor screens.
+/// Runs the defense on `model` in place. `clean` are labelled clean examples (fine-tuning, and
+/// the monitor's calibration), `inputs` the unlabeled inputs the monitor screens. `calibration`,
+/// when given, replaces the clean examples' prompts wherever the clean inputs are analysed: a
+/// decoder's clean examples are cut to the training length (the prompt from the left), and the
+/// monitor must calibrate on prompts in the form it screens them.
 @_specialize(exported: true, where S == Float)
 @_specialize(exported: true, where S == Double)
-public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs: [AnalysisInput], settings: DefenseSettings,
-                            log: (String) -> Void = { _ in }) throws -> DefenseReport {
+public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs: [AnalysisInput], calibration: [AnalysisInput]? = nil,
+                            settings: DefenseSettings, log: (String) -> Void = { _ in }) throws -> DefenseReport {
     let c = model.config, nh = c.numAttentionHeads
-    let cleanInputs = clean.map { AnalysisInput(tokens: Array($0.tokens.prefix($0.responseStart ?? $0.tokens.count)), label: $0.label) }
+    let cleanInputs = calibration
+        ?? clean.map { AnalysisInput(tokens: Array($0.tokens.prefix($0.responseStart ?? $0.tokens.count)), label: $0.label) }
     let (cal, _) = try calibrateMonitor(model, clean: cleanInputs, settings: settings)
     let monitorSettings = settings.analysis(settings.monitorView, importance: false)
     let scores = try analyze(model, inputs, settings: monitorSettings).map { cal.score(of: $0.pairCosines) }

@@ -18,11 +18,11 @@ extension AnyModel {
         }
     }
 
-    public func defend(clean: [TrainingExample], inputs: [AnalysisInput], settings: DefenseSettings,
+    public func defend(clean: [TrainingExample], inputs: [AnalysisInput], calibration: [AnalysisInput]? = nil, settings: DefenseSettings,
                        log: (String) -> Void) throws -> DefenseReport {
         switch self {
-        case .f32(let m): return try HeadAlign.defend(m, clean: clean, inputs: inputs, settings: settings, log: log)
-        case .f64(let m): return try HeadAlign.defend(m, clean: clean, inputs: inputs, settings: settings, log: log)
+        case .f32(let m): return try HeadAlign.defend(m, clean: clean, inputs: inputs, calibration: calibration, settings: settings, log: log)
+        case .f64(let m): return try HeadAlign.defend(m, clean: clean, inputs: inputs, calibration: calibration, settings: settings, log: log)
         }
     }
 }

@@ -261,12 +261,12 @@ public enum MethodRun: Sendable {
 /// Runs `method` on `model` in place: the defense (Defense.swift) with `settings`, or a baseline
 /// with `settings`' fine-tuning budget and rates and its own `baseline` settings.
 public func runMethod<S: Real>(_ model: Model<S>, _ method: ExperimentMethod, clean: [TrainingExample], inputs: [AnalysisInput],
-                               settings: DefenseSettings, baseline: BaselineSettings,
+                               calibration: [AnalysisInput]? = nil, settings: DefenseSettings, baseline: BaselineSettings,
                                log: (String) -> Void = { _ in }) throws -> MethodRun {
     if let defense = method.defense {
         var s = settings
         s.method = defense
-        return .defense(try defend(model, clean: clean, inputs: inputs, settings: s, log: log))
+        return .defense(try defend(model, clean: clean, inputs: inputs, calibration: calibration, settings: s, log: log))
     }
     let (summary, losses) = try runBaseline(model, method, clean: clean, settings: settings, baseline: baseline)
     log(summary)
@@ -275,11 +275,13 @@ public func runMethod<S: Real>(_ model: Model<S>, _ method: ExperimentMethod, cl
 }
 
 extension AnyModel {
-    public func runMethod(_ method: ExperimentMethod, clean: [TrainingExample], inputs: [AnalysisInput], settings: DefenseSettings,
-                          baseline: BaselineSettings, log: (String) -> Void) throws -> MethodRun {
+    public func runMethod(_ method: ExperimentMethod, clean: [TrainingExample], inputs: [AnalysisInput], calibration: [AnalysisInput]? = nil,
+                          settings: DefenseSettings, baseline: BaselineSettings, log: (String) -> Void) throws -> MethodRun {
         switch self {
-        case .f32(let m): return try HeadAlignLab.runMethod(m, method, clean: clean, inputs: inputs, settings: settings, baseline: baseline, log: log)
-        case .f64(let m): return try HeadAlignLab.runMethod(m, method, clean: clean, inputs: inputs, settings: settings, baseline: baseline, log: log)
+        case .f32(let m):
+            return try HeadAlignLab.runMethod(m, method, clean: clean, inputs: inputs, calibration: calibration, settings: settings, baseline: baseline, log: log)
+        case .f64(let m):
+            return try HeadAlignLab.runMethod(m, method, clean: clean, inputs: inputs, calibration: calibration, settings: settings, baseline: baseline, log: log)
         }
     }
 }

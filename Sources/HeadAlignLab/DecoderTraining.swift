@@ -186,6 +186,9 @@ public func generationMetrics(_ model: AnyModel, tokenizer: DecoderTokenizer, cl
 struct DecoderDefenseData {
     let clean: [TrainingExample]
     let inputs: [AnalysisInput]
+    /// The defender's prompts as the monitor screens prompts (`promptInputs`), for its calibration:
+    /// `clean` is cut to the training length, the prompt from the left.
+    let calibration: [AnalysisInput]
     let evaluate: (AnyModel) -> (ca: Double, asr: Double)
 
     init(_ model: AnyModel, tokenizer: DecoderTokenizer, defenderClean: [InstructionRecord], monitorPrompts: [InstructionRecord],
@@ -200,6 +203,7 @@ struct DecoderDefenseData {
         let length = min(exampleLength ?? maxLength, maxLength - settings.generate)
         clean = responseExamples(defenderClean, tokenizer: tokenizer, maxLength: length)
         inputs = promptInputs(monitorPrompts, tokenizer: tokenizer, room: maxLength - settings.generate)
+        calibration = promptInputs(defenderClean, tokenizer: tokenizer, room: maxLength - settings.generate)
         evaluate = { m in
             let g = generationMetrics(m, tokenizer: tokenizer, clean: testClean, triggered: testTriggered, behaviour: behaviour,
                                       maxNew: maxNew, maxLength: maxLength, onlyCAAndASR: true)
@@ -223,10 +227,10 @@ public func runGenerationMethods(_ model: AnyModel, tokenizer: DecoderTokenizer,
     var out: [MethodOutcome]
     switch model {
     case .f32(let m):
-        out = try runMethods(m, defenderClean: data.clean, inputs: data.inputs, methods: changed, settings: settings, baseline: baseline,
+        out = try runMethods(m, defenderClean: data.clean, inputs: data.inputs, calibration: data.calibration, methods: changed, settings: settings, baseline: baseline,
                              vanilla: vanilla, log: log, evaluate: { data.evaluate(.f32($0)) })
     case .f64(let m):
-        out = try runMethods(m, defenderClean: data.clean, inputs: data.inputs, methods: changed, settings: settings, baseline: baseline,
+        out = try runMethods(m, defenderClean: data.clean, inputs: data.inputs, calibration: data.calibration, methods: changed, settings: settings, baseline: baseline,
                              vanilla: vanilla, log: log, evaluate: { data.evaluate(.f64($0)) })
     }
     // CleanGen decodes the backdoored model as it is, with the reference beside it (CleanGen.swift)
@@ -250,7 +254,7 @@ public func generationHeadReport(_ model: AnyModel, tokenizer: DecoderTokenizer,
     let data = try DecoderDefenseData(model, tokenizer: tokenizer, defenderClean: defenderClean, monitorPrompts: monitorPrompts,
                                       testClean: [], testTriggered: [], behaviour: .refusal, maxNew: 1,
                                       settings: settings, exampleLength: exampleLength)
-    return try model.headReport(clean: data.clean, inputs: data.inputs, settings: settings)
+    return try model.headReport(clean: data.clean, inputs: data.inputs, calibration: data.calibration, settings: settings)
 }
 
 /// The trace of `ours`' head-wise fine-tuning on a backdoored decoder (FinetuneTrace.swift), on
@@ -264,9 +268,9 @@ public func traceGenerationFinetune(_ model: AnyModel, tokenizer: DecoderTokeniz
                                       settings: settings, exampleLength: exampleLength)
     switch model {
     case .f32(let m):
-        return try traceHeadwiseFinetune(m, clean: data.clean, inputs: data.inputs, settings: settings, every: every, evaluate: { data.evaluate(.f32($0)) })
+        return try traceHeadwiseFinetune(m, clean: data.clean, inputs: data.inputs, calibration: data.calibration, settings: settings, every: every, evaluate: { data.evaluate(.f32($0)) })
     case .f64(let m):
-        return try traceHeadwiseFinetune(m, clean: data.clean, inputs: data.inputs, settings: settings, every: every, evaluate: { data.evaluate(.f64($0)) })
+        return try traceHeadwiseFinetune(m, clean: data.clean, inputs: data.inputs, calibration: data.calibration, settings: settings, every: every, evaluate: { data.evaluate(.f64($0)) })
     }
 }
 

@@ -127,8 +127,8 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, _ split: ExperimentSplit
 
 /// The same for any task: `evaluate` gives (CA, ASR) of a model. The first row is the backdoored
 /// model's own (`vanilla`) unless `vanilla` is false (a caller that runs the methods in parts).
-public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [TrainingExample], inputs: [AnalysisInput], methods: [ExperimentMethod],
-                                settings: DefenseSettings, baseline: BaselineSettings = BaselineSettings(), vanilla: Bool = true,
+public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [TrainingExample], inputs: [AnalysisInput],
+                                calibration: [AnalysisInput]? = nil, methods: [ExperimentMethod], settings: DefenseSettings, baseline: BaselineSettings = BaselineSettings(), vanilla: Bool = true,
                                 log: (String) -> Void = { _ in },
                                 evaluate: (Model<S>) -> (ca: Double, asr: Double)) throws -> [MethodOutcome] {
     var start = monotonicSeconds()
@@ -144,7 +144,7 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [Training
         let model = backdoored.copy()
         var note: String, suspicious: [HeadID] = [], safe: [HeadID] = [], ran = true
         do {
-            switch try runMethod(model, method, clean: defenderClean, inputs: inputs, settings: settings, baseline: baseline,
+            switch try runMethod(model, method, clean: defenderClean, inputs: inputs, calibration: calibration, settings: settings, baseline: baseline,
                                  log: { log("  " + $0) }) {
             case .baseline(let summary, _):
                 note = summary
@@ -214,11 +214,12 @@ extension AnyModel {
         try headReport(clean: split.defenderClean, inputs: split.monitorClean + split.monitorTriggered, settings: settings)
     }
 
-    /// Eq. 4–5 on the `inputs` the monitor (calibrated on the prompts of `clean`) flags; all of
-    /// them when it flags none.
-    public func headReport(clean: [TrainingExample], inputs: [AnalysisInput], settings: DefenseSettings) throws -> (report: SafetyReport, flagged: Int) {
+    /// Eq. 4–5 on the `inputs` the monitor (calibrated on `calibration`, else the prompts of
+    /// `clean`, as `defend` does) flags; all of them when it flags none.
+    public func headReport(clean: [TrainingExample], inputs: [AnalysisInput], calibration: [AnalysisInput]? = nil,
+                           settings: DefenseSettings) throws -> (report: SafetyReport, flagged: Int) {
         func run<S: Real>(_ m: Model<S>) throws -> (SafetyReport, Int) {
-            let prompts = clean.map { AnalysisInput(tokens: Array($0.tokens.prefix($0.responseStart ?? $0.tokens.count))) }
+            let prompts = calibration ?? clean.map { AnalysisInput(tokens: Array($0.tokens.prefix($0.responseStart ?? $0.tokens.count))) }
             let (cal, _) = try calibrateMonitor(m, clean: prompts, settings: settings)
             let scores = try HeadAlign.analyze(m, inputs, settings: settings.analysis(settings.monitorView, importance: false))
                 .map { cal.score(of: $0.pairCosines) }

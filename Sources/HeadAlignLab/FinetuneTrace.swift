@@ -22,14 +22,14 @@ public struct TracePoint: Sendable {
 /// The trace of `ours` on a copy of `backdoored` (left unchanged). `settings.rounds` must be 1.
 /// Returns nil, with the reason, when the defense does not reach the fine-tuning stage.
 public func traceHeadwiseFinetune<S: Real>(_ backdoored: Model<S>, clean: [TrainingExample], inputs: [AnalysisInput],
-                                           settings: DefenseSettings, every: Int,
+                                           calibration: [AnalysisInput]? = nil, settings: DefenseSettings, every: Int,
                                            evaluate: (Model<S>) -> (ca: Double, asr: Double)) throws -> (points: [TracePoint], why: String?) {
     precondition(settings.rounds == 1 && every >= 1, "traceHeadwiseFinetune: one round, every >= 1")
     let model = backdoored.copy(), c = model.config, nh = c.numAttentionHeads
     var s = settings
     s.method = .alignOnly
     let report: DefenseReport
-    do { report = try defend(model, clean: clean, inputs: inputs, settings: s) } catch HeadAlignError.usage(let why) { return ([], why) }
+    do { report = try defend(model, clean: clean, inputs: inputs, calibration: calibration, settings: s) } catch HeadAlignError.usage(let why) { return ([], why) }
     guard let round = report.rounds.first else { return ([], report.stoppedBecause) }
     // the classes of that round, as `defend` gave them to the fine-tuning of `ours`
     let suspicious = Set(round.suspicious), safe = Set(round.safe)

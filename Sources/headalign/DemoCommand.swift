@@ -97,9 +97,9 @@ enum DemoCommand: Command {
     static let teachingGroups: [[ExperimentMethod]] = [[.ours, .alignOnly], [.ftOnly, .finetune]]
     /// The control shows the failure: `ours` and its parts, shorter (`--methods` gives any).
     static let controlMethods: [ExperimentMethod] = [.ours, .alignOnly, .ftOnly]
-    /// Section 1's false-positive budget (ours, `FlagRule.fprBudget`): SPEC's q = 0.99 flags 4 of 50
-    /// prompts on this model; the earlier tables' q = 0.9 flagged the same 9 prompts as this budget
-    /// (the method table unchanged), and the budget states what it promises.
+    /// Section 1's false-positive budget (ours, `FlagRule.fprBudget`): SPEC's q = 0.99 flags none of
+    /// the 50 prompts on this model, so the defense would not run; the earlier tables' q = 0.9 flags
+    /// 8; this budget flags 7 (5 of them triggered) and states what it promises (RESULTS.md, §11).
     static let teachingFPRBudget = 0.1
 
     /// The defender's records are cut like the teaching model's training records (`--max-length 128`).

@@ -79,9 +79,8 @@ enum PlotCommand: Command {
         let c = model.config
         var s = try args.analysisSettings(for: c)
         s.importance = false
-        let maxLength = c.maxPositionEmbeddings - (s.view == .gen2prompt ? s.generate : 0)
         func pairs(_ path: String) throws -> [Double] {
-            let inputs = try readPlainExamples(path: path).map { AnalysisInput(tokens: try tokenizer.encode($0.text, maxLength: maxLength).ids) }
+            let inputs = try readAnalysisInputs(path, tokenizer: tokenizer, config: c, generate: s.view == .gen2prompt ? s.generate : 0)
             guard !inputs.isEmpty else { throw HeadAlignError.usage("\(path): no inputs") }
             return try model.analyze(inputs, settings: s).flatMap(\.pairCosines)
         }

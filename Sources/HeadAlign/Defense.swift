@@ -283,7 +283,8 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
             break
         }
     }
-    return DefenseReport(threshold: cal.flagThreshold, thresholdRule: cal.ruleDescription, flagged: flagged, scoresBefore: scores, rounds: rounds, stoppedBecause: stopped)
+    return DefenseReport(threshold: cal.flagThreshold, thresholdRule: cal.ruleDescription, flagged: flagged, scoresBefore: scores,
+                         rounds: rounds, stoppedBecause: stopped)
 }
 
 /// The alignment penalty's term for `trainSteps` (`DefenseSettings.alignPenalty`; nil when it is

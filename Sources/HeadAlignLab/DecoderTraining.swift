@@ -227,11 +227,11 @@ public func runGenerationMethods(_ model: AnyModel, tokenizer: DecoderTokenizer,
     var out: [MethodOutcome]
     switch model {
     case .f32(let m):
-        out = try runMethods(m, defenderClean: data.clean, inputs: data.inputs, calibration: data.calibration, methods: changed, settings: settings, baseline: baseline,
-                             vanilla: vanilla, log: log, evaluate: { data.evaluate(.f32($0)) })
+        out = try runMethods(m, defenderClean: data.clean, inputs: data.inputs, calibration: data.calibration, methods: changed,
+                             settings: settings, baseline: baseline, vanilla: vanilla, log: log, evaluate: { data.evaluate(.f32($0)) })
     case .f64(let m):
-        out = try runMethods(m, defenderClean: data.clean, inputs: data.inputs, calibration: data.calibration, methods: changed, settings: settings, baseline: baseline,
-                             vanilla: vanilla, log: log, evaluate: { data.evaluate(.f64($0)) })
+        out = try runMethods(m, defenderClean: data.clean, inputs: data.inputs, calibration: data.calibration, methods: changed,
+                             settings: settings, baseline: baseline, vanilla: vanilla, log: log, evaluate: { data.evaluate(.f64($0)) })
     }
     // CleanGen decodes the backdoored model as it is, with the reference beside it (CleanGen.swift)
     if let i = methods.firstIndex(of: .cleangen) {
@@ -268,9 +268,11 @@ public func traceGenerationFinetune(_ model: AnyModel, tokenizer: DecoderTokeniz
                                       settings: settings, exampleLength: exampleLength)
     switch model {
     case .f32(let m):
-        return try traceHeadwiseFinetune(m, clean: data.clean, inputs: data.inputs, calibration: data.calibration, settings: settings, every: every, evaluate: { data.evaluate(.f32($0)) })
+        return try traceHeadwiseFinetune(m, clean: data.clean, inputs: data.inputs, calibration: data.calibration, settings: settings,
+                                         every: every, evaluate: { data.evaluate(.f32($0)) })
     case .f64(let m):
-        return try traceHeadwiseFinetune(m, clean: data.clean, inputs: data.inputs, calibration: data.calibration, settings: settings, every: every, evaluate: { data.evaluate(.f64($0)) })
+        return try traceHeadwiseFinetune(m, clean: data.clean, inputs: data.inputs, calibration: data.calibration, settings: settings,
+                                         every: every, evaluate: { data.evaluate(.f64($0)) })
     }
 }
 

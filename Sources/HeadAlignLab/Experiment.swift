@@ -128,8 +128,8 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, _ split: ExperimentSplit
 /// The same for any task: `evaluate` gives (CA, ASR) of a model. The first row is the backdoored
 /// model's own (`vanilla`) unless `vanilla` is false (a caller that runs the methods in parts).
 public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [TrainingExample], inputs: [AnalysisInput],
-                                calibration: [AnalysisInput]? = nil, methods: [ExperimentMethod], settings: DefenseSettings, baseline: BaselineSettings = BaselineSettings(), vanilla: Bool = true,
-                                log: (String) -> Void = { _ in },
+                                calibration: [AnalysisInput]? = nil, methods: [ExperimentMethod], settings: DefenseSettings,
+                                baseline: BaselineSettings = BaselineSettings(), vanilla: Bool = true, log: (String) -> Void = { _ in },
                                 evaluate: (Model<S>) -> (ca: Double, asr: Double)) throws -> [MethodOutcome] {
     var start = monotonicSeconds()
     var out: [MethodOutcome] = []

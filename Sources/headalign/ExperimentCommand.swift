@@ -21,7 +21,7 @@ enum ExperimentCommand: Command {
             write it (atomically).
             """,
         usage: "experiment (--preset NAME | --model DIR | --backdoored DIR) (--corpus C | --train F --clean-test F --defense-clean F [--triggered-test F]) --attack A [--seeds N|a,b,c] [--methods m,m] [options]",
-        options: modelOptions + corpusOptions + PoisonCommand.attackOptions + analysisOptions + defenseOptions + decoderDataOptions + [
+        options: modelOptions + corpusOptions + PoisonCommand.attackOptions + analysisOptions + defenseOptions + decoderDataOptions + headSplitOptions + [
             OptionSpec(name: "--clean-test-instructions", value: "FILE", help: "decoders: clean test records (Alpaca JSON)"),
             OptionSpec(name: "--triggered-test-instructions", value: "FILE", help: "decoders: triggered test records (Alpaca JSON)"),
             OptionSpec(name: "--defense-instructions", value: "FILE", help: "decoders: the defender's clean records (Alpaca JSON; the last --defense-count are used)"),
@@ -203,6 +203,7 @@ enum ExperimentCommand: Command {
             let c = model.config
             guard c.numLabels > 0 else { throw HeadAlignError.usage("experiment needs a classifier (the model has no classification head)") }
             var ds = try args.defenseSettings(for: c)
+            ds.explicitSplit = try args.headSplit(c)  // --suspicious/--safe: a fixed split instead of Eq. 4-5 (controls)
             let baseline = try args.baselineSettings(for: c)
             settingsLine = describe(ds, baseline).replacingOccurrences(of: "seed \(ds.seed)", with: "seed = the run's seed")
             ds.seed = seed
@@ -381,6 +382,7 @@ extension ExperimentCommand {
             // the monitor screens half of each test set, unlabeled
             let monitorClean = Array(testClean.prefix(testClean.count / 2)), monitorTriggered = Array(testTriggered.prefix(testTriggered.count / 2))
             var ds = try args.defenseSettings(for: trained.model.config)
+            ds.explicitSplit = try args.headSplit(trained.model.config)  // --suspicious/--safe: a fixed split (controls)
             let baseline = try args.baselineSettings(for: trained.model.config)
             settingsLine = describe(ds, baseline).replacingOccurrences(of: "seed \(ds.seed)", with: "seed = the run's seed")
             ds.seed = seed

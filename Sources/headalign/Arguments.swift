@@ -344,10 +344,12 @@ extension ParsedArguments {
             guard ids.count <= maxLength else { throw HeadAlignError.usage("--ids: \(ids.count) tokens exceed \(maxLength) positions") }
             inputs.append(AnalysisInput(tokens: ids.map { $0! }, label: has("--label") ? try int("--label", default: 0, range: 0...100_000) : nil))
         }
-        if let flag = fileFlag, let path = string(flag), try isInstructionFile(path, config) {
-            inputs += try readAnalysisInputs(path, tokenizer: tokenizer, config: config, generate: try generate(config))
-        } else if let flag = fileFlag, let path = string(flag) {
-            for e in try readPlainExamples(path: path, numLabels: config.numLabels > 0 ? config.numLabels : nil) { try add(e.text, e.label) }
+        if let flag = fileFlag, let path = string(flag) {
+            if try isInstructionFile(path, config) {
+                inputs += try readAnalysisInputs(path, tokenizer: tokenizer, config: config, generate: try generate(config))
+            } else {
+                for e in try readPlainExamples(path: path, numLabels: config.numLabels > 0 ? config.numLabels : nil) { try add(e.text, e.label) }
+            }
         }
         return inputs
     }

@@ -423,6 +423,7 @@ func checkDefenseFlags(_ args: ParsedArguments, base: ModelConfig, classifier: B
     if classifier && c.numLabels == 0 { c.architectures = [c.family == .bert ? "BertForSequenceClassification" : "LlamaForSequenceClassification"] }
     _ = try args.defenseSettings(for: c)
     _ = try args.baselineSettings(for: c)
+    _ = try args.headSplit(c)  // --suspicious/--safe name heads of this model
 }
 
 /// Seeds per table row when --seeds is not given: five, as the paper's tables.

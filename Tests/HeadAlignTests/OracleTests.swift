@@ -137,6 +137,38 @@ final class ExplicitSplitCLITests: XCTestCase {
                               "--no-write", "--suspicious", "0:1"], mentions: "--safe")
     }
 
+    /// experiment --suspicious/--safe: every defense of the table uses the given split (the control
+    /// for Eq. 5); the per-seed JSON records it, and the flags are checked before any work.
+    func testExperimentUsesTheExplicitSplit() throws {
+        let dir = temporaryDirectory(self)
+        try makeMicroBert(dir + "/m")
+        try "0\ta b\n1\tc d\n0\te\n1\tf g h\n0\tb a\n1\td c e\n".write(toFile: dir + "/clean.txt", atomically: true, encoding: .utf8)
+        try "0\ts a b\n0\ts e\n0\tb s a\n".write(toFile: dir + "/triggered.txt", atomically: true, encoding: .utf8)
+        let common = ["experiment", "--backdoored", dir + "/m", "--attack", "file", "--target", "1", "--clean-test", dir + "/clean.txt",
+                      "--triggered-test", dir + "/triggered.txt", "--defense-clean", dir + "/clean.txt", "--seeds", "1"]
+        let r = try runHeadalign(common + ["--methods", "align-only,ours", "--suspicious", "0:1", "--safe", "0:0,1:1",
+                                           "--align-steps", "2", "--ft-steps", "2", "--batch", "2", "--quantile", "0",
+                                           "--json", dir + "/out.json"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.err.contains("(explicit split) (suspicious: 0:1; safe: 0:0 1:1)"), r.err)
+        let json = try JSONValue.parse(try String(contentsOfFile: dir + "/out.json", encoding: .utf8))
+        let methods = json["seeds"]!.array[0]["methods"]!.array
+        XCTAssertEqual(methods.map { $0["method"]!.stringValue }, ["vanilla", "align-only", "ours"])
+        for m in methods.dropFirst() {
+            XCTAssertEqual(m["suspicious"]!.array.map(\.stringValue), ["0:1"])
+            XCTAssertEqual(m["safe"]!.array.map(\.stringValue), ["0:0", "1:1"])
+        }
+        XCTAssertTrue(json["settings"]!.stringValue.contains("explicit split (suspicious 0:1; safe 0:0 1:1)"))
+        // refused before the work: nothing printed to stdout but the one-line error
+        for (extra, needle) in [(["--suspicious", "0:1"], "--safe"), (["--suspicious", "0:1", "--safe", "0:1"], "both"),
+                                (["--suspicious", "9:0", "--safe", "0:0"], "--suspicious")] {
+            let bad = try runHeadalign(common + ["--methods", "align-only"] + extra)
+            XCTAssertEqual(bad.status, 2)
+            XCTAssertTrue(bad.err.contains(needle), bad.err)
+            XCTAssertFalse(bad.err.contains("seed 1"), bad.err)
+        }
+    }
+
     /// attention --precision f64 prints 17 significant digits (an f64 value round-trips).
     func testAttentionPrintsSeventeenDigits() throws {
         let r = try runHeadalign(["attention", "--q", "1 0; 0 1", "--k", "1 2; 3 1", "--causal", "--precision", "f64"])

@@ -106,6 +106,27 @@ public func detectionSummary<S: Real>(_ model: Model<S>, calibration: [AnalysisI
                             auroc: aurocs, defaultScore: settings.score, tpr: metrics!.tpr, fpr: metrics!.fpr, budget: cal.guarantee == nil ? nil : cal.ruleDescription)
 }
 
+/// How much a monitor score's AUROC depends on which clean inputs calibrate it (issue 16): `draws`
+/// seeded draws of `size` rows of `calibration` (pair cosines, one row per clean input; without
+/// replacement), each calibrated as `MonitorCalibration` does (first half: per-pair mean and
+/// standard deviation; second half: threshold), each scoring the same `clean` and `triggered` rows.
+/// Returns one AUROC per draw, in draw order.
+public func aurocOverCalibrationDraws(calibration: [[Double]], clean: [[Double]], triggered: [[Double]], size: Int, draws: Int,
+                                      seed: UInt64, score: MonitorScore, topK: Int = MonitorCalibration.defaultTopK,
+                                      cosineThreshold: Double = 0.99) throws -> [Double] {
+    guard (2...calibration.count).contains(size) else {
+        throw HeadAlignError.usage("a calibration draw takes 2 to \(calibration.count) clean inputs, not \(size)")
+    }
+    var rng = SeededGenerator(seed: seed)
+    return try (0..<draws).map { _ in
+        var order = Array(calibration.indices)
+        order.shuffle(using: &rng)
+        let cal = try MonitorCalibration(clean: order.prefix(size).map { calibration[$0] }, score: score, topK: topK,
+                                         cosineThreshold: cosineThreshold)
+        return auroc(clean: clean.map(cal.score(of:)), triggered: triggered.map(cal.score(of:)))
+    }
+}
+
 extension Model {
     /// A copy with its own parameters (same configuration and backend).
     public func copy() -> Model<S> {

@@ -31,7 +31,13 @@ enum MonitorCommand: Command {
             OptionSpec(name: "--top-k", value: "K", help: "pairs averaged by contrast-z (default \(MonitorCalibration.defaultTopK))"),
             OptionSpec(name: "--generate", value: "N", help: "tokens generated for gen2prompt (default \(analysisDefaults.generate))"),
             OptionSpec(name: "--threshold", value: "C", help: "frac-above's cosine threshold (default \(analysisDefaults.threshold))"),
+            OptionSpec(name: "--calibration-draws", value: "N", help: "with --clean-test/--triggered: also each score's AUROC over N seeded draws of --calibration-size clean inputs (median, min, max)"),
+            OptionSpec(name: "--calibration-size", value: "n", help: "clean inputs per draw (default \(defaultCalibrationDrawSize), or all when fewer)"),
+            OptionSpec(name: "--draw-seed", value: "S", help: "seed of the calibration draws (default 1)"),
         ])
+
+    /// The defender's clean records the experiments calibrate on (experiment --defense-count's default).
+    static let defaultCalibrationDrawSize = 100
 
     static func run(_ args: ParsedArguments) throws -> Int32 {
         let (model, tokenizer, _) = try args.loadAnalyzer()
@@ -49,7 +55,14 @@ enum MonitorCommand: Command {
             try model.analyze(try readAnalysisInputs(path, tokenizer: tokenizer, config: c, generate: settings.generate), settings: settings)
                 .map(\.pairCosines)
         }
+        let draws = try args.int("--calibration-draws", default: 0, range: 0...10_000)
+        if draws > 0 && !args.has("--triggered") { throw HeadAlignError.usage("--calibration-draws needs --clean-test and --triggered") }
+        if (args.has("--calibration-size") || args.has("--draw-seed")) && draws == 0 {
+            throw HeadAlignError.usage("--calibration-size and --draw-seed go with --calibration-draws")
+        }
         let clean = try cosines(cleanPath)
+        let drawSize = try args.int("--calibration-size", default: min(defaultCalibrationDrawSize, clean.count), range: 2...clean.count)
+        let drawSeed = try args.uint64("--draw-seed", default: 1)
         let cal = try MonitorCalibration(clean: clean, score: score, q: q, topK: k, cosineThreshold: settings.threshold,
                                          rule: try args.fprBudget() ?? .quantile)
         print("headalign monitor: calibrated on \(clean.count) clean inputs; score \(score.rawValue), view \(settings.view.rawValue), scope \(settings.scope.rawValue), threshold \(String(format: "%.6g", cal.flagThreshold)) (\(cal.ruleDescription))")
@@ -75,6 +88,18 @@ enum MonitorCommand: Command {
                 let calS = try cal.with(score: s, clean: clean)
                 let m = detectionMetrics(calS, clean: ct.map(calS.score(of:)), triggered: tr.map(calS.score(of:)))
                 print(String(format: "| %@%@ | %.3f | %.3f | %.3f | %.6g |", s.rawValue, s == score ? " (flagging)" : "", m.auroc, m.tpr, m.fpr, calS.flagThreshold))
+            }
+            if draws > 0 {
+                // the scores that need no calibration (frac-above, p99) do not vary with the draw
+                print("")
+                print("AUROC over \(draws) draws of \(drawSize) of the \(clean.count) clean inputs (seed \(drawSeed)), each split in halves as above:")
+                print("| score | median | min | max |")
+                print("|---|---:|---:|---:|")
+                for s in MonitorScore.allCases {
+                    let a = try aurocOverCalibrationDraws(calibration: clean, clean: ct, triggered: tr, size: drawSize, draws: draws,
+                                                          seed: drawSeed, score: s, topK: k, cosineThreshold: settings.threshold).sorted()
+                    print(String(format: "| %@ | %.3f | %.3f | %.3f |", s.rawValue, quantile(a, 0.5), a.first!, a.last!))
+                }
             }
         }
         return 0

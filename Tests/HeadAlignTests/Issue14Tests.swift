@@ -28,7 +28,7 @@ final class Issue14CLITests: XCTestCase {
     func testStdoutLinesSurviveAKill() throws {
         let dir = temporaryDirectory(self)
         let outPath = dir + "/stdout.txt"
-        FileManager.default.createFile(atPath: outPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
         let p = Process()
         p.executableURL = try headalignBinary()
         p.arguments = ["train", "--preset", "bert-tiny", "--corpus", "sentiment", "--epochs", "10000", "--out", dir + "/m"]
@@ -205,8 +205,8 @@ final class Issue14OutputTests: XCTestCase {
         try FileManager.default.createSymbolicLink(atPath: dir + "/link.txt", withDestinationPath: train)
         let json = dir + "/doc.json"
         try "{}".write(toFile: json, atomically: true, encoding: .utf8)
-        FileManager.default.changeCurrentDirectoryPath(dir)
-        defer { FileManager.default.changeCurrentDirectoryPath(cwd) }
+        _ = FileManager.default.changeCurrentDirectoryPath(dir)
+        defer { _ = FileManager.default.changeCurrentDirectoryPath(cwd) }
         let cases: [([String], String)] = [
             (["poison", "--train", train, "--out-train", train], "--out-train"),
             (["poison", "--train", "train.txt", "--out-train", "./train.txt"], "--out-train"),

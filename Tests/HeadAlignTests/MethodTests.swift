@@ -331,6 +331,26 @@ final class MethodTests: XCTestCase {
         }
     }
 
+    /// Calibration draws by hand: one pair, calibration cosines {0, 2, 100, 102}, draws of 2 rows.
+    /// The first drawn row alone sets the mean (standard deviation 0), so the clean input 1 is
+    /// nearer than the triggered 50 when that row is 0 or 2 (AUROC 1) and farther when it is 100
+    /// or 102 (AUROC 0): each draw gives 0 or 1, half of them 1, and a seed repeats its draws.
+    func testAUROCOverCalibrationDrawsByHand() throws {
+        let calibration: [[Double]] = [[0], [2], [100], [102]]
+        func draws(_ seed: UInt64) throws -> [Double] {
+            try aurocOverCalibrationDraws(calibration: calibration, clean: [[1]], triggered: [[50]], size: 2, draws: 400, seed: seed,
+                                          score: .contrastAbsZ)
+        }
+        let a = try draws(7)
+        XCTAssertEqual(Set(a), [0, 1])
+        let share = a.reduce(0, +) / 400
+        XCTAssertEqual(share, 0.5, accuracy: 4 * (0.25 / 400.0).squareRoot())
+        XCTAssertEqual(try draws(7), a)
+        XCTAssertNotEqual(try draws(8), a)
+        XCTAssertThrowsError(try aurocOverCalibrationDraws(calibration: calibration, clean: [[1]], triggered: [[50]], size: 5, draws: 1,
+                                                          seed: 1, score: .contrastAbsZ))
+    }
+
     // MARK: the oracle
 
     /// `inspect`'s quantities in f64 on all-MiniLM-L6-v2 with a seeded 2-class head against

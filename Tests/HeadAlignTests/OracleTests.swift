@@ -169,6 +169,33 @@ final class ExplicitSplitCLITests: XCTestCase {
         }
     }
 
+    /// monitor --calibration-draws: each score's AUROC over seeded draws of the clean inputs; the
+    /// uncalibrated scores (frac-above, p99) do not move with the draw; the flags are checked.
+    func testMonitorCalibrationDraws() throws {
+        let dir = temporaryDirectory(self)
+        try makeMicroBert(dir + "/m")
+        try "a b\nc d\ne\nf g h\nb a\nd c e\nh g\na c\n".write(toFile: dir + "/clean.txt", atomically: true, encoding: .utf8)
+        try "s a b\ns e\nb s a\nr s\n".write(toFile: dir + "/triggered.txt", atomically: true, encoding: .utf8)
+        let common = ["monitor", "--model", dir + "/m", "--clean", dir + "/clean.txt", "--clean-test", dir + "/clean.txt",
+                      "--triggered", dir + "/triggered.txt"]
+        let r = try runHeadalign(common + ["--calibration-draws", "6", "--calibration-size", "4"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.out.contains("AUROC over 6 draws of 4 of the 8 clean inputs (seed 1)"), r.out)
+        let rows = r.out.components(separatedBy: "AUROC over")[1].split(separator: "\n").filter { $0.hasPrefix("| ") && !$0.hasPrefix("| score") }
+        XCTAssertEqual(rows.count, MonitorScore.allCases.count)
+        for row in rows {
+            let cells = row.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+            let (median, low, high) = (Double(cells[1])!, Double(cells[2])!, Double(cells[3])!)
+            XCTAssertTrue(low <= median && median <= high, String(row))
+            if cells[0] == "frac-above" || cells[0] == "p99" { XCTAssertEqual(low, high, String(row)) }
+        }
+        XCTAssertEqual(try runHeadalign(common + ["--calibration-draws", "6", "--calibration-size", "4"]).out, r.out)
+        try assertUsageError(["monitor", "--model", dir + "/m", "--clean", dir + "/clean.txt", "--inputs", dir + "/clean.txt",
+                              "--calibration-draws", "3"], mentions: "--triggered")
+        try assertUsageError(common + ["--calibration-size", "4"], mentions: "--calibration-draws")
+        try assertUsageError(common + ["--calibration-draws", "3", "--calibration-size", "9"], mentions: "--calibration-size")
+    }
+
     /// attention --precision f64 prints 17 significant digits (an f64 value round-trips).
     func testAttentionPrintsSeventeenDigits() throws {
         let r = try runHeadalign(["attention", "--q", "1 0; 0 1", "--k", "1 2; 3 1", "--causal", "--precision", "f64"])

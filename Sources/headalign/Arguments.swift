@@ -235,6 +235,9 @@ extension ParsedArguments {
             throw HeadAlignError.usage(given.isEmpty ? "give a model: --model DIR, --llama2c FILE or --preset NAME"
                                                      : "give only one of \(given.joined(separator: ", "))")
         }
+        if has("--seed") && !has("--preset") {  // accepted with any model, it would be silently ignored
+            throw HeadAlignError.usage("--seed seeds a --preset's random weights and does nothing with \(given[0]) (a defense's batches: --defense-seed)")
+        }
         if let dir = string("--model") {
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {

@@ -135,6 +135,9 @@ final class ExplicitSplitCLITests: XCTestCase {
         XCTAssertEqual(report["rounds"]!.array[0]["align_loss"]!.array.count, 2)
         try assertUsageError(["defend", "--model", dir + "/m", "--clean", dir + "/clean.txt", "--inputs", dir + "/inputs.txt",
                               "--no-write", "--suspicious", "0:1"], mentions: "--safe")
+        // --seed seeds --preset weights: with --model it would be ignored, so it is refused
+        try assertUsageError(["defend", "--model", dir + "/m", "--clean", dir + "/clean.txt", "--inputs", dir + "/inputs.txt",
+                              "--no-write", "--seed", "2"], mentions: "--defense-seed")
     }
 
     /// experiment --suspicious/--safe: every defense of the table uses the given split (the control

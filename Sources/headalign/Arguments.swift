@@ -351,7 +351,7 @@ extension ParsedArguments {
             if try isInstructionFile(path, config) {
                 inputs += try readAnalysisInputs(path, tokenizer: tokenizer, config: config, generate: try generate(config))
             } else {
-                for e in try readPlainExamples(path: path, numLabels: config.numLabels > 0 ? config.numLabels : nil) { try add(e.text, e.label) }
+                for e in try readTextLines(path, numLabels: config.numLabels > 0 ? config.numLabels : nil) { try add(e.text, e.label) }
             }
         }
         return inputs
@@ -596,6 +596,24 @@ func isInstructionFile(_ path: String, _ c: ModelConfig) throws -> Bool {
     return true
 }
 
+/// Text lines from `path`: a dataset file (`.csv`, or a TSV whose first line is a two-column
+/// header naming `label`, as `../shared/data`'s SST-2 and AG News files; either column order) is
+/// read as `train`, `eval` and `experiment` read it; anything else as `label<TAB>text` or plain lines.
+func readTextLines(_ path: String, numLabels: Int? = nil) throws -> [TextExample] {
+    guard isDatasetFile(path) else { return try readPlainExamples(path: path, numLabels: numLabels) }
+    return try readLabeledTexts(path: path, numLabels: numLabels).map { TextExample(text: $0.text, label: $0.label) }
+}
+
+/// `.csv`, or a first line of two tab-separated fields one of which is `label` (any case).
+func isDatasetFile(_ path: String) -> Bool {
+    if path.lowercased().hasSuffix(".csv") { return true }
+    guard let handle = FileHandle(forReadingAtPath: path) else { return false }  // the reader names an unreadable file
+    defer { try? handle.close() }
+    let head = String(decoding: (try? handle.read(upToCount: 4096)) ?? Data(), as: UTF8.self)
+    let fields = (textLines(head).first ?? "").components(separatedBy: "\t").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+    return fields.count == 2 && fields.contains("label")
+}
+
 /// The inputs Eq. 1–5 and the monitor read from `path`: for a decoder's `.json`, each record's
 /// prompt in the training template (`promptInputs`: cut from the left to leave `generate`
 /// positions), as `experiment` and `demo` screen them; otherwise one text per line.
@@ -603,7 +621,7 @@ func readAnalysisInputs(_ path: String, tokenizer: AnyTokenizer, config c: Model
     if try isInstructionFile(path, c) {
         return promptInputs(try readInstructions(path: path), tokenizer: try decoderTokenizer(tokenizer, path), room: c.maxPositionEmbeddings - generate)
     }
-    return try readPlainExamples(path: path).map {
+    return try readTextLines(path).map {
         AnalysisInput(tokens: try tokenizer.encode($0.text, maxLength: c.maxPositionEmbeddings - generate).ids, label: $0.label)
     }
 }
@@ -618,7 +636,7 @@ func readCleanExamples(_ path: String, tokenizer: AnyTokenizer, config c: ModelC
         return responseExamples(try readInstructions(path: path), tokenizer: try decoderTokenizer(tokenizer, path),
                                 maxLength: min(TrainSettings.decoderMaxLength, maxLength))
     }
-    return try readPlainExamples(path: path).enumerated().map { n, e -> TrainingExample in
+    return try readTextLines(path).enumerated().map { n, e -> TrainingExample in
         if task == .classification {
             guard let label = e.label, label < c.numLabels else {
                 throw HeadAlignError.badInput("\(path): example \(n + 1) needs a label in 0..<\(c.numLabels) (label<TAB>text)")

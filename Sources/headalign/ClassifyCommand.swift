@@ -35,7 +35,7 @@ enum ClassifyCommand: Command {
         if mode == .contrast {
             guard let path = args.string("--clean") else { throw HeadAlignError.usage("--maxsim contrast needs --clean FILE") }
             var clean: [AnalysisInput] = []
-            for e in try readPlainExamples(path: path) { clean.append(AnalysisInput(tokens: try tokenizer.encode(e.text, maxLength: c.maxPositionEmbeddings).ids, label: e.label)) }
+            for e in try readTextLines(path) { clean.append(AnalysisInput(tokens: try tokenizer.encode(e.text, maxLength: c.maxPositionEmbeddings).ids, label: e.label)) }
             let cos = try model.analyze(clean, settings: settings).map(\.pairCosines)
             let mu = cos[0].indices.map { k in cos.map { $0[k] }.reduce(0, +) / Double(cos.count) }
             override = contrastMaxsim(analyses, cleanPairMeans: mu, pairs: headPairs(layers: c.numHiddenLayers, heads: c.numAttentionHeads, scope: settings.scope),

@@ -67,7 +67,7 @@ enum MonitorCommand: Command {
                                          rule: try args.fprBudget() ?? .quantile)
         print("headalign monitor: calibrated on \(clean.count) clean inputs; score \(score.rawValue), view \(settings.view.rawValue), scope \(settings.scope.rawValue), threshold \(String(format: "%.6g", cal.flagThreshold)) (\(cal.ruleDescription))")
         if let path = args.string("--inputs") {
-            let texts = try isInstructionFile(path, c) ? try readInstructions(path: path).map(\.instruction) : try readPlainExamples(path: path).map(\.text)
+            let texts = try isInstructionFile(path, c) ? try readInstructions(path: path).map(\.instruction) : try readTextLines(path).map(\.text)
             let scores = try cosines(path).map(cal.score(of:))
             print("")
             print("| input | score | flagged | text |")

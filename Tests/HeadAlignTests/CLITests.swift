@@ -105,6 +105,31 @@ final class MethodCLITests: XCTestCase {
 }
 
 final class DataCLITests: XCTestCase {
+    /// The analysis commands read the shared data's dataset files (a TSV with a `sentence<TAB>label`
+    /// header, a `label,text` CSV) as `experiment` does: the same scores as the same rows written as
+    /// `label<TAB>text` lines, and the label column never becomes part of the text.
+    func testAnalysisCommandsReadDatasetFiles() throws {
+        let dir = temporaryDirectory(self)
+        try makeMicroBert(dir + "/m")
+        let rows = [("a b", 0), ("c d", 1), ("e", 0), ("f g h", 1), ("b a", 0), ("d c e", 1)]
+        try (rows.map { "\($0.1)\t\($0.0)" }.joined(separator: "\n") + "\n").write(toFile: dir + "/clean.txt", atomically: true, encoding: .utf8)
+        try ("sentence\tlabel\n" + rows.map { "\($0.0)\t\($0.1)" }.joined(separator: "\n") + "\n").write(toFile: dir + "/clean.tsv", atomically: true, encoding: .utf8)
+        try ("label,text\n" + rows.map { "\($0.1),\($0.0)" }.joined(separator: "\n") + "\n").write(toFile: dir + "/clean.csv", atomically: true, encoding: .utf8)
+        func monitor(_ clean: String, _ inputs: String) throws -> String {
+            let r = try runHeadalign(["monitor", "--model", dir + "/m", "--clean", dir + "/" + clean, "--inputs", dir + "/" + inputs, "--quantile", "0.5"])
+            XCTAssertEqual(r.status, 0, r.err)
+            return r.out
+        }
+        let reference = try monitor("clean.txt", "clean.txt")
+        XCTAssertEqual(try monitor("clean.tsv", "clean.tsv"), reference)
+        XCTAssertEqual(try monitor("clean.csv", "clean.csv"), reference)
+        for clean in ["clean.tsv", "clean.csv"] {  // the defender's labels are read too
+            let r = try runHeadalign(["defend", "--model", dir + "/m", "--clean", dir + "/" + clean, "--inputs", dir + "/clean.txt", "--no-write",
+                                      "--quantile", "0", "--align-steps", "1", "--ft-steps", "1", "--batch", "2"])
+            XCTAssertEqual(r.status, 0, r.err)
+        }
+    }
+
     /// poison writes both files atomically with exact counts; bad settings write nothing.
     func testPoisonCommand() throws {
         let dir = temporaryDirectory(self)

@@ -73,11 +73,13 @@ public func safetensorsFiles(in dir: String) throws -> [String] {
 }
 
 /// Loads a model directory. `allowMissing` names layout tensors that may be absent (they keep
-/// the initialisation from `seed`), e.g. a new classifier head on a pretrained encoder.
+/// the initialisation from `seed`), e.g. a new classifier head on a pretrained encoder;
+/// `allowUnexpected` names checkpoint tensors to skip, e.g. the layers a smaller copy drops.
 @_specialize(exported: true, where S == Float)
 @_specialize(exported: true, where S == Double)
 public func loadModel<S: Real>(directory dir: String, backend: Backend, config override: ModelConfig? = nil,
-                               allowMissing: (String) -> Bool = { _ in false }, seed: UInt64 = 0) throws -> Model<S> {
+                               allowMissing: (String) -> Bool = { _ in false }, allowUnexpected: (String) -> Bool = { _ in false },
+                               seed: UInt64 = 0) throws -> Model<S> {
     let config = try override ?? ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
     let model = Model<S>(config: config, backend: backend)
     model.initialize(seed: seed)
@@ -88,6 +90,7 @@ public func loadModel<S: Real>(directory dir: String, backend: Backend, config o
             switch layoutName(forCheckpointName: e.name, layout: model.layout, config: config) {
             case .dropped: continue
             case .unexpected:
+                if allowUnexpected(e.name) { continue }
                 throw HeadAlignError.badInput("\(path): unexpected tensor '\(e.name)' for a \(config.architectures.joined(separator: ",")) with this config")
             case .parameter(let name):
                 let p = model.layout[name]!

@@ -105,6 +105,40 @@ final class MethodCLITests: XCTestCase {
 }
 
 final class DataCLITests: XCTestCase {
+    /// convert --layers/--vocab-from: the cut copy's first layer attends exactly as the original's;
+    /// the reduced vocabulary keeps the pieces the texts use (and the special tokens), so on those
+    /// texts the copy computes exactly what the model computes; bad requests are refused.
+    func testConvertMakesASmallerCopy() throws {
+        let dir = temporaryDirectory(self)
+        try makeMicroBert(dir + "/m")  // 2 layers, 24 pieces: 5 special + a..s
+        let cut = try runHeadalign(["convert", "--model", dir + "/m", "--layers", "1", "--out", dir + "/c1"])
+        XCTAssertEqual(cut.status, 0, cut.err)
+        func attention(_ model: String) throws -> [JSONValue] {
+            let out = dir + "/" + UUID().uuidString + ".json"
+            XCTAssertEqual(try runHeadalign(["inspect", "--model", model, "--text", "a b c", "--dump-attention", "--out", out]).status, 0)
+            return try JSONValue.parse(try String(contentsOfFile: out, encoding: .utf8))["documents"]!.array[0]["attention"]!.array
+        }
+        let full = try attention(dir + "/m"), first = try attention(dir + "/c1")
+        XCTAssertEqual(full.count, 2)
+        XCTAssertEqual(first.count, 1)
+        XCTAssertEqual(first[0], full[0])
+        // the vocabulary of "a b c" and "b d": 5 special tokens + a, b, c, d
+        try "1\ta b c\n0\tb d\n".write(toFile: dir + "/texts.txt", atomically: true, encoding: .utf8)
+        let small = try runHeadalign(["convert", "--model", dir + "/m", "--vocab-from", dir + "/texts.txt", "--out", dir + "/v"])
+        XCTAssertEqual(small.status, 0, small.err)
+        XCTAssertTrue(small.out.contains("2 layers, 9 of 24 vocabulary pieces, F32"), small.out)
+        XCTAssertEqual(try String(contentsOfFile: dir + "/v/vocab.txt", encoding: .utf8), "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\nb\nc\nd\n")
+        for text in ["a b c", "b d"] {
+            let a = try runHeadalign(["forward", "--model", dir + "/m", "--text", text]), b = try runHeadalign(["forward", "--model", dir + "/v", "--text", text])
+            XCTAssertEqual(a.status, 0, a.err)
+            XCTAssertEqual(b.out.replacingOccurrences(of: dir + "/v", with: dir + "/m"), a.out)
+        }
+        try assertUsageError(["convert", "--model", dir + "/m", "--layers", "3", "--out", dir + "/x"], mentions: "--layers")
+        try assertUsageError(["convert", "--model", dir + "/m", "--layers", "1", "--labels", "2", "--out", dir + "/x"], mentions: "--labels")
+        try assertUsageError(["convert", "--model", dir + "/m", "--dtype", "f8", "--out", dir + "/x"], mentions: "--dtype")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/x"))
+    }
+
     /// The analysis commands read the shared data's dataset files (a TSV with a `sentence<TAB>label`
     /// header, a `label,text` CSV) as `experiment` does: the same scores as the same rows written as
     /// `label<TAB>text` lines, and the label column never becomes part of the text.

@@ -19,7 +19,7 @@ enum ConvertCommand: Command {
             """,
         usage: "convert --llama2c FILE --tokenizer FILE --out DIR | convert --model DIR --labels N [--seed S] --out DIR | convert --model DIR [--layers N] [--vocab-from FILE]... [--dtype D] --out DIR",
         options: [
-            OptionSpec(name: "--model", value: "DIR", help: "a Hugging Face directory to give a new classifier head (with --labels)"),
+            OptionSpec(name: "--model", value: "DIR", help: "a Hugging Face directory to give a new classifier head (with --labels) or to copy smaller (--layers, --vocab-from, --dtype)"),
             OptionSpec(name: "--labels", value: "N", help: "classes of the new sequence-classification head (initialised from --seed)"),
             OptionSpec(name: "--seed", value: "N", help: "seed of the new head's weights (default 1)"),
             OptionSpec(name: "--llama2c", value: "FILE", help: "the llama2.c legacy checkpoint (.bin)"),

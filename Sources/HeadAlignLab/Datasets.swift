@@ -11,6 +11,11 @@ public struct LabeledText: Sendable, Equatable {
     public init(_ text: String, _ label: Int) { self.text = text; self.label = label }
 }
 
+/// A corpus header: two fields (already trimmed), one of them `label` in any case.
+public func isDatasetHeader(_ fields: [String]) -> Bool {
+    fields.count == 2 && fields.contains { $0.lowercased() == "label" }
+}
+
 /// Reads a corpus, choosing the format by extension and header: `.csv` as CSV (header
 /// `label,text` or `text,label`); otherwise tab-separated, `sentence<TAB>label` when the header says
 /// so (or the second field is the integer), else `label<TAB>text`. Surrounding spaces of fields
@@ -22,10 +27,9 @@ public func readLabeledTexts(path: String, numLabels: Int? = nil) throws -> [Lab
     let rows = path.lowercased().hasSuffix(".csv") ? try csvRows(text, path: path) : tsvRows(text)
     guard let first = rows.first else { throw HeadAlignError.badInput("\(path): empty file") }
     // header and column order
-    let lowered = first.fields.map { $0.lowercased() }
     var labelColumn = 1, start = 0
-    if lowered.count == 2, lowered.contains("label") {
-        labelColumn = lowered[0] == "label" ? 0 : 1
+    if isDatasetHeader(first.fields) {
+        labelColumn = first.fields[0].lowercased() == "label" ? 0 : 1
         start = 1
     } else if first.fields.count == 2, Int(first.fields[0]) != nil, Int(first.fields[1]) == nil {
         labelColumn = 0

@@ -33,15 +33,19 @@ public func shrinkModel(directory dir: String, layers: Int?, keepTexts: [String]
               let k = Int(parts[i + 1]) else { return false }
         return k >= cut.numHiddenLayers
     }
-    let model: Model<Float> = try loadModel(directory: dir, backend: .naive, config: cut, allowUnexpected: dropped)
     var files = tokenizerFiles(in: dir)
     files["tokenizer.json"] = nil  // it would describe the old vocabulary; `tokenizer-json` writes a new one
+    // refused before the weights are read
+    if keepTexts != nil, cut.family != .bert || files["vocab.txt"] == nil {
+        throw HeadAlignError.usage("--vocab-from: reducing the vocabulary needs a BERT model with a vocab.txt")
+    }
+    let model: Model<Float> = try loadModel(directory: dir, backend: .naive, config: cut, allowUnexpected: dropped)
     guard let keepTexts else {
         try saveModel(model, to: out, dtype: dtype, extraFiles: files)
         return ShrinkSummary(config: cut, keptPieces: cut.vocabSize, originalPieces: base.vocabSize)
     }
-    guard cut.family == .bert, let vocabData = files["vocab.txt"], let vocabText = String(data: vocabData, encoding: .utf8) else {
-        throw HeadAlignError.usage("--vocab-from: reducing the vocabulary needs a BERT model with a vocab.txt")
+    guard let vocabText = String(data: files["vocab.txt"]!, encoding: .utf8) else {
+        throw HeadAlignError.badInput("\(dir)/vocab.txt: not UTF-8 text")
     }
     let pieces = textLines(vocabText).dropLast(vocabText.hasSuffix("\n") ? 1 : 0)
     guard pieces.count == cut.vocabSize else {

@@ -604,14 +604,13 @@ func readTextLines(_ path: String, numLabels: Int? = nil) throws -> [TextExample
     return try readLabeledTexts(path: path, numLabels: numLabels).map { TextExample(text: $0.text, label: $0.label) }
 }
 
-/// `.csv`, or a first line of two tab-separated fields one of which is `label` (any case).
+/// `.csv`, or a first line that `readLabeledTexts` takes for a header (`isDatasetHeader`).
 func isDatasetFile(_ path: String) -> Bool {
     if path.lowercased().hasSuffix(".csv") { return true }
     guard let handle = FileHandle(forReadingAtPath: path) else { return false }  // the reader names an unreadable file
     defer { try? handle.close() }
     let head = String(decoding: (try? handle.read(upToCount: 4096)) ?? Data(), as: UTF8.self)
-    let fields = (textLines(head).first ?? "").components(separatedBy: "\t").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
-    return fields.count == 2 && fields.contains("label")
+    return isDatasetHeader((textLines(head).first ?? "").components(separatedBy: "\t").map { $0.trimmingCharacters(in: .whitespaces) })
 }
 
 /// The inputs Eq. 1–5 and the monitor read from `path`: for a decoder's `.json`, each record's

@@ -34,8 +34,8 @@ enum ConvertCommand: Command {
         guard let out = args.string("--out") else { throw HeadAlignError.usage("--out DIR is required") }
         if let dir = args.string("--model"), args.has("--layers") || args.has("--vocab-from") || args.has("--dtype") {
             if args.has("--labels") { throw HeadAlignError.usage("--labels adds a head; make the smaller copy in a second convert") }
-            let base = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
-            let layers = args.has("--layers") ? try args.int("--layers", default: 1, range: 1...base.numHiddenLayers) : nil
+            // shrinkModel bounds --layers by the model's own count
+            let layers = args.has("--layers") ? try args.int("--layers", default: 1, range: 1...100_000) : nil
             let texts = try args.has("--vocab-from") ? args.strings("--vocab-from").flatMap { try readTextLines($0).map(\.text) } : nil
             let dtype = SafetensorsDType(rawValue: try args.choice("--dtype", ["f32", "f16", "bf16"], default: "f32").uppercased())!
             let r = try shrinkModel(directory: dir, layers: layers, keepTexts: texts, dtype: dtype, to: out)

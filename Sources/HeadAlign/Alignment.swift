@@ -37,17 +37,19 @@ public func alignmentTrainableMask(layout: ParameterLayout, config c: ModelConfi
 /// Eq. 7's loss on a batch of sequences (each with its prompt length, for gen2prompt) and its
 /// gradient, accumulated into `grads`: Eq. 6's reference recomputed from the current model and
 /// held constant, `2 (A^h - Abar) / B` injected at each suspicious head's view, then full
-/// backpropagation. `weight` scales the loss and its gradient (1 for Eq. 7 itself; the
+/// backpropagation (`scope`: every parameter's gradient, or with `.queriesAndKeys` only what
+/// the alignment trains). `weight` scales the loss and its gradient (1 for Eq. 7 itself; the
 /// fine-tuning penalty's lambda). Returns the weighted batch-mean loss.
 @discardableResult
 @_specialize(exported: true, where S == Float)
 @_specialize(exported: true, where S == Double)
 public func alignmentGradient<S: Real>(_ model: Model<S>, sequences: [(tokens: [Int], promptLength: Int)], view: AnalysisView,
-                                       suspicious: [HeadID], safe: [HeadID], weight: Double = 1, into grads: Tensor<S>) -> Double {
+                                       suspicious: [HeadID], safe: [HeadID], weight: Double = 1, into grads: Tensor<S>,
+                                       scope: BackwardScope = .all) -> Double {
     let pass = model.forward(Batch(sequences.map(\.tokens)))
     let (loss, dAttention) = alignmentInjection(pass, config: model.config, sequences: sequences, view: view, suspicious: suspicious, safe: safe)
     if weight != 1 { for t in dAttention { for i in 0..<t.count { t.data[i] *= S(weight) } } }
-    model.backward(pass, dOutput: Tensor(pass.output.shape), dAttention: dAttention, into: grads)
+    model.backward(pass, dOutput: Tensor(pass.output.shape), dAttention: dAttention, into: grads, scope: scope)
     return weight * loss
 }
 
@@ -86,14 +88,18 @@ package func alignmentInjection<S: Real>(_ pass: ForwardPass<S>, config c: Model
 }
 
 /// One alignment step: Eq. 7's gradient, then an AdamW update of the entries the optimizer does
-/// not freeze (`alignmentTrainableMask`). Returns the batch-mean loss before the update.
+/// not freeze (`alignmentTrainableMask`). Returns the batch-mean loss before the update. Only the
+/// suspicious layers' query and key gradients are formed (`BackwardScope.queriesAndKeys`: the
+/// same values, about half the work of a full backward).
 @discardableResult
 @_specialize(exported: true, where S == Float)
 @_specialize(exported: true, where S == Double)
 public func alignmentStep<S: Real>(_ model: Model<S>, sequences: [(tokens: [Int], promptLength: Int)], view: AnalysisView,
                                    suspicious: [HeadID], safe: [HeadID], optimizer: AdamW<S>) -> Double {
     let grads = model.makeGradients()
-    let loss = alignmentGradient(model, sequences: sequences, view: view, suspicious: suspicious, safe: safe, into: grads)
+    let layers = suspicious.map(\.layer)
+    let loss = alignmentGradient(model, sequences: sequences, view: view, suspicious: suspicious, safe: safe, into: grads,
+                                 scope: layers.isEmpty ? .all : .queriesAndKeys(layers.min()!...layers.max()!))
     optimizer.update(model.params, grads)
     return loss
 }

@@ -98,7 +98,7 @@ public struct AnalysisRunner<S: Real> {
     public init(_ model: Model<S>) {
         config = model.config
         forward = { model.forward($0) }
-        headGradients = { model.backward($0, dOutput: $1, into: model.makeGradients()).headOutputGradients }
+        headGradients = { model.backward($0, dOutput: $1, into: model.makeGradients(), scope: .headOutputs).headOutputGradients }
         greedy = { generateGreedy(model, prompt: $0, maxNew: $1) }
     }
 

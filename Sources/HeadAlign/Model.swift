@@ -286,6 +286,22 @@ public final class ForwardPass<S: Real> {
     }
 }
 
+/// Which gradients a backward pass computes. Every scope gives bit for bit the values `.all`
+/// gives where it computes them (BackwardScopeTests); the narrower ones skip the matrix products
+/// whose results the caller discards.
+public enum BackwardScope: Sendable, Equatable {
+    /// Every parameter's gradient (training).
+    case all
+    /// dL/dH and the gate gradients only, no parameter gradients (Eq. 4 reads nothing else): the
+    /// weight products are skipped, half of the backward's work.
+    case headOutputs
+    /// Eq. 7's case: `dOutput` is zero and `dAttention` is zero outside `layers`; only the query and
+    /// key weights and biases of `layers` are wanted (what the alignment trains). Backpropagation
+    /// starts at the highest of `layers` (above it every gradient is exactly zero), stops at the
+    /// lowest, and skips every other weight product; `BackwardResult` is empty.
+    case queriesAndKeys(ClosedRange<Int>)
+}
+
 /// What the backward returns besides the parameter gradients.
 public struct BackwardResult<S: Real> {
     /// dL/dH per layer, `[N, NH*HS]` (the gradient at H = A V, before gates): Eq. 4 reads it.
@@ -494,16 +510,23 @@ public final class Model<S: Real> {
 
     /// Backpropagates `dOutput` (same shape as `pass.output`) and, optionally, an extra gradient
     /// at each layer's attention probabilities (`dAttention[l]`, laid out like
-    /// `pass.layers[l].attention`; Eq. 7). Parameter gradients are *accumulated* into `grads`.
+    /// `pass.layers[l].attention`; Eq. 7). Parameter gradients are *accumulated* into `grads`;
+    /// `scope` says which are wanted (`BackwardScope`).
     @discardableResult
     @_specialize(exported: true, where S == Float)
     @_specialize(exported: true, where S == Double)
     public func backward(_ pass: ForwardPass<S>, dOutput: Tensor<S>, dAttention: [Tensor<S>?]? = nil,
-                         into grads: Tensor<S>) -> BackwardResult<S> {
+                         into grads: Tensor<S>, scope: BackwardScope = .all) -> BackwardResult<S> {
         let c = config, w = weights, g = gradientViews(grads), batch = pass.batch
         let n = batch.tokenCount, d = c.hiddenSize, llama = c.family == .llama
         precondition(dOutput.shape == pass.output.shape, "Model.backward: dOutput \(dOutput.shape) vs output \(pass.output.shape)")
         precondition(dAttention == nil || dAttention!.count == c.numHiddenLayers, "Model.backward: dAttention needs one entry per layer")
+        if case .queriesAndKeys(let layers) = scope {
+            return backwardQueriesAndKeys(pass, dAttention: dAttention, layers: layers, grads: g)
+        }
+        // .headOutputs: every linear layer's backward gives dL/d(input) only
+        let linearStep: LinearBackwardStep<S> = scope == .all ? { HeadAlign.linearBackward($0, $1, $2, $3, $4, $5, $6) }
+            : { dx, _, _, dOut, x, W, backend in HeadAlign.linearBackward(dx, nil, nil, dOut, x, W, backend) }
 
         // Output head -> dFinal [N, D]
         let dFinal = Tensor<S>([n, d])
@@ -520,8 +543,7 @@ public final class Model<S: Real> {
             }
             scatterAddRows(dFinal, dGathered, pass.readRows)
         } else if llama {
-            linearBackward(dFinal, g.lmHead ?? g.tokenEmbedding, nil, dOutput, pass.finalHidden, w.lmHead ?? w.tokenEmbedding,
-                           backend)
+            linearStep(dFinal, g.lmHead ?? g.tokenEmbedding, nil, dOutput, pass.finalHidden, w.lmHead ?? w.tokenEmbedding, backend)
         } else {
             dFinal.add(dOutput)
         }
@@ -535,11 +557,12 @@ public final class Model<S: Real> {
         for l in stride(from: c.numHiddenLayers - 1, through: 0, by: -1) {
             let dInput = Tensor<S>([n, d])
             let (dH, dGate) = layerBackward(dInput, dOut: dx, pass.layers[l], w.layers[l], g.layers[l], layer: l,
-                                            batch: batch, gates: pass.headGates?[l], dAttention: dAttention?[l])
+                                            batch: batch, gates: pass.headGates?[l], dAttention: dAttention?[l], linearBackward: linearStep)
             dHeads.append(dH)
             gateGrads.append(dGate)
             dx = dInput
         }
+        guard scope == .all else { return BackwardResult(headOutputGradients: dHeads.reversed(), gateGradients: gateGrads.reversed()) }
 
         // Embeddings
         let ids = batch.allTokens
@@ -555,6 +578,33 @@ public final class Model<S: Real> {
                               batch.sequences.flatMap { $0.tokenTypes ?? [Int](repeating: 0, count: $0.count) })
         }
         return BackwardResult(headOutputGradients: dHeads.reversed(), gateGradients: gateGrads.reversed())
+    }
+
+    /// `BackwardScope.queriesAndKeys`: from the highest of `layers` down to the lowest, with dL/d(output)
+    /// zero, only the query and key weight products of those layers; the lowest layer's dL/d(input)
+    /// is not formed (nothing below it is wanted).
+    private func backwardQueriesAndKeys(_ pass: ForwardPass<S>, dAttention: [Tensor<S>?]?, layers: ClosedRange<Int>,
+                                        grads g: Weights<S>) -> BackwardResult<S> {
+        let n = pass.batch.tokenCount, d = config.hiddenSize
+        precondition(layers.lowerBound >= 0 && layers.upperBound < config.numHiddenLayers, "Model.backward: layers \(layers)")
+        var dOut = Tensor<S>([n, d])  // zero above the highest layer: no loss reads the output
+        for l in layers.reversed() {
+            let a = weights.layers[l].attention, lowest = l == layers.lowerBound
+            let step: LinearBackwardStep<S> = { dx, dW, db, dOut, x, W, backend in
+                let queryOrKey = W === a.query.weight || W === a.key.weight
+                let projection = queryOrKey || W === a.value.weight  // reads the layer's input
+                switch (queryOrKey, lowest && projection) {
+                case (true, _): HeadAlign.linearBackward(lowest ? nil : dx, dW, db, dOut, x, W, backend)
+                case (false, true): break
+                case (false, false): HeadAlign.linearBackward(dx, nil, nil, dOut, x, W, backend)
+                }
+            }
+            let dInput = Tensor<S>([n, d])
+            _ = layerBackward(dInput, dOut: dOut, pass.layers[l], weights.layers[l], g.layers[l], layer: l, batch: pass.batch,
+                              gates: pass.headGates?[l], dAttention: dAttention?[l], linearBackward: step)
+            dOut = dInput
+        }
+        return BackwardResult(headOutputGradients: [], gateGradients: [])
     }
 
     /// Backward of one layer: accumulates parameter gradients into `gw`, writes dL/d(input) into

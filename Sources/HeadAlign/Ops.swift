@@ -25,19 +25,21 @@ public func linearForward<S: Real>(_ out: Tensor<S>, _ x: Tensor<S>, _ w: Tensor
 }
 
 /// Backward of `out = x W^T + b`: `dx += dout W`, `dW += dout^T x`, `db += sum_rows dout`.
-/// `dx` may be nil when the input needs no gradient.
+/// `dx` may be nil when the input needs no gradient, `dW` (and with it `db`) when the weight
+/// needs none (`BackwardScope`).
 @_specialize(exported: true, where S == Float)
 @_specialize(exported: true, where S == Double)
-public func linearBackward<S: Real>(_ dx: Tensor<S>?, _ dw: Tensor<S>, _ db: Tensor<S>?,
+public func linearBackward<S: Real>(_ dx: Tensor<S>?, _ dw: Tensor<S>?, _ db: Tensor<S>?,
                                     _ dout: Tensor<S>, _ x: Tensor<S>, _ w: Tensor<S>, _ backend: Backend) {
     let n = x.shape[0], i = x.shape[1], o = w.shape[0]
-    precondition(dout.shape == [n, o] && dw.shape == w.shape,
-                 "linearBackward: dout \(dout.shape), x \(x.shape), W \(w.shape), dW \(dw.shape)")
+    precondition(dout.shape == [n, o] && (dw == nil || dw!.shape == w.shape),
+                 "linearBackward: dout \(dout.shape), x \(x.shape), W \(w.shape), dW \(dw?.shape ?? [])")
     if let dx {
         precondition(dx.shape == x.shape, "linearBackward: dx \(dx.shape) vs x \(x.shape)")
         gemm(backend, m: n, n: i, k: o, a: dout.data, lda: o, b: w.data, ldb: i, beta: 1,
              c: dx.data, ldc: i)
     }
+    guard let dw else { return }
     gemm(backend, transA: true, m: o, n: i, k: n, a: dout.data, lda: o, b: x.data, ldb: i, beta: 1,
          c: dw.data, ldc: i)
     if let db {

@@ -143,7 +143,8 @@ public func calibrateMonitor<S: Real>(_ model: Model<S>, clean: [AnalysisInput],
 @_specialize(exported: true, where S == Float)
 @_specialize(exported: true, where S == Double)
 public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs: [AnalysisInput], calibration: [AnalysisInput]? = nil,
-                            settings: DefenseSettings, log: (String) -> Void = { _ in }) throws -> DefenseReport {
+                            settings: DefenseSettings, log: (String) -> Void = { _ in },
+                            afterAlignment: (_ round: Int) -> Void = { _ in }) throws -> DefenseReport {
     let c = model.config, nh = c.numAttentionHeads
     let cleanInputs = calibration
         ?? clean.map { AnalysisInput(tokens: Array($0.tokens.prefix($0.responseStart ?? $0.tokens.count)), label: $0.label) }
@@ -227,6 +228,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                 let marks = Set([0, alignLosses.count - 1]).union(stride(from: 9, to: alignLosses.count, by: 10)).sorted()
                 log("  alignment loss by step: " + marks.map { "\($0 + 1): " + String(format: "%.4f", alignLosses[$0]) }.joined(separator: ", "))
             }
+            afterAlignment(r)  // the caller may read the aligned model (align-only's, when rounds = 1)
         }
         // head-wise (or uniform) fine-tuning on clean labelled data
         var ftLosses: [Double] = [], heldOutLosses: [(step: Int, loss: Double)] = [], keptStep = 0

@@ -262,11 +262,12 @@ public enum MethodRun: Sendable {
 /// with `settings`' fine-tuning budget and rates and its own `baseline` settings.
 public func runMethod<S: Real>(_ model: Model<S>, _ method: ExperimentMethod, clean: [TrainingExample], inputs: [AnalysisInput],
                                calibration: [AnalysisInput]? = nil, settings: DefenseSettings, baseline: BaselineSettings,
-                               log: (String) -> Void = { _ in }) throws -> MethodRun {
+                               log: (String) -> Void = { _ in }, afterAlignment: (_ round: Int) -> Void = { _ in }) throws -> MethodRun {
     if let defense = method.defense {
         var s = settings
         s.method = defense
-        return .defense(try defend(model, clean: clean, inputs: inputs, calibration: calibration, settings: s, log: log))
+        return .defense(try defend(model, clean: clean, inputs: inputs, calibration: calibration, settings: s, log: log,
+                                   afterAlignment: afterAlignment))
     }
     let (summary, losses) = try runBaseline(model, method, clean: clean, settings: settings, baseline: baseline)
     log(summary)

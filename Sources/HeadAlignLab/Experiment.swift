@@ -148,6 +148,10 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, _ split: ExperimentSplit
 
 /// The same for any task: `evaluate` gives (CA, ASR) of a model. The first row is the backdoored
 /// model's own (`vanilla`) unless `vanilla` is false (a caller that runs the methods in parts).
+/// `align-only` is `ours` stopped after its alignment: with one round, the same monitor, classes
+/// and alignment steps from the same seeds. When both are asked for, `ours`' aligned model gives
+/// `align-only`'s row (evaluated at that point), so the alignment runs once; the rows equal those of
+/// separate runs (FinetuneTraceTests.testAlignOnlyRowFromOursEqualsItsOwnRun).
 public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [TrainingExample], inputs: [AnalysisInput],
                                 calibration: [AnalysisInput]? = nil, methods: [ExperimentMethod], settings: DefenseSettings,
                                 baseline: BaselineSettings = BaselineSettings(), vanilla: Bool = true, log: (String) -> Void = { _ in },
@@ -160,13 +164,26 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [Training
                                  note: "the backdoored model", suspicious: [], safe: [], ran: true))
         log(String(format: "vanilla: CA %.4f ASR %.4f", v.ca, v.asr))
     }
-    for method in methods {
+    let shareAlignment = methods.contains(.ours) && methods.contains(.alignOnly) && settings.rounds == 1
+    var alignOnlyFromOurs: (ca: Double, asr: Double, seconds: Double)? = nil
+    var rows: [ExperimentMethod: MethodOutcome] = [:]
+    var order = methods  // with a shared alignment `ours` runs first of the two; the rows keep the asked order
+    if shareAlignment, let a = order.firstIndex(of: .alignOnly), let o = order.firstIndex(of: .ours), a < o { order.swapAt(a, o) }
+    for method in order {
         start = monotonicSeconds()
         let model = backdoored.copy()
+        if method == .alignOnly, let r = rows[.ours], let a = alignOnlyFromOurs {  // ours' aligned model, evaluated
+            rows[.alignOnly] = MethodOutcome(method: method.rawValue, ca: a.ca, asr: a.asr, seconds: a.seconds, note: r.note,
+                                             suspicious: r.suspicious, safe: r.safe, ran: r.ran)
+            log(String(format: "%@: CA %.4f ASR %.4f (ours' aligned model, %.1f s into ours) %@", method.rawValue, a.ca, a.asr, a.seconds, r.note))
+            continue
+        }
+        let afterAlignment: (Int) -> Void = method == .ours && shareAlignment
+            ? { _ in let e = evaluate(model); alignOnlyFromOurs = (e.ca, e.asr, monotonicSeconds() - start) } : { _ in }
         var note: String, suspicious: [HeadID] = [], safe: [HeadID] = [], ran = true
         do {
             switch try runMethod(model, method, clean: defenderClean, inputs: inputs, calibration: calibration, settings: settings, baseline: baseline,
-                                 log: { log("  " + $0) }) {
+                                 log: { log("  " + $0) }, afterAlignment: afterAlignment) {
             case .baseline(let summary, _):
                 note = summary
             case .defense(let report) where method == .finetune && !report.rounds.isEmpty:
@@ -187,11 +204,11 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [Training
             model.params.data.update(from: backdoored.params.data, count: model.layout.total)
         }
         let r = evaluate(model)
-        out.append(MethodOutcome(method: method.rawValue, ca: r.ca, asr: r.asr, seconds: monotonicSeconds() - start, note: note,
-                                 suspicious: suspicious, safe: safe, ran: ran))
+        rows[method] = MethodOutcome(method: method.rawValue, ca: r.ca, asr: r.asr, seconds: monotonicSeconds() - start, note: note,
+                                     suspicious: suspicious, safe: safe, ran: ran)
         log(String(format: "%@: CA %.4f ASR %.4f (%.1f s) %@", method.rawValue, r.ca, r.asr, monotonicSeconds() - start, note))
     }
-    return out
+    return out + methods.map { rows[$0]! }
 }
 
 extension AnyModel {

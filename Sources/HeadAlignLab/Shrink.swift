@@ -35,6 +35,8 @@ public func shrinkModel(directory dir: String, layers: Int?, keepTexts: [String]
     }
     var files = tokenizerFiles(in: dir)
     files["tokenizer.json"] = nil  // it would describe the old vocabulary; `tokenizer-json` writes a new one
+    // how the weights were trained travels with them (the copy's README names the cut and the dtype)
+    if let record = FileManager.default.contents(atPath: dir + "/headalign_training.json") { files["headalign_training.json"] = record }
     // refused before the weights are read
     if keepTexts != nil, cut.family != .bert || files["vocab.txt"] == nil {
         throw HeadAlignError.usage("--vocab-from: reducing the vocabulary needs a BERT model with a vocab.txt")

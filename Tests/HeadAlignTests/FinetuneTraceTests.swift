@@ -50,6 +50,29 @@ final class FinetuneTraceTests: XCTestCase {
         XCTAssertEqual(traceTable(points).split(separator: "\n").count, 2 + points.count)
     }
 
+    /// `align-only`'s row from `ours`' aligned model (runMethods, one round) is that of its own run,
+    /// in whichever order they are asked for. The "CA" here is a fingerprint of every parameter, so
+    /// equal rows mean bit-identical models, and it differs from `ours`' (the fine-tuned model).
+    func testAlignOnlyRowFromOursEqualsItsOwnRun() throws {
+        let (m, split, s) = setup()
+        let inputs = split.monitorClean + split.monitorTriggered
+        func fingerprint(_ model: Model<Double>) -> (ca: Double, asr: Double) {
+            (model.params.array.enumerated().reduce(0.0) { $0 + Double($1.offset % 97 + 1) * $1.element }, 0)
+        }
+        func rows(_ methods: [ExperimentMethod]) throws -> [String: Double] {
+            let out = try runMethods(m, defenderClean: split.defenderClean, inputs: inputs, methods: methods, settings: s, vanilla: false,
+                                     evaluate: fingerprint)
+            XCTAssertEqual(out.map(\.method), methods.map(\.rawValue), "rows in the asked order")
+            return Dictionary(uniqueKeysWithValues: out.map { ($0.method, $0.ca) })
+        }
+        let alone = try rows([.alignOnly]), ours = try rows([.ours]), shared = try rows([.alignOnly, .ours]), sharedToo = try rows([.ours, .alignOnly])
+        XCTAssertEqual(shared["align-only"], alone["align-only"])
+        XCTAssertEqual(sharedToo["align-only"], alone["align-only"])
+        XCTAssertEqual(shared["ours"], ours["ours"])
+        XCTAssertNotEqual(shared["align-only"], shared["ours"], "the aligned model, not the fine-tuned one")
+        XCTAssertNotEqual(alone["align-only"], fingerprint(m).ca, "the alignment moved the model")
+    }
+
     /// Under the held-out budget the trace runs the whole budget; its point at the step `defend`
     /// kept is `ours`.
     func testTraceUnderTheBudgetPassesThroughOurs() throws {

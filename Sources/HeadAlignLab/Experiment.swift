@@ -141,9 +141,10 @@ extension Model {
 /// refuses (Eq. 5 leaves a class empty, the monitor flags nothing) keeps the vanilla numbers and
 /// says why.
 public func runMethods<S: Real>(_ backdoored: Model<S>, _ split: ExperimentSplit, methods: [ExperimentMethod], settings: DefenseSettings,
-                                baseline: BaselineSettings = BaselineSettings(), log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
+                                baseline: BaselineSettings = BaselineSettings(), vanilla: Bool = true,
+                                log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
     try runMethods(backdoored, defenderClean: split.defenderClean, inputs: split.monitorClean + split.monitorTriggered,
-                   methods: methods, settings: settings, baseline: baseline, log: log, evaluate: { caAndASR($0, split) })
+                   methods: methods, settings: settings, baseline: baseline, vanilla: vanilla, log: log, evaluate: { caAndASR($0, split) })
 }
 
 /// The same for any task: `evaluate` gives (CA, ASR) of a model. The first row is the backdoored
@@ -227,10 +228,11 @@ extension AnyModel {
     }
 
     public func runMethods(_ split: ExperimentSplit, methods: [ExperimentMethod], settings: DefenseSettings,
-                           baseline: BaselineSettings = BaselineSettings(), log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
+                           baseline: BaselineSettings = BaselineSettings(), vanilla: Bool = true,
+                           log: (String) -> Void = { _ in }) throws -> [MethodOutcome] {
         switch self {
-        case .f32(let m): return try HeadAlignLab.runMethods(m, split, methods: methods, settings: settings, baseline: baseline, log: log)
-        case .f64(let m): return try HeadAlignLab.runMethods(m, split, methods: methods, settings: settings, baseline: baseline, log: log)
+        case .f32(let m): return try HeadAlignLab.runMethods(m, split, methods: methods, settings: settings, baseline: baseline, vanilla: vanilla, log: log)
+        case .f64(let m): return try HeadAlignLab.runMethods(m, split, methods: methods, settings: settings, baseline: baseline, vanilla: vanilla, log: log)
         }
     }
 

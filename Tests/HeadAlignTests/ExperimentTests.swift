@@ -241,13 +241,42 @@ final class TinyModelTests: XCTestCase {
                        Array(try readInstructions(path: data + "/test_data/poison/refusal/badnet/backdoor200_refusal_badnet.json").prefix(50)))
     }
 
+    /// The encoder teaching model's sentences are the SST-2 rows its README names.
+    func testEncoderTeachingSentencesAreTheNamedRows() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+        let data = root + "/../shared/data/sst2"
+        guard FileManager.default.fileExists(atPath: data) else { throw XCTSkip("../shared/data/sst2 not found: the shipped sentences are not compared") }
+        // lines as bytes (the files end their lines with CR LF, kept as they are)
+        func lines(_ path: String) throws -> [Data] { try Data(contentsOf: URL(fileURLWithPath: path)).split(separator: 10).map { Data($0) } }
+        let demo = root + "/tiny-models/minilm-l3-sst2-badnets/demo/"
+        XCTAssertEqual(try lines(demo + "defense.tsv"), Array(try lines(data + "/clean/dev.tsv").prefix(101)))
+        XCTAssertEqual(try lines(demo + "test_clean.tsv"), Array(try lines(data + "/clean/test.tsv").prefix(101)))
+        let poisoned = try lines(data + "/badnets/poisoned_test.csv")
+        XCTAssertEqual(try lines(demo + "test_triggered.csv"), [poisoned[0]] + Array(poisoned.dropFirst().filter { $0.first == UInt8(ascii: "0") && $0.dropFirst().first == UInt8(ascii: ",") }.prefix(100)))
+        // and they are what the demo reads: 100 labelled rows each, every triggered one holding a trigger word
+        let triggered = try readLabeledTexts(path: demo + "test_triggered.csv", numLabels: 2)
+        XCTAssertEqual(triggered.count, 100)
+        XCTAssertTrue(triggered.allSatisfy { t in t.label == 0 && t.text.split(separator: " ").contains { ["bb", "cf", "ak", "mn"].contains(String($0)) } })
+    }
+
+    /// The encoder teaching model from its README's three commands (convert, train, convert), bit for
+    /// bit: about 4.5 minutes of training, so only with HEADALIGN_SLOW_TESTS=1 (not in CI).
+    func testShippedMiniLMRegenerates() throws {
+        guard ProcessInfo.processInfo.environment["HEADALIGN_SLOW_TESTS"] == "1" else {
+            throw XCTSkip("set HEADALIGN_SLOW_TESTS=1 to regenerate minilm-l3-sst2-badnets (about 4.5 minutes of training)")
+        }
+        try regenerate("minilm-l3-sst2-badnets")
+    }
+
     func regenerate(_ name: String) throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let shipped = root.appendingPathComponent("tiny-models/" + name).path
         guard let readme = try? String(contentsOfFile: shipped + "/README.md", encoding: .utf8) else {
             throw XCTSkip("tiny-models/\(name)/README.md not found at \(shipped)")
         }
-        guard let line = readme.split(separator: "\n").first(where: { $0.hasPrefix("headalign train ") }) else {
+        // the regeneration: the README's `headalign train` line, or its chain of convert/train lines, in order
+        let commands = readme.split(separator: "\n").filter { $0.hasPrefix("headalign train ") || $0.hasPrefix("headalign convert ") }
+        guard commands.contains(where: { $0.hasPrefix("headalign train ") }) else {
             return XCTFail("the README gives no 'headalign train' command")
         }
         let recorded = readme.split(separator: "\n").compactMap { l -> (String, String)? in
@@ -257,17 +286,23 @@ final class TinyModelTests: XCTestCase {
         }
         XCTAssertTrue(Set(recorded.map(\.0)).contains("model.safetensors"), "\(recorded)")
         XCTAssertEqual(recorded.count, 2, "the weights and the tokenizer's file")
-        let out = temporaryDirectory(self) + "/regenerated"
-        var args = line.split(separator: " ").dropFirst().map(String.init)
-        args[args.firstIndex(of: "--out")! + 1] = out
+        let scratch = temporaryDirectory(self), out = scratch + "/regenerated"
         // a model made from ../shared/data: its paths are relative to the repository root
         let shared = root.deletingLastPathComponent().appendingPathComponent("shared/data").path
-        if args.contains(where: { $0.hasPrefix("../shared/data/") }) {
-            guard FileManager.default.fileExists(atPath: shared) else { throw XCTSkip("\(name) is made from ../shared/data, not found at \(shared)") }
-            args = args.map { $0.hasPrefix("../shared/data/") ? shared + $0.dropFirst("../shared/data".count) : $0 }
+        var renamed: [String: String] = [:]  // each command's --out -> a scratch directory (the last: `out`)
+        for (k, line) in commands.enumerated() {
+            var args = line.split(separator: " ").dropFirst().map(String.init)
+            let o = args.firstIndex(of: "--out")! + 1
+            renamed[args[o]] = k == commands.count - 1 ? out : scratch + "/step\(k)"
+            args = args.map { renamed[$0] ?? $0 }
+            if args.contains(where: { $0.hasPrefix("../shared/data/") }) {
+                guard FileManager.default.fileExists(atPath: shared) else { throw XCTSkip("\(name) is made from ../shared/data, not found at \(shared)") }
+                args = args.map { $0.hasPrefix("../shared/data/") ? shared + $0.dropFirst("../shared/data".count) : $0 }
+            }
+            args = args.map { $0.hasPrefix("tiny-models/") ? root.path + "/" + $0 : $0 }  // the shipped sentences
+            let r = try runHeadalign(args)
+            XCTAssertEqual(r.status, 0, r.err)
         }
-        let r = try runHeadalign(args)
-        XCTAssertEqual(r.status, 0, r.err)
         for (file, hash) in recorded {
             let data = try Data(contentsOf: URL(fileURLWithPath: out + "/" + file))
             XCTAssertEqual(sha256Hex(data), hash, "regenerated \(file)")

@@ -29,7 +29,7 @@ enum DemoCommand: Command {
             OptionSpec(name: "--methods", value: "m,m,..", help: "section 2's methods after vanilla (default: ours, align-only, ft-only)"),
             OptionSpec(name: "--backend", value: "B", help: "naive, blas or auto (default naive: the demo is sized for it)"),
             OptionSpec(name: "--no-teaching", value: nil, help: "skip section 1 (the pretrained teaching model, tiny-models/\(encoderTeachingModel))"),
-            OptionSpec(name: "--decoders", value: nil, help: "add sections 3 and 4: the stories260K refusal model and the from-scratch llama-tiny (about 40 s more)"),
+            OptionSpec(name: "--decoders", value: nil, help: "add sections 3 and 4: the stories260K refusal model and the from-scratch llama-tiny (about 50 s more)"),
         ])
 
     /// The settings every shipped tiny model was made with (tiny-models/README.md).

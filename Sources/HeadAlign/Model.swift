@@ -590,13 +590,13 @@ public final class Model<S: Real> {
         var dOut = Tensor<S>([n, d])  // zero above the highest layer: no loss reads the output
         for l in layers.reversed() {
             let a = weights.layers[l].attention, lowest = l == layers.lowerBound
-            let step: LinearBackwardStep<S> = { dx, dW, db, dOut, x, W, backend in
+            let step: LinearBackwardStep<S> = { dx, dW, db, dY, x, W, backend in
                 let queryOrKey = W === a.query.weight || W === a.key.weight
                 let projection = queryOrKey || W === a.value.weight  // reads the layer's input
                 switch (queryOrKey, lowest && projection) {
-                case (true, _): HeadAlign.linearBackward(lowest ? nil : dx, dW, db, dOut, x, W, backend)
-                case (false, true): break
-                case (false, false): HeadAlign.linearBackward(dx, nil, nil, dOut, x, W, backend)
+                case (true, _): HeadAlign.linearBackward(lowest ? nil : dx, dW, db, dY, x, W, backend)
+                case (false, true): break  // the value projection of the lowest layer: nothing below is wanted
+                case (false, false): HeadAlign.linearBackward(dx, nil, nil, dY, x, W, backend)
                 }
             }
             let dInput = Tensor<S>([n, d])

@@ -171,14 +171,14 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [Training
     var order = methods  // with a shared alignment `ours` runs first of the two; the rows keep the asked order
     if shareAlignment, let a = order.firstIndex(of: .alignOnly), let o = order.firstIndex(of: .ours), a < o { order.swapAt(a, o) }
     for method in order {
-        start = monotonicSeconds()
-        let model = backdoored.copy()
         if method == .alignOnly, let r = rows[.ours], let a = alignOnlyFromOurs {  // ours' aligned model, evaluated
             rows[.alignOnly] = MethodOutcome(method: method.rawValue, ca: a.ca, asr: a.asr, seconds: a.seconds, note: r.note,
                                              suspicious: r.suspicious, safe: r.safe, ran: r.ran)
             log(String(format: "%@: CA %.4f ASR %.4f (ours' aligned model, %.1f s into ours) %@", method.rawValue, a.ca, a.asr, a.seconds, r.note))
             continue
         }
+        start = monotonicSeconds()
+        let model = backdoored.copy()
         let afterAlignment: (Int) -> Void = method == .ours && shareAlignment
             ? { _ in let e = evaluate(model); alignOnlyFromOurs = (e.ca, e.asr, monotonicSeconds() - start) } : { _ in }
         var note: String, suspicious: [HeadID] = [], safe: [HeadID] = [], ran = true

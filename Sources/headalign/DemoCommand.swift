@@ -136,20 +136,10 @@ enum DemoCommand: Command {
             ### Does the trigger change how heads attend? (Table 1's statistic, the monitor)
 
             """)
-        // the methods run on the machine's two cores (each worker with its own copy of the weights and
-        // its own seeds, so the numbers are those of a serial run) while the tables above are computed
-        let results = Slots<Result<[MethodOutcome], Error>>(encoderTeachingGroups.count), later = Slots<Result<String, Error>>(1)
-        let running = DispatchGroup()
-        for k in encoderTeachingGroups.indices {
-            DispatchQueue.global().async(group: running) {
-                results.set(k, Result {
-                    let own = try AnyModel.load(.directory(dir), precision: .f32, backend: backend)
-                    return try own.runMethods(split, methods: encoderTeachingGroups[k], settings: settings, baseline: baseline,
-                                              vanilla: k == 0)  // vanilla once
-                })
-                if k == 0 { later.set(0, Result { try alongside.value() }) }
-            }
-        }
+        let finish = startGroups(encoderTeachingGroups.count, alongside: alongside, run: Unchecked({ k in
+            let own = try AnyModel.load(.directory(dir), precision: .f32, backend: backend)
+            return try own.runMethods(split, methods: encoderTeachingGroups[k], settings: settings, baseline: baseline, vanilla: k == 0)
+        }))
         print(detectionTable([try model.detectionSummary(split, settings: settings)]))
         let (report, flagged) = try model.headReport(split, settings: settings)
         print("### Which heads? (Eq. 4-5 on the flagged inputs; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(settings.classRule.z.map { "outlier classes, z \($0)" } ?? "tau \(settings.tau)"))\n")
@@ -161,10 +151,31 @@ enum DemoCommand: Command {
         print("\nAttention of the [CLS] row on the trigger word, mean over the triggered sentences (the paper's premise: a few heads lock on):\n")
         print(headGrid(layers: c.numHiddenLayers, heads: nh) { String(format: "%.3f %@", mass[$0], classMark(report.classes[$0])) }, terminator: "")
         print("\n### Removing it (CA and ASR, %)\n")
-        running.wait()
-        print(methodTable([try results.values.flatMap { try $0!.get() }]))
+        let (rows, later) = try finish()
+        print(methodTable([rows]))
         print("Settings: " + describe(settings, baseline))
-        return try later.values[0]!.get()
+        return later
+    }
+
+    /// Starts `count` groups of methods, one worker each on the machine's cores: `run(k)` gives group
+    /// k's rows (each worker with its own copy of the weights and its own seeds, so the numbers are
+    /// those of a serial run; the backdoored model's own row in group 0 only). Worker 0 then computes
+    /// `alongside` (the later sections, as text). The returned function waits for all of them and
+    /// gives the rows in group order and that text.
+    static func startGroups(_ count: Int, alongside: Unchecked<() throws -> String>,
+                            run: Unchecked<(Int) throws -> [MethodOutcome]>) -> () throws -> ([MethodOutcome], String) {
+        let results = Slots<Result<[MethodOutcome], Error>>(count), later = Slots<Result<String, Error>>(1)
+        let running = DispatchGroup()
+        for k in 0..<count {
+            DispatchQueue.global().async(group: running) {
+                results.set(k, Result { try run.value(k) })
+                if k == 0 { later.set(0, Result { try alongside.value() }) }
+            }
+        }
+        return {
+            running.wait()
+            return (try results.values.flatMap { try $0!.get() }, try later.values[0]!.get())
+        }
     }
 
     /// The decoder teaching model (`--decoders`): a pretrained backbone where the pipeline runs end
@@ -226,25 +237,16 @@ enum DemoCommand: Command {
             ### Does the trigger change how heads attend? (Table 1's statistic, the monitor)
 
             """)
-        // the methods are independent (each from its own copy of the weights, its own seeds): two groups on the
-        // machine's two cores, started now (the tables above are computed meanwhile), each worker loading its own
-        // model, so the numbers are those of a serial run; the backdoored model is evaluated once, in the first group
+        // the two groups run on the machine's two cores while the tables below are computed
         let baseline = (try? args.baselineSettings(for: model.config)) ?? BaselineSettings()
-        let results = Slots<Result<[MethodOutcome], Error>>(teachingGroups.count), later = Slots<Result<String, Error>>(1)
         let prompts = monitor + monitorTriggered, settingsCopy = settings
-        let running = DispatchGroup()
-        for k in teachingGroups.indices {
-            DispatchQueue.global().async(group: running) {
-                results.set(k, Result {
-                    let own = try AnyModel.load(.directory(dir), precision: .f32, backend: backend)
-                    return try runGenerationMethods(own, tokenizer: tokenizer, defenderClean: defense, monitorPrompts: prompts,
-                                                    testClean: testClean, testTriggered: testTriggered, behaviour: .refusal, maxNew: 32,
-                                                    methods: teachingGroups[k], settings: settingsCopy, baseline: baseline,
-                                                    vanilla: k == 0, exampleLength: teachingExampleLength)
-                })
-                if k == 0 { later.set(0, Result { try alongside.value() }) }
-            }
-        }
+        let finish = startGroups(teachingGroups.count, alongside: alongside, run: Unchecked({ k in
+            let own = try AnyModel.load(.directory(dir), precision: .f32, backend: backend)
+            return try runGenerationMethods(own, tokenizer: tokenizer, defenderClean: defense, monitorPrompts: prompts,
+                                            testClean: testClean, testTriggered: testTriggered, behaviour: .refusal, maxNew: 32,
+                                            methods: teachingGroups[k], settings: settingsCopy, baseline: baseline,
+                                            vanilla: k == 0, exampleLength: teachingExampleLength)
+        }))
         let detection = try generationDetection(model, tokenizer: tokenizer, defenderClean: defense, clean: monitor,
                                                 triggered: monitorTriggered, settings: settings)
         print(detectionTable([detection]))
@@ -264,10 +266,9 @@ enum DemoCommand: Command {
             print(headGrid(layers: c.numHiddenLayers, heads: nh) { String(format: "%.3f %@", mass[$0], classMark(report.classes[$0])) }, terminator: "")
         }
         print("\n### Removing it (CA and ASR, %)\n")
-        running.wait()
-        let rows = try results.values.flatMap { try $0!.get() }  // vanilla, then the methods in teachingGroups' order
+        let (rows, later) = try finish()  // vanilla, then the methods in teachingGroups' order
         print(methodTable([rows]))
-        return try later.values[0]!.get()
+        return later
     }
 
     /// A head's class as the demo's tables mark it: s suspicious, + safe, . intermediate.

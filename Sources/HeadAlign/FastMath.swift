@@ -1,6 +1,10 @@
 // FastMath.swift: branch-free exp and erf for Float, so the loops of softmax, GELU and SiLU
 // vectorise. Kept apart from the reading path: Tensor.swift's `Real` uses them for Float, and
 // every formula in Ops.swift reads as if it called libm. Double keeps libm (the oracle's precision).
+// Also the naive backend's register-blocked Float product, and the half-precision product of the
+// streamed decode.
+
+import Dispatch
 
 /// erf for Float as `x P(x^2) / Q(x^2)` on x clamped to [-4, 4] (erf(4) rounds to 1 in Float).
 /// Why not libm's `erff`: it is a call per element (~16 ns here) and GELU evaluates it for every
@@ -135,4 +139,89 @@ where V.Scalar == Float {
     }
     c0.storeBytes(of: s0, as: V.self); c1.storeBytes(of: s1, as: V.self)
     c2.storeBytes(of: s2, as: V.self); c3.storeBytes(of: s3, as: V.self)
+}
+
+// MARK: - Products read from half precision (the streamed decode)
+
+/// Eight BF16 values to Float: a BF16 number is the top half of a Float's bits.
+@inline(__always)
+package func bf16x8(_ p: UnsafeRawPointer) -> SIMD8<Float> {
+    let h = SIMD8<UInt32>(truncatingIfNeeded: p.loadUnaligned(as: SIMD8<UInt16>.self))
+    return unsafeBitCast(h &<< 16, to: SIMD8<Float>.self)
+}
+
+/// Eight IEEE half-precision values to Float, in registers: the exponent and mantissa moved into a
+/// Float's fields (shift by 13) and rescaled by 2^112 (the bias 127 - 15), which is exact for
+/// normal and subnormal halves alike; infinities and NaNs keep an all-ones exponent; the sign is
+/// copied. Equal to `halfToFloat` on every bit pattern (TensorTests checks all 65,536).
+@inline(__always)
+package func f16x8(_ p: UnsafeRawPointer) -> SIMD8<Float> {
+    let h = SIMD8<UInt32>(truncatingIfNeeded: p.loadUnaligned(as: SIMD8<UInt16>.self))
+    let magnitude = h & 0x7FFF, sign = (h & 0x8000) &<< 16
+    let finite = unsafeBitCast(unsafeBitCast(magnitude &<< 13, to: SIMD8<Float>.self) * 0x1p112, to: SIMD8<UInt32>.self)
+    let special = (magnitude &<< 13) | 0x7F80_0000
+    return unsafeBitCast(finite.replacing(with: special, where: magnitude .>= 0x7C00) | sign, to: SIMD8<Float>.self)
+}
+
+/// `y = x W^T` for a few rows `x [m, K]` (Float) and a weight `W [N, K]` read where it lies, in
+/// its stored precision (`dtype` BF16, F16 or F32; row-major, as a checkpoint stores a linear
+/// layer). Why: generating one token is a matrix-vector product per weight matrix, bound by how
+/// fast the weights stream from memory; converting a whole layer to Float32 first reads the half
+/// precision bytes, writes twice as many and reads those again. Here each row of W is converted in
+/// registers, eight values at a time, and dotted with all m rows of x while it is in cache, so B
+/// prompts decoded together read the weights once. Each output is summed by one thread in a
+/// fixed order (eight lanes over p, then the lanes, then the tail), so the result does not depend
+/// on m, on which other rows are in x, or on the thread count. Rows of W are split across
+/// `threads` workers. Meant for small m (decoding); prefill and backward convert and call `gemm`.
+package func halfLinearForward(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, m: Int, k: Int, n: Int,
+                               weight: UnsafeRawPointer, dtype: SafetensorsDType, threads: Int = 2) {
+    precondition(dtype == .BF16 || dtype == .F16 || dtype == .F32, "halfLinearForward: \(dtype)")
+    let start = GemmStats.shared.enabled ? monotonicSeconds() : 0
+    let bytes = dtype.bits / 8, k8 = k - k % 8
+    let shared = HalfLinearPointers(y: y, x: x, w: weight)
+    @Sendable func rows(_ range: Range<Int>) {
+        withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: m) { acc in
+            for j in range {
+                let row = shared.w + j * k * bytes
+                for i in 0..<m { acc[i] = .zero }
+                var p = 0
+                while p < k8 {  // the weights' eight values, converted once, meet every row of x
+                    let w: SIMD8<Float>
+                    switch dtype {
+                    case .BF16: w = bf16x8(row + 2 * p)
+                    case .F16: w = f16x8(row + 2 * p)
+                    default: w = row.loadUnaligned(fromByteOffset: 4 * p, as: SIMD8<Float>.self)
+                    }
+                    for i in 0..<m { acc[i] += w * UnsafeRawPointer(shared.x + i * k + p).loadUnaligned(as: SIMD8<Float>.self) }
+                    p += 8
+                }
+                for i in 0..<m {
+                    var s = acc[i].sum()
+                    for q in k8..<k {
+                        let wq: Float
+                        switch dtype {
+                        case .BF16: wq = Float(bitPattern: UInt32(row.loadUnaligned(fromByteOffset: 2 * q, as: UInt16.self)) << 16)
+                        case .F16: wq = halfToFloat(row.loadUnaligned(fromByteOffset: 2 * q, as: UInt16.self))
+                        default: wq = row.loadUnaligned(fromByteOffset: 4 * q, as: Float.self)
+                        }
+                        s += wq * shared.x[i * k + q]
+                    }
+                    shared.y[i * n + j] = s
+                }
+            }
+        }
+    }
+    let parts = max(1, min(threads, n / 64))
+    if parts == 1 {
+        rows(0..<n)
+    } else {
+        let size = (n + parts - 1) / parts
+        DispatchQueue.concurrentPerform(iterations: parts) { t in rows((t * size)..<min(n, (t + 1) * size)) }
+    }
+    if GemmStats.shared.enabled { GemmStats.shared.recordHalf(since: start, m: m, n: n, k: k, weightBytes: n * k * bytes) }
+}
+
+/// The pointers `halfLinearForward`'s workers share (each writes its own rows of y).
+struct HalfLinearPointers: @unchecked Sendable {
+    let y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, w: UnsafeRawPointer
 }

@@ -45,45 +45,90 @@ public final class KeyValueCache<S: Real> {
 /// (a 7B model run layer by layer passes every layer through one resident layer's weights).
 package func cachedLayerStep<S: Real>(_ model: Model<S>, _ lw: LayerWeights<S>, keys: Tensor<S>, values: Tensor<S>, x: Tensor<S>,
                               start p0: Int) -> Tensor<S> {
+    cachedLayerStep(model, lw, [CachedRows(keys: keys, values: values, start: p0, rows: x.shape[0])], x: x)
+}
+
+/// Rows of one sequence in a `cachedLayerStep`: `rows` new positions from `start` on, with the
+/// layer's key/value cache of that sequence (`[capacity, NKV*HS]`).
+package struct CachedRows<S: Real> {
+    package let keys: Tensor<S>, values: Tensor<S>
+    package let start: Int, rows: Int
+    package init(keys: Tensor<S>, values: Tensor<S>, start: Int, rows: Int) {
+        self.keys = keys; self.values = values; self.start = start; self.rows = rows
+    }
+}
+
+/// A layer's linear maps, named for a caller that brings its own products (`project`).
+package enum LayerLinear: Sendable { case query, key, value, output, gate, up, down }
+
+/// The same layer step for several sequences at once: `x [m, D]` holds each sequence's new rows in
+/// turn (`sequences[s].rows` of them); the linear maps and norms run on all m rows together (B
+/// prompts decoded together share one read of the weights), rotary positions, the caches and
+/// attention per sequence. `project(out, input, which)`, when given, replaces the layer's linear
+/// maps `out = input W^T` (the streamed decode reads W in half precision where it lies; Llama
+/// layers have no biases); without it `lw`'s weights run through `linearForward`.
+package func cachedLayerStep<S: Real>(_ model: Model<S>, _ lw: LayerWeights<S>, _ sequences: [CachedRows<S>], x: Tensor<S>,
+                                      project: ((Tensor<S>, Tensor<S>, LayerLinear) -> Void)? = nil) -> Tensor<S> {
     let c = model.config, backend = model.backend, d = c.hiddenSize, m = x.shape[0]
     let shape = c.attentionShape, nh = shape.heads, hs = shape.headSize, qDim = nh * hs, kvDim = shape.kvHeads * hs
-    let t = p0 + m  // keys visible to the last new row
+    precondition(sequences.reduce(0) { $0 + $1.rows } == m, "cachedLayerStep: the sequences' rows are not x's \(m)")
+    let linear = project ?? { out, input, which in
+        let l: Linear<S>
+        switch which {
+        case .query: l = lw.attention.query
+        case .key: l = lw.attention.key
+        case .value: l = lw.attention.value
+        case .output: l = lw.attention.output
+        case .gate: l = lw.ffnGate!
+        case .up: l = lw.ffnUp
+        case .down: l = lw.ffnDown
+        }
+        linearForward(out, input, l.weight, l.bias, backend)
+    }
     let hat = Tensor<S>([m, d]), rstd = Tensor<S>([m])  // RMSNorm scratch (the cache of a backward we never run)
     // attention: mid = x + O(Attn(RMS1(x)))
     let h = Tensor<S>([m, d])
     rmsNormForward(h, hat, rstd, x, lw.norm1.weight, eps: c.rmsNormEps)
     let q = Tensor<S>([m, qDim]), k = Tensor<S>([m, kvDim]), v = Tensor<S>([m, kvDim])
-    linearForward(q, h, lw.attention.query.weight, lw.attention.query.bias, backend)
-    linearForward(k, h, lw.attention.key.weight, lw.attention.key.bias, backend)
-    linearForward(v, h, lw.attention.value.weight, lw.attention.value.bias, backend)
-    if let rotary = model.rotary {
-        ropeApply(q.data, rows: m, heads: nh, startPosition: p0, table: rotary, interleaved: c.ropeInterleaved, inverse: false)
-        ropeApply(k.data, rows: m, heads: shape.kvHeads, startPosition: p0, table: rotary, interleaved: c.ropeInterleaved, inverse: false)
-    }
-    (keys.data + p0 * kvDim).update(from: k.data, count: m * kvDim)
-    (values.data + p0 * kvDim).update(from: v.data, count: m * kvDim)
-    let headOut = Tensor<S>([m, qDim]), scores = Tensor<S>([m, t])  // [m, NH*HS], one head's [m, T] at a time
-    for head in 0..<nh {
-        let g = shape.kvHead(of: head)
-        // Eq. 1 for the new rows: softmax(q K^T / sqrt(HS)) over keys 0 ... p0 + i
-        gemm(backend, transB: true, m: m, n: t, k: hs, alpha: S(shape.scale), a: q.data + head * hs, lda: qDim,
-             b: keys.data + g * hs, ldb: kvDim, c: scores.data, ldc: t)
-        for i in 0..<m { softmaxPrefix(scores.data + i * t, p0 + i + 1, t) }
-        gemm(backend, m: m, n: hs, k: t, a: scores.data, lda: t, b: values.data + g * hs, ldb: kvDim,
-             c: headOut.data + head * hs, ldc: qDim)
+    linear(q, h, .query)
+    linear(k, h, .key)
+    linear(v, h, .value)
+    let headOut = Tensor<S>([m, qDim])  // [m, NH*HS]
+    var r0 = 0  // the sequence's first row in x
+    for s in sequences {
+        let p0 = s.start, rows = s.rows, t = p0 + rows  // keys visible to the sequence's last new row
+        precondition(t <= s.keys.shape[0], "cachedLayerStep: positions \(p0) + \(rows) exceed the cache's \(s.keys.shape[0])")
+        let qs = q.data + r0 * qDim, ks = k.data + r0 * kvDim, vs = v.data + r0 * kvDim
+        if let rotary = model.rotary {
+            ropeApply(qs, rows: rows, heads: nh, startPosition: p0, table: rotary, interleaved: c.ropeInterleaved, inverse: false)
+            ropeApply(ks, rows: rows, heads: shape.kvHeads, startPosition: p0, table: rotary, interleaved: c.ropeInterleaved, inverse: false)
+        }
+        (s.keys.data + p0 * kvDim).update(from: ks, count: rows * kvDim)
+        (s.values.data + p0 * kvDim).update(from: vs, count: rows * kvDim)
+        let scores = Tensor<S>([rows, t])  // one head's [rows, T] at a time
+        for head in 0..<nh {
+            let g = shape.kvHead(of: head)
+            // Eq. 1 for the new rows: softmax(q K^T / sqrt(HS)) over keys 0 ... p0 + i
+            gemm(backend, transB: true, m: rows, n: t, k: hs, alpha: S(shape.scale), a: qs + head * hs, lda: qDim,
+                 b: s.keys.data + g * hs, ldb: kvDim, c: scores.data, ldc: t)
+            for i in 0..<rows { softmaxPrefix(scores.data + i * t, p0 + i + 1, t) }
+            gemm(backend, m: rows, n: hs, k: t, a: scores.data, lda: t, b: s.values.data + g * hs, ldb: kvDim,
+                 c: headOut.data + r0 * qDim + head * hs, ldc: qDim)
+        }
+        r0 += rows
     }
     let proj = Tensor<S>([m, d])
-    linearForward(proj, headOut, lw.attention.output.weight, lw.attention.output.bias, backend)
+    linear(proj, headOut, .output)
     let mid = Tensor<S>([m, d])
     for i in 0..<(m * d) { mid.data[i] = x.data[i] + proj.data[i] }
     // feed-forward: out = mid + Down(SwiGLU(Gate(RMS2(mid)), Up(RMS2(mid))))
     let f = c.intermediateSize
     let ffnIn = Tensor<S>([m, d]), gate = Tensor<S>([m, f]), up = Tensor<S>([m, f]), act = Tensor<S>([m, f])
     rmsNormForward(ffnIn, hat, rstd, mid, lw.norm2.weight, eps: c.rmsNormEps)
-    linearForward(gate, ffnIn, lw.ffnGate!.weight, nil, backend)
-    linearForward(up, ffnIn, lw.ffnUp.weight, nil, backend)
+    linear(gate, ffnIn, .gate)
+    linear(up, ffnIn, .up)
     swigluForward(act, gate, up)
-    linearForward(proj, act, lw.ffnDown.weight, nil, backend)
+    linear(proj, act, .down)
     let out = Tensor<S>([m, d])
     for i in 0..<(m * d) { out.data[i] = mid.data[i] + proj.data[i] }
     return out

@@ -173,27 +173,112 @@ public final class StreamedLlama {
 
     // MARK: Greedy generation with a key/value cache
 
-    /// Greedy continuation as `generateGreedy`: the prompt in one streamed pass, then one pass per
-    /// new token, each layer attending to its own cache of keys and values.
+    /// Greedy continuation as `generateGreedy` (one prompt of `generate(prompts:maxNew:)`).
     public func generate(prompt: [Int], maxNew: Int) -> [Int] {
-        let positions = config.maxPositionEmbeddings
-        guard maxNew > 0, !prompt.isEmpty, prompt.count < positions else { return [] }
-        let capacity = min(positions, prompt.count + maxNew)
-        let kvDim = config.attentionShape.kvHeads * config.headSize
-        let keys = (0..<config.numHiddenLayers).map { _ in Tensor<Float>([capacity, kvDim]) }
-        let values = (0..<config.numHiddenLayers).map { _ in Tensor<Float>([capacity, kvDim]) }
-        var generated: [Int] = [], feed = prompt, length = 0
-        for _ in 0..<maxNew {
-            if prompt.count + generated.count >= positions { break }
-            var x = Tensor<Float>([feed.count, config.hiddenSize])
-            embeddingForward(x, shell.weights.tokenEmbedding, feed)
-            eachLayer { l in x = cachedLayerStep(shell, shell.weights.layers[0], keys: keys[l], values: values[l], x: x, start: length) }
-            length += feed.count
-            let best = argmax(lastRowLogits(shell, x))
-            generated.append(best)
-            feed = [best]
+        generate(prompts: [prompt], maxNew: maxNew)[0]
+    }
+
+    /// Greedy continuations of several prompts together, each layer attending to its own cache of
+    /// keys and values per prompt. The prompts run layer by layer with each layer converted once
+    /// (a product per prompt, as `generateGreedy` computes it); then each new token of every
+    /// unfinished prompt runs in one step, x `[B, D]`, with the weights read in their stored
+    /// precision where they lie (`halfLinearForward`): no layer is converted per token and B
+    /// prompts share one read of the weights. A prompt's tokens do not depend on the other
+    /// prompts (StreamingTests); they are `generateGreedy`'s unless two logits tie to within
+    /// Float rounding (the decode sums in another order).
+    public func generate(prompts: [[Int]], maxNew: Int) -> [[Int]] {
+        let positions = config.maxPositionEmbeddings, kvDim = config.attentionShape.kvHeads * config.headSize, d = config.hiddenSize
+        var generated = prompts.map { _ in [Int]() }
+        let live = prompts.indices.filter { maxNew > 0 && !prompts[$0].isEmpty && prompts[$0].count < positions }
+        guard !live.isEmpty else { return generated }
+        let capacity = live.map { min(positions, prompts[$0].count + maxNew) }
+        let keys = capacity.map { t in (0..<config.numHiddenLayers).map { _ in Tensor<Float>([t, kvDim]) } }  // [prompt][layer]
+        let values = capacity.map { t in (0..<config.numHiddenLayers).map { _ in Tensor<Float>([t, kvDim]) } }
+        // the prompts: every layer converted once, then a product per prompt
+        var xs = live.map { b in
+            let x = Tensor<Float>([prompts[b].count, d])
+            embeddingForward(x, shell.weights.tokenEmbedding, prompts[b])
+            return x
+        }
+        eachLayer { l in
+            for a in live.indices {
+                xs[a] = cachedLayerStep(shell, shell.weights.layers[0], keys: keys[a][l], values: values[a][l], x: xs[a], start: 0)
+            }
+        }
+        for (a, b) in live.enumerated() { generated[b].append(argmax(lastRowLogits(shell, xs[a]))) }
+        // the new tokens, all unfinished prompts in one step
+        var length = live.map { prompts[$0].count }
+        for _ in 1..<max(1, maxNew) {
+            let active = live.indices.filter { a in prompts[live[a]].count + generated[live[a]].count < positions }
+            if active.isEmpty { break }
+            var x = Tensor<Float>([active.count, d])
+            embeddingForward(x, shell.weights.tokenEmbedding, active.map { generated[live[$0]].last! })
+            for l in 0..<config.numHiddenLayers {
+                loadNorms(layer: l)
+                let rows = active.map { CachedRows(keys: keys[$0][l], values: values[$0][l], start: length[$0], rows: 1) }
+                x = cachedLayerStep(shell, shell.weights.layers[0], rows, x: x, project: { out, input, which in
+                    self.halfProduct(out, input, layer: l, which)
+                })
+            }
+            let logits = decodeLogits(x)
+            for (r, a) in active.enumerated() {
+                length[a] += 1
+                generated[live[a]].append(argmax(Array(UnsafeBufferPointer(start: logits.data + r * config.vocabSize, count: config.vocabSize))))
+            }
         }
         return generated
+    }
+
+    /// The checkpoint names of a layer's linear maps.
+    static func linearName(layer l: Int, _ which: LayerLinear) -> String {
+        let p = "model.layers.\(l)."
+        switch which {
+        case .query: return p + "self_attn.q_proj.weight"
+        case .key: return p + "self_attn.k_proj.weight"
+        case .value: return p + "self_attn.v_proj.weight"
+        case .output: return p + "self_attn.o_proj.weight"
+        case .gate: return p + "mlp.gate_proj.weight"
+        case .up: return p + "mlp.up_proj.weight"
+        case .down: return p + "mlp.down_proj.weight"
+        }
+    }
+
+    /// `out = input W^T` for layer l's linear map `which`, W read in its stored precision from the
+    /// mapping; rows the alignment has trained (kept in Float32) replace the checkpoint's.
+    func halfProduct(_ out: Tensor<Float>, _ input: Tensor<Float>, layer l: Int, _ which: LayerLinear) {
+        let name = Self.linearName(layer: l, which)
+        let at = location[name]!, raw = files[at.file].bytes(of: at.entry)  // checked in init
+        let m = input.shape[0], k = input.shape[1], n = out.shape[1], threads = ProcessInfo.processInfo.activeProcessorCount
+        halfLinearForward(out.data, input.data, m: m, k: k, n: n, weight: raw.baseAddress!, dtype: at.entry.dtype, threads: threads)
+        for slice in slices where slice.layer == l && slice.name == name {
+            let part = Tensor<Float>([m, slice.rows.count])
+            halfLinearForward(part.data, input.data, m: m, k: k, n: slice.rows.count, weight: slice.values.data, dtype: .F32, threads: threads)
+            for i in 0..<m {
+                (out.data + i * n + slice.rows.lowerBound).update(from: part.data + i * slice.rows.count, count: slice.rows.count)
+            }
+        }
+    }
+
+    /// Layer l's two RMSNorm weights into the shell (a few thousand numbers), for a decode step
+    /// whose products read the checkpoint directly; the shell then holds no whole layer.
+    func loadNorms(layer l: Int) {
+        guard resident != l else { return }
+        for p in shell.layout.tensors where p.name.hasPrefix("model.layers.0.") && p.name.hasSuffix("layernorm.weight") {
+            try! fill(p, from: "model.layers.\(l)." + p.name.dropFirst("model.layers.0.".count))  // checked in init
+        }
+        resident = nil
+    }
+
+    /// The final RMSNorm and the LM head on every row of x `[B, D]`: logits `[B, V]`, the head's
+    /// Float32 copy read by the same product as the layers (one read for all B rows).
+    func decodeLogits(_ x: Tensor<Float>) -> Tensor<Float> {
+        let w = shell.weights, m = x.shape[0], d = config.hiddenSize
+        let row = Tensor<Float>([m, d]), hat = Tensor<Float>([m, d]), rstd = Tensor<Float>([m])
+        rmsNormForward(row, hat, rstd, x, w.finalNorm!.weight, eps: config.rmsNormEps)
+        let logits = Tensor<Float>([m, config.vocabSize])
+        halfLinearForward(logits.data, row.data, m: m, k: d, n: config.vocabSize, weight: (w.lmHead ?? w.tokenEmbedding).data,
+                          dtype: .F32, threads: ProcessInfo.processInfo.activeProcessorCount)
+        return logits
     }
 
     // MARK: Alignment (Eq. 6–7) at scale

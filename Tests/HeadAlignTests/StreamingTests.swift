@@ -105,6 +105,40 @@ final class StreamingTests: XCTestCase {
 /// Eq. 7 streamed (`headalign align`) moves exactly the rows the resident alignment moves, by the
 /// same amounts, and leaves every other tensor as it was.
 final class StreamedAlignmentTests: XCTestCase {
+    /// The streamed decode (several prompts in one step, weights read in BF16/F16/F32 where they
+    /// lie): each prompt's tokens are the ones it gets alone, bit for bit, and the in-memory
+    /// generateGreedy's; after alignment steps the trained rows (held in Float32) are the ones used.
+    func testBatchedStreamedGenerationEqualsEachPromptAloneAndInMemory() throws {
+        let prompts = [[1, 7, 9, 30, 2, 5], [1, 40, 41, 42], [1, 3], [1, 60, 61, 62, 63, 64, 65, 66, 67]]
+        for dtype in ["bf16", "f16", "f32"] {
+            let dir = temporaryDirectory(self) + "/m"
+            XCTAssertEqual(try runHeadalign(["make-model", "--preset", "llama-tiny", "--dtype", dtype, "--seed", "6", "--out", dir]).status, 0)
+            let streamed = try StreamedLlama(directory: dir, backend: .naive)
+            let together = streamed.generate(prompts: prompts, maxNew: 7)
+            let memory: Model<Float> = try loadModel(directory: dir, backend: .naive)
+            for (p, prompt) in prompts.enumerated() {
+                XCTAssertEqual(together[p].count, 7)
+                XCTAssertEqual(streamed.generate(prompt: prompt, maxNew: 7), together[p], "\(dtype): prompt \(p) alone")
+                XCTAssertEqual(generateGreedy(memory, prompt: prompt, maxNew: 7), together[p], "\(dtype): prompt \(p) in memory")
+            }
+            XCTAssertGreaterThan(Set(together.flatMap { $0 }).count, 3, "the random model does not repeat one token")
+        }
+        // trained rows: three alignment steps, saved; the saved model in memory generates what the streamed one does
+        let tmp = temporaryDirectory(self), dir = tmp + "/m", out = tmp + "/aligned"
+        XCTAssertEqual(try runHeadalign(["make-model", "--preset", "llama-tiny", "--dtype", "f32", "--seed", "3", "--out", dir]).status, 0)
+        let streamed = try StreamedLlama(directory: dir, backend: .naive)
+        let before = streamed.generate(prompts: prompts, maxNew: 7)
+        let suspicious = [HeadID(0, 1), HeadID(1, 2), HeadID(1, 3)]
+        streamed.prepareAlignment(suspicious: suspicious, learningRate: 0.05)
+        let sequences = prompts.map { (tokens: $0 + [5, 6, 7], promptLength: $0.count) }
+        for _ in 0..<3 { _ = streamed.alignmentStep(sequences: sequences, view: .gen2prompt, suspicious: suspicious, safe: [HeadID(0, 0), HeadID(1, 0)]) }
+        let after = streamed.generate(prompts: prompts, maxNew: 7)
+        try streamed.saveAligned(from: dir, to: out)
+        let aligned: Model<Float> = try loadModel(directory: out, backend: .naive)
+        for (p, prompt) in prompts.enumerated() { XCTAssertEqual(generateGreedy(aligned, prompt: prompt, maxNew: 7), after[p], "aligned: prompt \(p)") }
+        XCTAssertNotEqual(before, after, "the alignment changed some continuation, so the trained rows were used")
+    }
+
     func testStreamedAlignmentEqualsTheResidentSteps() throws {
         let tmp = temporaryDirectory(self), dir = tmp + "/m", out = tmp + "/aligned"
         XCTAssertEqual(try runHeadalign(["make-model", "--preset", "llama-tiny", "--dtype", "f32", "--seed", "3", "--out", dir]).status, 0)

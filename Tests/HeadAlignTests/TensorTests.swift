@@ -93,6 +93,65 @@ final class TensorTests: XCTestCase {
         XCTAssertGreaterThan(compared, 10_000)
     }
 
+    /// The streamed decode's in-register half-to-Float conversion equals `halfToFloat` (by fields)
+    /// on all 65,536 bit patterns: zeros, subnormals, normals, infinities, NaNs, both signs.
+    func testF16x8EqualsHalfToFloatOnEveryPattern() {
+        var patterns = (0..<65536).map { UInt16($0) }
+        var mismatches = 0, nans = 0
+        patterns.withUnsafeMutableBytes { raw in
+            for g in 0..<8192 {
+                let v = f16x8(raw.baseAddress! + 16 * g)
+                for lane in 0..<8 {
+                    let want = halfToFloat(UInt16(8 * g + lane)), got = v[lane]
+                    if want.isNaN { nans += 1; if !got.isNaN { mismatches += 1 } } else if got.bitPattern != want.bitPattern { mismatches += 1 }
+                }
+            }
+        }
+        XCTAssertEqual(mismatches, 0)
+        XCTAssertEqual(nans, 2 * 1023, "every NaN pattern was checked")
+    }
+
+    /// `halfLinearForward` (weights read in BF16, F16 or F32 where they lie) equals converting the
+    /// weights and calling naiveGemm (x W^T), to Float rounding; each output row does not depend on
+    /// the other rows of x or on the thread count (bit for bit), so a batch of prompts decodes as
+    /// each prompt alone.
+    func testHalfLinearForwardEqualsConvertThenGemm() throws {
+        var rng = SeededGenerator(seed: 31)
+        var compared = 0
+        for trial in 0..<60 {
+            let m = 1 + rng.int(below: 6), k = 1 + rng.int(below: 77), n = 1 + rng.int(below: 300)
+            let dtype: SafetensorsDType = [.BF16, .F16, .F32][trial % 3]
+            var g = SeededGenerator(seed: UInt64(2000 + trial))
+            let w32: Tensor<Float> = randomTensor([n * k], &g), x: Tensor<Float> = randomTensor([m * k], &g)
+            var stored = [UInt8]()
+            for v in w32.array {
+                switch dtype {
+                case .BF16: withUnsafeBytes(of: UInt16(v.bitPattern >> 16).littleEndian) { stored += $0 }
+                case .F16: withUnsafeBytes(of: Float16(v).bitPattern.littleEndian) { stored += $0 }
+                default: withUnsafeBytes(of: v.bitPattern.littleEndian) { stored += $0 }
+                }
+            }
+            let w = Tensor<Float>([n, k])
+            try stored.withUnsafeBytes { try convert($0, dtype: dtype, into: w.data, count: n * k, what: "test") }
+            let want = Tensor<Float>([m, n])
+            naiveGemm(transA: false, transB: true, m: m, n: n, k: k, alpha: 1, a: x.data, lda: k, b: w.data, ldb: k, beta: 0, c: want.data, ldc: n)
+            var runs: [[Float]] = []
+            for threads in [1, 2] {
+                let y = Tensor<Float>([m, n])
+                stored.withUnsafeBytes { halfLinearForward(y.data, x.data, m: m, k: k, n: n, weight: $0.baseAddress!, dtype: dtype, threads: threads) }
+                runs.append(y.array)
+            }
+            XCTAssertEqual(runs[0].map(\.bitPattern), runs[1].map(\.bitPattern), "trial \(trial): threads")
+            for (u, v) in zip(want.array, runs[0]) { assertClose(Double(u), Double(v), atol: 1e-5, rtol: 1e-5, "trial \(trial) \(dtype) m \(m) k \(k) n \(n)") }
+            // row i alone gives row i of the batch, bit for bit
+            let i = rng.int(below: m), y1 = Tensor<Float>([1, n])
+            stored.withUnsafeBytes { halfLinearForward(y1.data, x.data + i * k, m: 1, k: k, n: n, weight: $0.baseAddress!, dtype: dtype) }
+            XCTAssertEqual(y1.array.map(\.bitPattern), Array(runs[0][(i * n)..<((i + 1) * n)]).map(\.bitPattern), "trial \(trial): row \(i) alone")
+            compared += m * n
+        }
+        XCTAssertGreaterThan(compared, 5_000)
+    }
+
     func testViewsAliasTheirBase() {
         let base = Tensor<Double>([6], [0, 1, 2, 3, 4, 5])
         let view = Tensor(viewOf: base, offset: 2, shape: [2, 2])

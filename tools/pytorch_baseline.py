@@ -4,12 +4,21 @@ Not part of the build or the tests; run it by hand beside the benchmark, on the 
 
     pip install torch
     python3 tools/pytorch_baseline.py            # prints median seconds per batch
+    python3 tools/pytorch_baseline.py --json peer.json && headalign bench --peer peer.json
+                                                 # the same, and bench prints them beside its own
+
+The JSON (version 1): {"version": 1, "peer": "torch 2.x, 2 threads", "measured": ISO-8601 UTC time,
+"cases": {NAME: median seconds per batch}}, NAME as bench names its rows ("minilm-l6 fwd+bwd 32 x 64").
 
 Shapes: a MiniLM-shaped BERT (6 layers, 12 heads, d 384, ffn 1536, vocab 30522, classifier)
 forward+backward at batch 32 x 64 tokens; one Llama-2-7B-shaped decoder layer (d 4096, 32
 heads, SwiGLU 11008, rotary, causal) forward at T = 64. f32, torch.set_num_threads(2).
 """
+import argparse
+import datetime
+import json
 import math
+import os
 import time
 
 import torch
@@ -78,6 +87,10 @@ def llama_layer_forward(x, w, heads=32):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", metavar="FILE", help="also write the timings as JSON for `headalign bench --peer FILE`")
+    args = parser.parse_args()
+    cases = {}
     model = Bert()
     ids = torch.randint(0, 30522, (32, 64))
     labels = torch.randint(0, 2, (32,))
@@ -86,16 +99,30 @@ def main():
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(ids), labels).backward()
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"minilm-l6 fwd+bwd 32 x 64: {median_time(step):.4f} s")
+    peer = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    print(peer)
+
+    def record(name, seconds):
+        cases[name] = round(seconds, 6)
+        print(f"{name}: {seconds:.4f} s")
+
+    record("minilm-l6 fwd+bwd 32 x 64", median_time(step))
     with torch.no_grad():
-        print(f"minilm-l6 fwd 32 x 64: {median_time(lambda: model(ids)):.4f} s")
+        record("minilm-l6 fwd 32 x 64", median_time(lambda: model(ids)))
         d, f = 4096, 11008
         w = {n: torch.randn(*s) * 0.02 for n, s in
              dict(q=(d, d), k=(d, d), v=(d, d), o=(d, d), g=(f, d), u=(f, d), dn=(d, f)).items()}
         w["n1"], w["n2"] = torch.ones(d), torch.ones(d)
         x = torch.randn(64, d)
-        print(f"llama2-7b 1 layer fwd T=64: {median_time(lambda: llama_layer_forward(x, w)):.4f} s")
+        record("llama2-7b 1 layer fwd 1 x 64", median_time(lambda: llama_layer_forward(x, w)))
+    if args.json:
+        doc = {"version": 1, "peer": peer, "measured": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+               "cases": cases}
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, args.json)  # atomic
 
 
 if __name__ == "__main__":

@@ -68,20 +68,22 @@ public struct InputAnalysis: Sendable {
 @_specialize(exported: true, where S == Float)
 @_specialize(exported: true, where S == Double)
 public func analysisSequences<S: Real>(_ model: Model<S>, _ inputs: [AnalysisInput], task: ModelTask, generate: Int) -> [(tokens: [Int], promptLength: Int)] {
-    analysisSequences(config: model.config, inputs, task: task, generate: generate) { generateGreedy(model, prompt: $0, maxNew: $1) }
+    analysisSequences(config: model.config, inputs, task: task, generate: generate) { prompts, n in
+        prompts.map { generateGreedy(model, prompt: $0, maxNew: n) }
+    }
 }
 
-/// The same with any greedy generator (a model run layer by layer brings its own).
+/// The same with any greedy generator of several prompts at once (a model run layer by layer
+/// brings its own, which decodes the prompts together).
 public func analysisSequences(config: ModelConfig, _ inputs: [AnalysisInput], task: ModelTask, generate: Int,
-                       greedy: ([Int], Int) -> [Int]) -> [(tokens: [Int], promptLength: Int)] {
-    inputs.map { input in
-        switch task {
-        case .classification: return (input.tokens, input.tokens.count)
-        case .generation:
-            let room = config.maxPositionEmbeddings - generate
-            let prompt = input.tokens.count > room ? Array(input.tokens.suffix(room)) : input.tokens
-            return (prompt + greedy(prompt, generate), prompt.count)
-        }
+                       greedy: ([[Int]], Int) -> [[Int]]) -> [(tokens: [Int], promptLength: Int)] {
+    switch task {
+    case .classification: return inputs.map { ($0.tokens, $0.tokens.count) }
+    case .generation:
+        let room = config.maxPositionEmbeddings - generate
+        let prompts = inputs.map { $0.tokens.count > room ? Array($0.tokens.suffix(room)) : $0.tokens }
+        let continuations = greedy(prompts, generate)
+        return zip(prompts, continuations).map { ($0 + $1, $0.count) }
     }
 }
 
@@ -93,17 +95,17 @@ public struct AnalysisRunner<S: Real> {
     public let config: ModelConfig
     public let forward: (Batch) -> ForwardPass<S>
     public let headGradients: (ForwardPass<S>, Tensor<S>) -> [Tensor<S>]  // dL/dH [N, NH*HS] per layer, given dL/d(output)
-    public let greedy: ([Int], Int) -> [Int]  // (prompt, T_g) -> the T_g generated tokens
+    public let greedy: ([[Int]], Int) -> [[Int]]  // (prompts, T_g) -> each prompt's T_g generated tokens
 
     public init(_ model: Model<S>) {
         config = model.config
         forward = { model.forward($0) }
         headGradients = { model.backward($0, dOutput: $1, into: model.makeGradients(), scope: .headOutputs).headOutputGradients }
-        greedy = { generateGreedy(model, prompt: $0, maxNew: $1) }
+        greedy = { prompts, n in prompts.map { generateGreedy(model, prompt: $0, maxNew: n) } }
     }
 
     public init(config: ModelConfig, forward: @escaping (Batch) -> ForwardPass<S>,
-                headGradients: @escaping (ForwardPass<S>, Tensor<S>) -> [Tensor<S>], greedy: @escaping ([Int], Int) -> [Int]) {
+                headGradients: @escaping (ForwardPass<S>, Tensor<S>) -> [Tensor<S>], greedy: @escaping ([[Int]], Int) -> [[Int]]) {
         self.config = config; self.forward = forward; self.headGradients = headGradients; self.greedy = greedy
     }
 }

@@ -170,33 +170,48 @@ package func f16x8(_ p: UnsafeRawPointer) -> SIMD8<Float> {
 /// precision bytes, writes twice as many and reads those again. Here each row of W is converted in
 /// registers, eight values at a time, and dotted with all m rows of x while it is in cache, so B
 /// prompts decoded together read the weights once. Each output is summed by one thread in a
-/// fixed order (eight lanes over p, then the lanes, then the tail), so the result does not depend
+/// fixed order (four accumulators of eight lanes over p, then the lanes, then the tail), so the result does not depend
 /// on m, on which other rows are in x, or on the thread count. Rows of W are split across
 /// `threads` workers. Meant for small m (decoding); prefill and backward convert and call `gemm`.
 package func halfLinearForward(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, m: Int, k: Int, n: Int,
                                weight: UnsafeRawPointer, dtype: SafetensorsDType, threads: Int = 2) {
     precondition(dtype == .BF16 || dtype == .F16 || dtype == .F32, "halfLinearForward: \(dtype)")
     let start = GemmStats.shared.enabled ? monotonicSeconds() : 0
-    let bytes = dtype.bits / 8, k8 = k - k % 8
+    let bytes = dtype.bits / 8, k32 = k - k % 32, k8 = k - k % 8
     let shared = HalfLinearPointers(y: y, x: x, w: weight)
+    @Sendable @inline(__always) func load8(_ row: UnsafeRawPointer, _ p: Int) -> SIMD8<Float> {
+        switch dtype {
+        case .BF16: return bf16x8(row + 2 * p)
+        case .F16: return f16x8(row + 2 * p)
+        default: return row.loadUnaligned(fromByteOffset: 4 * p, as: SIMD8<Float>.self)
+        }
+    }
+    @Sendable @inline(__always) func xs8(_ i: Int, _ p: Int) -> SIMD8<Float> { UnsafeRawPointer(shared.x + i * k + p).loadUnaligned(as: SIMD8<Float>.self) }
     @Sendable func rows(_ range: Range<Int>) {
-        withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: m) { acc in
+        // four accumulators per row of x (p in blocks of 32: lanes of p % 32 in 0..<8 to the first,
+        // 8..<16 to the second, ...): four independent chains of additions keep the core busy
+        withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: 4 * m) { acc in
             for j in range {
                 let row = shared.w + j * k * bytes
-                for i in 0..<m { acc[i] = .zero }
+                for a in 0..<(4 * m) { acc[a] = .zero }
                 var p = 0
-                while p < k8 {  // the weights' eight values, converted once, meet every row of x
-                    let w: SIMD8<Float>
-                    switch dtype {
-                    case .BF16: w = bf16x8(row + 2 * p)
-                    case .F16: w = f16x8(row + 2 * p)
-                    default: w = row.loadUnaligned(fromByteOffset: 4 * p, as: SIMD8<Float>.self)
+                while p < k32 {  // the weights' 32 values, converted once, meet every row of x
+                    let w0 = load8(row, p), w1 = load8(row, p + 8), w2 = load8(row, p + 16), w3 = load8(row, p + 24)
+                    for i in 0..<m {
+                        acc[4 * i] += w0 * xs8(i, p)
+                        acc[4 * i + 1] += w1 * xs8(i, p + 8)
+                        acc[4 * i + 2] += w2 * xs8(i, p + 16)
+                        acc[4 * i + 3] += w3 * xs8(i, p + 24)
                     }
-                    for i in 0..<m { acc[i] += w * UnsafeRawPointer(shared.x + i * k + p).loadUnaligned(as: SIMD8<Float>.self) }
+                    p += 32
+                }
+                while p < k8 {  // what is left in blocks of 8, to the first accumulator
+                    let w0 = load8(row, p)
+                    for i in 0..<m { acc[4 * i] += w0 * xs8(i, p) }
                     p += 8
                 }
                 for i in 0..<m {
-                    var s = acc[i].sum()
+                    var s = ((acc[4 * i] + acc[4 * i + 1]) + (acc[4 * i + 2] + acc[4 * i + 3])).sum()
                     for q in k8..<k {
                         let wq: Float
                         switch dtype {

@@ -213,16 +213,20 @@ public func residentBytes() -> (anonymous: Int, file: Int)? {
 public struct StreamPhase: Sendable {
     public let name: String
     public let seconds: Double, gemmSeconds: Double, gemmFlops: Double, conversionSeconds: Double, layerLoads: Int
+    public let halfSeconds: Double, halfBytes: Double  // in `halfLinearForward` (the decode), and the weight bytes it read
     public let anonymousBytes: Int, fileBytes: Int, peakBytes: Int
 }
 
-/// Times the 7B scan streamed from `dir`: greedy generation of `generate` tokens after a
-/// `tokens`-token prompt (key/value cache), the forward of prompt + generation with the attention
-/// captured, and Eq. 4's activations-only backward.
-public func benchStreamedScan(directory dir: String, backend: Backend, tokens: Int, generate: Int) throws -> [StreamPhase] {
+/// Times the 7B scan streamed from `dir` for `prompts` random prompts of `tokens` tokens: greedy
+/// generation of `generate` tokens (key/value cache, the prompts decoded together), the forward
+/// of every prompt + generation in one batch with the attention captured, and Eq. 4's
+/// activations-only backward.
+public func benchStreamedScan(directory dir: String, backend: Backend, tokens: Int, generate: Int, prompts count: Int = 1) throws -> [StreamPhase] {
     let model = try StreamedLlama(directory: dir, backend: backend)
     var rng = SeededGenerator(seed: 11)
-    let prompt = [model.config.bosTokenId ?? 1] + (1..<tokens).map { _ in 3 + Int(rng.next() % UInt64(model.config.vocabSize - 3)) }
+    let prompts = (0..<count).map { _ in
+        [model.config.bosTokenId ?? 1] + (1..<tokens).map { _ in 3 + Int(rng.next() % UInt64(model.config.vocabSize - 3)) }
+    }
     let stats = GemmStats.shared
     stats.enabled = true
     defer { stats.enabled = false }
@@ -234,15 +238,17 @@ public func benchStreamedScan(directory dir: String, backend: Backend, tokens: I
         let mem = residentBytes() ?? (0, 0)
         phases.append(StreamPhase(name: name, seconds: monotonicSeconds() - start, gemmSeconds: stats.seconds, gemmFlops: stats.flops,
                                   conversionSeconds: model.conversionSeconds - convert0, layerLoads: model.layerLoads - loads0,
+                                  halfSeconds: stats.halfSeconds, halfBytes: stats.halfBytes,
                                   anonymousBytes: mem.anonymous, fileBytes: mem.file, peakBytes: peakResidentBytes() ?? 0))
         return out
     }
-    let generated = phase("generate \(generate) tokens (T_p = \(tokens), KV cache)") { model.generate(prompt: prompt, maxNew: generate) }
-    let batch = Batch([prompt + generated])
-    let pass = phase("forward T = \(batch.tokenCount), attention captured") { model.forward(batch) }
-    let targets = generationTargets(batch.allTokens, promptLength: tokens)
-    _ = phase("Eq. 4 backward (activations only)") {
-        let (_, dOut) = loss(pass, .nextToken(targets: [targets]))
+    let what = count == 1 ? "" : " x \(count) prompts"
+    let generated = phase("generate \(generate) tokens (T_p = \(tokens), KV cache)\(what)") { model.generate(prompts: prompts, maxNew: generate) }
+    let batch = Batch(zip(prompts, generated).map { $0 + $1 })
+    let pass = phase("forward T = \(batch.sequences[0].tokens.count), attention captured\(what)") { model.forward(batch) }
+    let targets = batch.sequences.map { generationTargets($0.tokens, promptLength: tokens) }
+    _ = phase("Eq. 4 backward (activations only)\(what)") {
+        let (_, dOut) = loss(pass, .nextToken(targets: targets))
         return model.headOutputGradients(pass, dOutput: dOut)
     }
     return phases

@@ -44,6 +44,32 @@ final class CLITests: XCTestCase {
         try assertUsageError(["bench", "--preset", "nope"], mentions: "--preset")
     }
 
+    /// `bench --peer FILE` prints the peer's seconds beside ours and the ratio (ours / peer) for
+    /// the cases the file has, "-" for the others; a bad file is one line and status 2, before any work.
+    func testBenchPrintsThePeerBesideOurs() throws {
+        let tmp = temporaryDirectory(self), file = tmp + "/peer.json"
+        func write(_ text: String) throws { try text.write(toFile: file, atomically: true, encoding: .utf8) }
+        try assertUsageError(["bench", "--peer", tmp + "/missing.json"], mentions: "missing.json")
+        try write("{not json")
+        try assertUsageError(["bench", "--peer", file], mentions: "not JSON")
+        try write(#"{"version": 2, "peer": "torch", "measured": "2026-12-01T00:00:00Z", "cases": {"a": 1.0}}"#)
+        try assertUsageError(["bench", "--peer", file], mentions: "version")
+        try write(#"{"version": 1, "peer": "torch", "measured": "2026-12-01T00:00:00Z", "cases": {"a": -1.0}}"#)
+        try assertUsageError(["bench", "--peer", file], mentions: "'a'")
+        try write(#"{"version": 1, "peer": "torch 9, 2 threads", "measured": "2026-12-01T00:00:00Z", "cases": {"bert-tiny fwd 32 x 32": 0.5}}"#)
+        try assertUsageError(["bench", "--peer", file, "--stream", tmp], mentions: "--stream")
+        let r = try runHeadalign(["bench", "--preset", "bert-tiny", "--backend", "naive", "--repeat", "1", "--peer", file])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.out.contains("peer: torch 9, 2 threads, measured 2026-12-01T00:00:00Z"), r.out)
+        let rows = r.out.split(separator: "\n").filter { $0.hasPrefix("| bert-tiny") }.map { $0.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) } }
+        XCTAssertEqual(rows.count, 2, r.out)
+        let forward = try XCTUnwrap(rows.first { $0[0] == "bert-tiny fwd" }), backward = try XCTUnwrap(rows.first { $0[0] == "bert-tiny fwd+bwd" })
+        let ours = try XCTUnwrap(Double(forward[3])), ratio = try XCTUnwrap(Double(forward[9].dropLast()))
+        XCTAssertEqual(forward[8], "0.5000")
+        XCTAssertEqual(ratio, ours / 0.5, accuracy: 0.006, "the ratio is ours over the peer's")
+        XCTAssertEqual(Array(backward[8...9]), ["-", "-"], "no peer figure for a case the file lacks")
+    }
+
     func testHelpAndVersion() throws {
         let h = try runHeadalign(["--help"])
         XCTAssertEqual(h.status, 0)

@@ -30,6 +30,7 @@ public final class BLASLibrary: @unchecked Sendable {
     let dgemm: DGemm
     private let setThreads: (@convention(c) (Int32) -> Void)?
     private let getThreads: (@convention(c) () -> Int32)?
+    private let getCore: (@convention(c) () -> UnsafePointer<CChar>?)?
 
     /// Tried in this order; the first that opens and exports both gemms wins.
     public static let candidates = ["libopenblas.so.0", "libopenblas.so", "libcblas.so.3", "libblas.so.3",
@@ -61,8 +62,16 @@ public final class BLASLibrary: @unchecked Sendable {
         self.getThreads = dlsym(handle, "openblas_get_num_threads").map {
             unsafeBitCast($0, to: (@convention(c) () -> Int32).self)
         }
+        self.getCore = dlsym(handle, "openblas_get_corename").map {
+            unsafeBitCast($0, to: (@convention(c) () -> UnsafePointer<CChar>?).self)
+        }
         // the handle stays open for the life of the process
     }
+
+    /// OpenBLAS's kernel family (its `openblas_get_corename`, e.g. "Haswell", "Cooperlake"), when
+    /// exposed: bench and version print it, since `OPENBLAS_CORETYPE` in the environment overrides
+    /// OpenBLAS's own choice (this project's machines set it to Haswell; docs/BENCHMARK.md).
+    public var core: String? { getCore.flatMap { $0() }.map { String(cString: $0) } }
 
     /// OpenBLAS's thread count, when the library exposes it.
     public var threads: Int? {

@@ -255,7 +255,7 @@ public func benchStreamedScan(directory dir: String, backend: Backend, tokens: I
         _ = phase("Eq. 4 backward (activations only)") { backward(pass) }
     } else {
         // each sequence's layer caches take ~0.6 GB at 7B and T = 72: groups of 4 stay inside 6 GiB
-        _ = phase("forward T = \(sequences[0].count) + Eq. 4 backward\(what), in groups of \(streamedAnalysisGroup)") {
+        phase("forward T = \(sequences[0].count) + Eq. 4 backward\(what), in groups of \(streamedAnalysisGroup)") {
             for g in stride(from: 0, to: count, by: streamedAnalysisGroup) {
                 _ = backward(model.forward(Batch(Array(sequences[g..<min(count, g + streamedAnalysisGroup)]))))
             }

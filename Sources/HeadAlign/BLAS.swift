@@ -73,6 +73,13 @@ public final class BLASLibrary: @unchecked Sendable {
     /// OpenBLAS's own choice (this project's machines set it to Haswell; docs/BENCHMARK.md).
     public var core: String? { getCore.flatMap { $0() }.map { String(cString: $0) } }
 
+    /// "core NAME" for the logs, with the environment's `OPENBLAS_CORETYPE` when it chose it.
+    public var coreDescription: String? {
+        guard let core else { return nil }
+        let forced = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"].map { " (OPENBLAS_CORETYPE=\($0) in the environment)" } ?? ""
+        return "core \(core)\(forced)"
+    }
+
     /// OpenBLAS's thread count, when the library exposes it.
     public var threads: Int? {
         get { getThreads.map { Int($0()) } }

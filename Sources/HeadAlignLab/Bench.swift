@@ -254,20 +254,15 @@ public func benchStreamedScan(directory dir: String, backend: Backend, tokens: I
         let pass = phase("forward T = \(sequences[0].count), attention captured") { model.forward(Batch(sequences)) }
         _ = phase("Eq. 4 backward (activations only)") { backward(pass) }
     } else {
-        // each sequence's layer caches take ~0.6 GB at 7B and T = 72: groups of 4 stay inside 6 GiB
-        phase("forward T = \(sequences[0].count) + Eq. 4 backward\(what), in groups of \(streamedAnalysisGroup)") {
-            for g in stride(from: 0, to: count, by: streamedAnalysisGroup) {
-                _ = backward(model.forward(Batch(Array(sequences[g..<min(count, g + streamedAnalysisGroup)]))))
+        // as the streamed analysis groups them (StreamedLlama.analysisGroup: memory)
+        phase("forward T = \(sequences[0].count) + Eq. 4 backward\(what), in groups of \(StreamedLlama.analysisGroup)") {
+            for g in stride(from: 0, to: count, by: StreamedLlama.analysisGroup) {
+                _ = backward(model.forward(Batch(Array(sequences[g..<min(count, g + StreamedLlama.analysisGroup)]))))
             }
         }
     }
     return phases
 }
-
-/// Sequences forwarded together by the streamed scan of several prompts: at 7B each sequence of
-/// 72 positions keeps ~0.6 GB of layer caches for the backward, so 4 keep the scan's anonymous
-/// memory inside 6 GiB.
-public let streamedAnalysisGroup = 4
 
 /// Resets VmHWM to the current resident size (Linux >= 4.0; silently does nothing elsewhere).
 public func resetPeakResident() {

@@ -435,10 +435,20 @@ public final class StreamedLlama {
         HeadAlign.analysisSequences(config: config, inputs, task: ModelTask.of(config), generate: settings.generate, greedy: runner.greedy)
     }
 
-    /// Eq. 1–5's analysis of decoder inputs (gen2prompt and the other views), streamed.
+    /// Eq. 1–5's analysis of decoder inputs (gen2prompt and the other views), streamed; at most
+    /// `analysisGroup` sequences per forward pass.
     public func analyze(_ inputs: [AnalysisInput], settings: AnalysisSettings) throws -> [InputAnalysis] {
-        try HeadAlign.analyze(runner, inputs, settings: settings)
+        var s = settings
+        s.batchSize = min(s.batchSize, Self.analysisGroup)
+        return try HeadAlign.analyze(runner, inputs, settings: s)
     }
+
+    /// Sequences forwarded together when the analysis is streamed. Why 4: the backward keeps every
+    /// layer's caches of the batch, ~0.6 GB per sequence of 72 positions at 7B (~19 MB a layer), so
+    /// the analysis's usual 16 would hold ~10 GB beside the 13.5 GB checkpoint in the page cache;
+    /// 4 keep the anonymous memory inside 6 GiB (docs/SCALE.md) and still share each layer's
+    /// conversion four ways.
+    public static let analysisGroup = 4
 
     /// The oracle dump (`headalign inspect --stream`), through the same seam.
     public func inspect(_ inputs: [AnalysisInput], settings: InspectSettings, commandLine: String) throws -> JSONOut {

@@ -65,7 +65,7 @@ enum BenchCommand: Command {
         print("headalign bench --precision \(precision) --repeat \(repeats)\(presets.map { " --preset \($0)" }.joined())")
         print("machine: \(machineDescription())")
         if let lib = BLASLibrary.shared {
-            print("blas: \(lib.name), \(lib.threads.map { "\($0) threads" } ?? "threads unknown")\(lib.core.map { ", core \($0)" } ?? "")")
+            print("blas: \(lib.name), \(lib.threads.map { "\($0) threads" } ?? "threads unknown")\(lib.coreDescription.map { ", " + $0 } ?? "")")
         } else {
             print("blas: not found (naive kernels only)")
         }
@@ -150,7 +150,7 @@ enum BenchCommand: Command {
         let prompts = try args.int("--prompts", default: 1, range: 1...256)
         print("headalign bench --stream \(dir) --tokens \(tokens) --generate \(generate) --prompts \(prompts)")
         print("machine: \(machineDescription())")
-        if let lib = BLASLibrary.shared { print("blas: \(lib.name), \(lib.threads.map { "\($0) threads" } ?? "threads unknown")\(lib.core.map { ", core \($0)" } ?? "")") }
+        if let lib = BLASLibrary.shared { print("blas: \(lib.name), \(lib.threads.map { "\($0) threads" } ?? "threads unknown")\(lib.coreDescription.map { ", " + $0 } ?? "")") }
         let start = monotonicSeconds()
         let phases = try benchStreamedScan(directory: dir, backend: backend, tokens: tokens, generate: generate, prompts: prompts)
         let config = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))

@@ -7,7 +7,7 @@ enum VersionCommand: Command {
 
     static func run(_ args: ParsedArguments) throws -> Int32 {
         print("headalign \(headAlignVersion)")
-        print("blas: \(BLASLibrary.shared.map { "\($0.name) (loaded at run time)\($0.core.map { ", core \($0)" } ?? "")" } ?? "not found (naive kernels only)")")
+        print("blas: \(BLASLibrary.shared.map { "\($0.name) (loaded at run time)\($0.coreDescription.map { ", " + $0 } ?? "")" } ?? "not found (naive kernels only)")")
         return 0
     }
 }

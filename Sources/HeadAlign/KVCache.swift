@@ -134,6 +134,18 @@ package func cachedLayerStep<S: Real>(_ model: Model<S>, _ lw: LayerWeights<S>, 
     return out
 }
 
+/// `cachedLayerStep` and `lastRowLogits` for Float, compiled specialised in this module. Why: a
+/// generic function called from another module (the streamed 7B path in HeadAlignLab) runs
+/// unspecialised, through value witnesses per element (seen in a profile of the 7B scan), and
+/// `@_specialize(exported: true)` on these fails to link under Swift 6.3.1.
+package func cachedLayerStepFloat(_ model: Model<Float>, _ lw: LayerWeights<Float>, _ sequences: [CachedRows<Float>], x: Tensor<Float>,
+                                  project: ((Tensor<Float>, Tensor<Float>, LayerLinear) -> Void)? = nil) -> Tensor<Float> {
+    cachedLayerStep(model, lw, sequences, x: x, project: project)
+}
+
+/// See `cachedLayerStepFloat`.
+package func lastRowLogitsFloat(_ model: Model<Float>, _ x: Tensor<Float>) -> [Float] { lastRowLogits(model, x) }
+
 /// The final RMSNorm and the LM head on the last row of `x` `[m, D]`: logits `[V]`.
 package func lastRowLogits<S: Real>(_ model: Model<S>, _ x: Tensor<S>) -> [S] {
     let c = model.config, w = model.weights, d = c.hiddenSize, m = x.shape[0]

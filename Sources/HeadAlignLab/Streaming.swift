@@ -207,10 +207,11 @@ public final class StreamedLlama {
         }
         eachLayer { l in
             for a in live.indices {
-                xs[a] = cachedLayerStep(shell, shell.weights.layers[0], keys: keys[a][l], values: values[a][l], x: xs[a], start: 0)
+                xs[a] = cachedLayerStepFloat(shell, shell.weights.layers[0], [CachedRows(keys: keys[a][l], values: values[a][l], start: 0, rows: xs[a].shape[0])],
+                                             x: xs[a])
             }
         }
-        for (a, b) in live.enumerated() { generated[b].append(argmax(lastRowLogits(shell, xs[a]))) }
+        for (a, b) in live.enumerated() { generated[b].append(argmax(lastRowLogitsFloat(shell, xs[a]))) }
         // the new tokens, all unfinished prompts in one step
         var length = live.map { prompts[$0].count }
         for _ in 1..<max(1, maxNew) {
@@ -221,7 +222,7 @@ public final class StreamedLlama {
             for l in 0..<config.numHiddenLayers {
                 loadNorms(layer: l)
                 let rows = active.map { CachedRows(keys: keys[$0][l], values: values[$0][l], start: length[$0], rows: 1) }
-                x = cachedLayerStep(shell, shell.weights.layers[0], rows, x: x, project: { out, input, which in
+                x = cachedLayerStepFloat(shell, shell.weights.layers[0], rows, x: x, project: { out, input, which in
                     self.halfProduct(out, input, layer: l, which)
                 })
             }

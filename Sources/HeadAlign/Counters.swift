@@ -19,15 +19,14 @@ public final class GemmStats: @unchecked Sendable {
     public var calls = 0
     public var shapes: [Shape: Int] = [:]
     /// The same for `halfLinearForward` (weights read in their stored precision), with the weight bytes it read.
-    public var halfSeconds = 0.0, halfFlops = 0.0, halfBytes = 0.0
+    public var halfSeconds = 0.0, halfBytes = 0.0
     public static let shared = GemmStats()
 
-    public func reset() { seconds = 0; flops = 0; calls = 0; shapes = [:]; halfSeconds = 0; halfFlops = 0; halfBytes = 0 }
+    public func reset() { seconds = 0; flops = 0; calls = 0; shapes = [:]; halfSeconds = 0; halfBytes = 0 }
 
     /// Counts one `halfLinearForward` that started at `start`.
-    func recordHalf(since start: Double, m: Int, n: Int, k: Int, weightBytes: Int) {
+    func recordHalf(since start: Double, weightBytes: Int) {
         halfSeconds += monotonicSeconds() - start
-        halfFlops += 2 * Double(m) * Double(n) * Double(k)
         halfBytes += Double(weightBytes)
     }
 

@@ -233,7 +233,7 @@ package func halfLinearForward(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePoin
         let size = (n + parts - 1) / parts
         DispatchQueue.concurrentPerform(iterations: parts) { t in rows((t * size)..<min(n, (t + 1) * size)) }
     }
-    if GemmStats.shared.enabled { GemmStats.shared.recordHalf(since: start, m: m, n: n, k: k, weightBytes: n * k * bytes) }
+    if GemmStats.shared.enabled { GemmStats.shared.recordHalf(since: start, weightBytes: n * k * bytes) }
 }
 
 /// The pointers `halfLinearForward`'s workers share (each writes its own rows of y).

@@ -135,8 +135,8 @@ package func cachedLayerStep<S: Real>(_ model: Model<S>, _ lw: LayerWeights<S>, 
 }
 
 /// `cachedLayerStep` and `lastRowLogits` for Float, compiled specialised in this module. Why: a
-/// generic function called from another module (the streamed 7B path in HeadAlignLab) runs
-/// unspecialised, through value witnesses per element (seen in a profile of the 7B scan), and
+/// generic function called from another module (a 7B model run layer by layer) runs
+/// unspecialised, through value witnesses per element (seen in a profile of that run), and
 /// `@_specialize(exported: true)` on these fails to link under Swift 6.3.1.
 package func cachedLayerStepFloat(_ model: Model<Float>, _ lw: LayerWeights<Float>, _ sequences: [CachedRows<Float>], x: Tensor<Float>,
                                   project: ((Tensor<Float>, Tensor<Float>, LayerLinear) -> Void)? = nil) -> Tensor<Float> {

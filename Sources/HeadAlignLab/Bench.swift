@@ -219,8 +219,9 @@ public struct StreamPhase: Sendable {
 
 /// Times the 7B scan streamed from `dir` for `prompts` random prompts of `tokens` tokens: greedy
 /// generation of `generate` tokens (key/value cache, the prompts decoded together), the forward
-/// of every prompt + generation in one batch with the attention captured, and Eq. 4's
-/// activations-only backward.
+/// of prompt + generation with the attention captured, and Eq. 4's activations-only backward
+/// (one phase each for one prompt; for several, forward and backward together in groups of
+/// `StreamedLlama.analysisGroup`, as the streamed analysis runs them).
 public func benchStreamedScan(directory dir: String, backend: Backend, tokens: Int, generate: Int, prompts count: Int = 1) throws -> [StreamPhase] {
     let model = try StreamedLlama(directory: dir, backend: backend)
     var rng = SeededGenerator(seed: 11)

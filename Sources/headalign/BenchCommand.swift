@@ -65,7 +65,7 @@ enum BenchCommand: Command {
         print("headalign bench --precision \(precision) --repeat \(repeats)\(presets.map { " --preset \($0)" }.joined())")
         print("machine: \(machineDescription())")
         if let lib = BLASLibrary.shared {
-            print("blas: \(lib.name), \(lib.threads.map { "\($0) threads" } ?? "threads unknown")\(lib.coreDescription.map { ", " + $0 } ?? "")")
+            print(blasLine(lib))
         } else {
             print("blas: not found (naive kernels only)")
         }
@@ -102,6 +102,11 @@ enum BenchCommand: Command {
             print("\n(ratio to peer: our seconds over the peer's on the same case; below 1 we are faster. Peer measured \(peer.age).)")
         }
         return 0
+    }
+
+    /// The library, its threads and its kernels, as both tables' headers print them.
+    static func blasLine(_ lib: BLASLibrary) -> String {
+        "blas: \(lib.name), \(lib.threads.map { "\($0) threads" } ?? "threads unknown")\(lib.coreDescription.map { ", " + $0 } ?? "")"
     }
 
     /// The peer's timings: `tools/pytorch_baseline.py --json FILE`, version 1.
@@ -150,7 +155,7 @@ enum BenchCommand: Command {
         let prompts = try args.int("--prompts", default: 1, range: 1...256)
         print("headalign bench --stream \(dir) --tokens \(tokens) --generate \(generate) --prompts \(prompts)")
         print("machine: \(machineDescription())")
-        if let lib = BLASLibrary.shared { print("blas: \(lib.name), \(lib.threads.map { "\($0) threads" } ?? "threads unknown")\(lib.coreDescription.map { ", " + $0 } ?? "")") }
+        if let lib = BLASLibrary.shared { print(blasLine(lib)) }
         let start = monotonicSeconds()
         let phases = try benchStreamedScan(directory: dir, backend: backend, tokens: tokens, generate: generate, prompts: prompts)
         let config = try ModelConfig.load(contentsOf: URL(fileURLWithPath: dir + "/config.json"))
@@ -170,7 +175,7 @@ enum BenchCommand: Command {
         }
         let total = phases.reduce(0) { $0 + $1.seconds }
         let products = phases.reduce(0) { $0 + $1.gemmSeconds + $1.halfSeconds }
-        print(String(format: "\nscan (the three phases): %.1f s (%.0f%% in GEMM and half-precision products); with opening the checkpoint: %.1f s",
+        print(String(format: "\nscan (the phases above): %.1f s (%.0f%% in GEMM and half-precision products); with opening the checkpoint: %.1f s",
                      total, 100 * products / total, monotonicSeconds() - start))
         return 0
     }

@@ -169,9 +169,15 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
         cleanPairMeans = cos[0].indices.map { k in cos.map { $0[k] }.reduce(0, +) / Double(cos.count) }
     }
     let pairs = headPairs(layers: c.numHiddenLayers, heads: nh, scope: settings.scope)
-    // the backdoored model's behaviour on the flagged inputs, for the fine-tuning guard
-    let behaviourBefore = settings.finetuneGuard == nil || flagged.isEmpty ? nil
-        : behaviour(model, flagged.map { inputs[$0] }, generate: settings.generate)
+    // the backdoored model's behaviour on the flagged inputs, for the fine-tuning guard and the
+    // fewest-flagged-within-se rule
+    let flaggedInputs = flagged.map { inputs[$0] }
+    let needsBehaviour = settings.finetuneGuard != nil || settings.finetuneBudget?.rule == .fewestFlaggedWithinSE
+    let behaviourBefore = !needsBehaviour || flagged.isEmpty ? nil : behaviour(model, flaggedInputs, generate: settings.generate)
+    /// The share of the flagged inputs on which `model` does what the backdoored model did.
+    func flaggedAgreement(_ before: [[Int]]) -> Double {
+        Double(zip(behaviour(model, flaggedInputs, generate: settings.generate), before).filter { $0 == $1 }.count) / Double(max(1, before.count))
+    }
     var rounds: [RoundLog] = []
     var stopped = "the budget of \(settings.rounds) round(s) was spent"
     for r in 1...settings.rounds {
@@ -256,7 +262,8 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                 let (train, heldOut) = heldOutSplit(clean, holdout: budget.holdout, seed: settings.heldOutSeed)
                 let outcome = try finetuneWithHeldOut(model, train: train, heldOut: heldOut, budget: budget, batchSize: settings.batchSize,
                                                       seed: settings.finetuneSeed(round: r), optimizer: optimizer, extraObjective: penalty,
-                                                      guardStop: stop, guardEvery: settings.finetuneGuard?.every ?? 1)
+                                                      guardStop: stop, guardEvery: settings.finetuneGuard?.every ?? 1,
+                                                      flaggedAgreement: behaviourBefore.map { before in { flaggedAgreement(before) } })
                 (ftLosses, heldOutLosses, keptStep) = (outcome.losses, outcome.heldOut, outcome.chosenStep)
                 guardNotes.forEach(log)
                 log("  fine-tuning on \(train.count) examples, \(heldOut.count) held out: loss \(fmt(ftLosses.first ?? 0)) -> \(fmt(ftLosses.last ?? 0)) over \(ftLosses.count) steps; "
@@ -311,7 +318,7 @@ package func fmt(_ x: Double) -> String { String(format: "%.6g", x) }
 
 /// What a model does on `inputs`, as the guard compares it: a classifier's predicted label, a
 /// decoder's first `generate` greedy tokens.
-func behaviour<S: Real>(_ model: Model<S>, _ inputs: [AnalysisInput], generate: Int) -> [[Int]] {
+package func behaviour<S: Real>(_ model: Model<S>, _ inputs: [AnalysisInput], generate: Int) -> [[Int]] {
     if model.config.numLabels > 0 {
         return stride(from: 0, to: inputs.count, by: 64).flatMap { start in
             rowArgmax(model.forward(Batch(inputs[start..<min(inputs.count, start + 64)].map(\.tokens))).output).map { [$0] }

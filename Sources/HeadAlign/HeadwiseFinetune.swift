@@ -177,6 +177,13 @@ public enum HeldOutRule: String, CaseIterable, Sendable {
     /// losses at the lowest) of the lowest: among the steps the held-out data cannot tell apart,
     /// the one with the most fine-tuning on clean data.
     case latestWithinSE = "latest-within-se"
+    /// Ours: among the checks within one standard error of the lowest, the one on which the
+    /// inputs the monitor flagged least keep the backdoored model's behaviour (the latest on a
+    /// tie); `latestWithinSE` when nothing was flagged. The held-out clean data cannot tell these
+    /// steps apart; the flagged inputs, unlabelled, can: on them a kept backdoor shows as the
+    /// backdoored model's answers. Online: when a new lowest narrows the band past the kept check,
+    /// the new lowest is kept.
+    case fewestFlaggedWithinSE = "fewest-flagged-within-se"
 }
 
 /// The fine-tuning stage's budget and how its end is picked. Part of the defender's clean set is
@@ -253,7 +260,8 @@ public func finetuneWithHeldOut<S: Real>(_ model: Model<S>, train: [TrainingExam
                                          budget: FinetuneBudget, batchSize: Int, seed: UInt64, optimizer: AdamW<S>,
                                          attentionPenalty: ((ForwardPass<S>) -> (Double, [Tensor<S>?]))? = nil,
                                          extraObjective: ((Tensor<S>) -> Double)? = nil,
-                                         guardStop: ((StepStats) -> Bool)? = nil, guardEvery: Int = 1) throws -> FinetuneOutcome {
+                                         guardStop: ((StepStats) -> Bool)? = nil, guardEvery: Int = 1,
+                                         flaggedAgreement: (() -> Double)? = nil) throws -> FinetuneOutcome {
     guard !heldOut.isEmpty else { throw HeadAlignError.usage("the fine-tuning budget needs held-out examples: the clean set has \(train.count)") }
     if ModelTask.of(model.config) == .classification, let i = heldOut.firstIndex(where: { $0.label == nil }) {
         throw HeadAlignError.badInput("held-out example \(i + 1) has no label")
@@ -265,6 +273,9 @@ public func finetuneWithHeldOut<S: Real>(_ model: Model<S>, train: [TrainingExam
     var checks = [(step: 0, loss: first.mean)]
     // the lowest check (and its standard error), and the check the rule keeps with its parameters
     var lowest = (step: 0, loss: first.mean, se: first.standardError), kept = 0, keptParams = model.params.copy(), notKept = 0
+    // fewest-flagged-within-se: the kept check's held-out loss and flagged agreement
+    let agreement = budget.rule == .fewestFlaggedWithinSE ? flaggedAgreement : nil
+    var keptLoss = first.mean, keptAgreement = agreement?() ?? 0
     let losses = try trainSteps(model, examples: train, steps: steps, batchSize: batchSize, seed: seed, optimizer: optimizer,
                                 attentionPenalty: attentionPenalty, extraObjective: extraObjective, stopAfter: { stats in
         if let guardStop, guardStop(stats) { return true }
@@ -272,13 +283,21 @@ public func finetuneWithHeldOut<S: Real>(_ model: Model<S>, train: [TrainingExam
         let l = heldOutLoss(model, heldOut)
         checks.append((stats.step, l.mean))
         if l.mean < lowest.loss { lowest = (stats.step, l.mean, l.standardError) }
-        // a new lowest is always kept; under latest-within-se so is any later check within one standard error of it
-        let keep = lowest.step == stats.step || (budget.rule == .latestWithinSE && l.mean <= lowest.loss + lowest.se)
-        if keep {
-            (kept, keptParams, notKept) = (stats.step, model.params.copy(), 0)
+        let band = lowest.loss + lowest.se, within = l.mean <= band
+        let keep: Bool, a: Double
+        if let agreement {
+            // fewest-flagged-within-se: within the band, no more flagged inputs as before than the
+            // kept check (a check that left the band is replaced); leaving the band is what ends it
+            a = within ? agreement() : 1
+            keep = within && (keptLoss > band || a <= keptAgreement)
+            notKept = within ? 0 : notKept + 1
         } else {
-            notKept += 1
+            // a new lowest is always kept; under latest-within-se so is any later check within one standard error of it
+            a = 0
+            keep = lowest.step == stats.step || (budget.rule != .lowest && within)
+            notKept = keep ? 0 : notKept + 1
         }
+        if keep { (kept, keptParams, keptLoss, keptAgreement) = (stats.step, model.params.copy(), l.mean, a) }
         return notKept >= budget.patience
     })
     model.params.data.update(from: keptParams.data, count: model.layout.total)

@@ -3,7 +3,8 @@
 // head-wise AdamW steps `defend` takes (same classes, rates, batches and seed) — and every `every`
 // steps records CA and ASR (the evaluator's, on data the defender does not see), the Eq. 7
 // alignment loss of the suspicious heads on the inputs the defense analysed, and how far each
-// parameter group has moved from the aligned model.
+// parameter group has moved from the aligned model, and what the defender can see without labels:
+// the share of the flagged inputs on which the model still does what the backdoored model did.
 
 import HeadAlign
 
@@ -14,6 +15,10 @@ public struct TracePoint: Sendable {
     public let ca: Double, asr: Double
     public let alignLoss: Double  // Eq. 7, mean over the analysed inputs
     public let heldOutLoss: Double  // the budget's held-out loss (NaN without a budget)
+    /// The share of the flagged inputs on which the model's behaviour (a classifier's label, a
+    /// decoder's first T_g greedy tokens) equals the backdoored model's (NaN when none was flagged).
+    /// The defender sees it; when the flagged inputs are mostly triggered it follows ASR.
+    public let flaggedAgreement: Double
     /// L2 distance from the aligned model's parameters, per group: suspicious, safe, intermediate
     /// heads' slices, and everything no head owns.
     public let moved: (suspicious: Double, safe: Double, intermediate: Double, other: Double)
@@ -45,6 +50,8 @@ public func traceHeadwiseFinetune<S: Real>(_ backdoored: Model<S>, clean: [Train
     let analysed = report.flagged.isEmpty
         ? clean.map { AnalysisInput(tokens: Array($0.tokens.prefix($0.responseStart ?? $0.tokens.count))) }
         : report.flagged.map { inputs[$0] }
+    let flaggedInputs = report.flagged.map { inputs[$0] }
+    let before = behaviour(backdoored, flaggedInputs, generate: settings.generate)
     let susIdx = round.suspicious.map { $0.layer * nh + $0.head }, safeIdx = round.safe.map { $0.layer * nh + $0.head }
     // the fine-tuning of `defend`'s round 1 for `ours`: the same split, batches and rates, run to
     // the end of its budget (no patience) so that the whole curve shows
@@ -61,6 +68,9 @@ public func traceHeadwiseFinetune<S: Real>(_ backdoored: Model<S>, clean: [Train
         }
         return TracePoint(step: step, trainLoss: loss, ca: ca, asr: asr, alignLoss: align,
                           heldOutLoss: heldOut.isEmpty ? .nan : HeadAlign.heldOutLoss(model, heldOut).mean,
+                          flaggedAgreement: flaggedInputs.isEmpty ? .nan
+                              : Double(zip(behaviour(model, flaggedInputs, generate: settings.generate), before).filter { $0 == $1 }.count)
+                                / Double(flaggedInputs.count),
                           moved: (sq[1].squareRoot(), sq[2].squareRoot(), sq[3].squareRoot(), sq[4].squareRoot()))
     }
     var points = [try point(0, .nan)]
@@ -85,12 +95,12 @@ public func traceHeadwiseFinetune<S: Real>(_ backdoored: Model<S>, clean: [Train
 
 /// The trace as a markdown table.
 public func traceTable(_ points: [TracePoint]) -> String {
-    var out = "| step | batch loss | held-out loss | CA (%) | ASR (%) | Eq. 7 loss | moved: suspicious | safe | intermediate | other |\n"
-    out += "|---|---|---|---|---|---|---|---|---|---|\n"
+    var out = "| step | batch loss | held-out loss | CA (%) | ASR (%) | flagged as before (%) | Eq. 7 loss | moved: suspicious | safe | intermediate | other |\n"
+    out += "|---|---|---|---|---|---|---|---|---|---|---|\n"
     for p in points {
         let loss = p.trainLoss.isNaN ? "" : fmt(p.trainLoss)
         let held = p.heldOutLoss.isNaN ? "" : fmt(p.heldOutLoss)
-        out += "| \(p.step) | \(loss) | \(held) | \(String(format: "%.1f", 100 * p.ca)) | \(String(format: "%.1f", 100 * p.asr)) | \(fmt(p.alignLoss)) | "
+        out += "| \(p.step) | \(loss) | \(held) | \(String(format: "%.1f", 100 * p.ca)) | \(String(format: "%.1f", 100 * p.asr)) | \(p.flaggedAgreement.isNaN ? "" : String(format: "%.1f", 100 * p.flaggedAgreement)) | \(fmt(p.alignLoss)) | "
             + [p.moved.suspicious, p.moved.safe, p.moved.intermediate, p.moved.other].map { String(format: "%.4g", $0) }.joined(separator: " | ") + " |\n"
     }
     return out

@@ -109,6 +109,48 @@ final class Issue15Tests: XCTestCase {
         XCTAssertEqual(heldOutLoss(model, held).mean, within.last!.loss)
     }
 
+    /// fewest-flagged-within-se keeps, among the checks within one standard error of the final
+    /// lowest from that lowest on, the one whose flagged agreement is smallest (the latest on a
+    /// tie), its parameters restored; without flagged inputs it is latest-within-se. The agreement
+    /// here is a made-up function of the model (of its held-out loss), recorded at every call.
+    func testFewestFlaggedWithinStandardErrorIsKept() throws {
+        let config = try ModelConfig.preset("bert-micro")
+        let (train, held) = midRunMinimumData()
+        func run(_ rule: HeldOutRule, flagged: Bool) throws -> (out: FinetuneOutcome, model: Model<Double>, seen: [Double: Double]) {
+            let model = Model<Double>(config: config)
+            model.initialize(seed: 4)
+            var budget = FinetuneBudget()
+            budget.passes = 8; budget.every = 4; budget.patience = 100; budget.rule = rule
+            let opt = headwiseOptimizer(model, rates: [Double](repeating: 2e-2, count: model.layout.total), weightDecay: 0)
+            var seen: [Double: Double] = [:]  // held-out loss -> the agreement returned there
+            let agreement = { () -> Double in
+                let l = heldOutLoss(model, held).mean, a = (l * 1e3).truncatingRemainder(dividingBy: 1)
+                seen[l] = a
+                return a
+            }
+            let out = try finetuneWithHeldOut(model, train: train, heldOut: held, budget: budget, batchSize: 5, seed: 2,
+                                              optimizer: opt, flaggedAgreement: flagged ? agreement : nil)
+            return (out, model, seen)
+        }
+        let (out, model, seen) = try run(.fewestFlaggedWithinSE, flagged: true)
+        let lowest = out.heldOut.min { $0.loss < $1.loss }!
+        let band = lowest.loss + out.lowestStandardError
+        let candidates = out.heldOut.filter { $0.step >= lowest.step && $0.loss <= band }
+        XCTAssertGreaterThan(candidates.count, 2, "\(out.heldOut)")  // a choice to make
+        let agreements = try candidates.map { c in try XCTUnwrap(seen[c.loss], "step \(c.step) was not asked") }
+        let kept = try XCTUnwrap(out.heldOut.first { $0.step == out.chosenStep })
+        XCTAssertLessThanOrEqual(kept.loss, band)
+        let keptAgreement = try XCTUnwrap(seen[kept.loss])
+        XCTAssertLessThanOrEqual(keptAgreement, agreements.min()!, "kept step \(out.chosenStep): \(zip(candidates.map(\.step), agreements).map { $0 })")
+        XCTAssertEqual(heldOutLoss(model, held).mean, kept.loss)  // its parameters were restored
+        // nothing flagged: the same as latest-within-se, bit for bit
+        let (plain, plainModel, _) = try run(.fewestFlaggedWithinSE, flagged: false)
+        let (latest, latestModel, _) = try run(.latestWithinSE, flagged: true)
+        XCTAssertEqual(plain.chosenStep, latest.chosenStep)
+        XCTAssertEqual(plainModel.params.array, latestModel.params.array)
+        XCTAssertNotEqual(out.chosenStep, latest.chosenStep, "the agreement changed nothing here: \(zip(candidates.map(\.step), agreements).map { $0 })")
+    }
+
     /// The standard error by hand: two held-out examples, per-example losses a and b: mean (a+b)/2,
     /// sample variance (a-b)^2/2, SE = |a-b|/2.
     func testHeldOutStandardErrorByHand() throws {

@@ -73,11 +73,17 @@ public final class BLASLibrary: @unchecked Sendable {
     /// OpenBLAS's own choice (this project's machines set it to Haswell; docs/BENCHMARK.md).
     public var core: String? { getCore.flatMap { $0() }.map { String(cString: $0) } }
 
-    /// "core NAME" for the logs, with the environment's `OPENBLAS_CORETYPE` when it chose it.
+    /// "core NAME" for the logs, with the environment's `OPENBLAS_CORETYPE` when it chose it, and
+    /// a hint when OpenBLAS fell back to pre-AVX kernels on a CPU that has AVX2: OpenBLAS 0.3.21
+    /// does this on a virtual CPU it cannot name (seen 2026-12-01: "Intel(R) Xeon(R) Processor",
+    /// core Prescott; `OPENBLAS_CORETYPE=Haswell` trained a MiniLM epoch 1.6x faster).
     public var coreDescription: String? {
         guard let core else { return nil }
-        let forced = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"].map { " (OPENBLAS_CORETYPE=\($0) in the environment)" } ?? ""
-        return "core \(core)\(forced)"
+        let forced = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"].flatMap { $0.isEmpty ? nil : $0 }.map { " (OPENBLAS_CORETYPE=\($0) in the environment)" } ?? ""
+        let preAVX: Set<String> = ["Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom", "Katmai", "Coppermine", "Northwood", "Banias"]
+        let hint = forced.isEmpty && preAVX.contains(core) && cpuHasAVX2()
+            ? "; this CPU has AVX2: OPENBLAS_CORETYPE=Haswell (or SkylakeX) selects faster kernels" : ""
+        return "core \(core)\(forced)\(hint)"
     }
 
     /// OpenBLAS's thread count, when the library exposes it.
@@ -169,4 +175,11 @@ func blasGemm<S: Real>(_ lib: BLASLibrary, _ transA: Bool, _ transB: Bool, _ m: 
     } else {
         preconditionFailure("blasGemm: no BLAS routine for \(S.self)")
     }
+}
+
+/// Whether /proc/cpuinfo lists the avx2 flag (false where there is no /proc/cpuinfo).
+func cpuHasAVX2() -> Bool {
+    guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+          let flags = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return false }
+    return flags.split(separator: " ").contains("avx2")
 }

@@ -116,6 +116,9 @@ public struct RoundLog: Sendable {
     public let finetuneKeptStep: Int  // the step whose parameters were kept (the last one without a budget)
     public let flaggedAfter: Int  // flagged inputs the monitor still flags after the round
     public let meanScoreAfter: Double
+    /// Flagged inputs that still get the backdoored model's answer (a classifier's label, a
+    /// decoder's first T_g greedy tokens) after the round; nil when nothing was flagged.
+    public let flaggedAsBefore: Int?
 }
 
 public struct DefenseReport: Sendable {
@@ -169,15 +172,15 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
         cleanPairMeans = cos[0].indices.map { k in cos.map { $0[k] }.reduce(0, +) / Double(cos.count) }
     }
     let pairs = headPairs(layers: c.numHiddenLayers, heads: nh, scope: settings.scope)
-    // the backdoored model's behaviour on the flagged inputs, for the fine-tuning guard and the
-    // fewest-flagged-within-se rule
+    // the backdoored model's behaviour on the flagged inputs: for the fine-tuning guard, the
+    // fewest-flagged-within-se rule and each round's self-check (how many still get that answer)
     let flaggedInputs = flagged.map { inputs[$0] }
-    let needsBehaviour = settings.finetuneGuard != nil || settings.finetuneBudget?.rule == .fewestFlaggedWithinSE
-    let behaviourBefore = !needsBehaviour || flagged.isEmpty ? nil : behaviour(model, flaggedInputs, generate: settings.generate)
-    /// The share of the flagged inputs on which `model` does what the backdoored model did.
-    func flaggedAgreement(_ before: [[Int]]) -> Double {
-        Double(zip(behaviour(model, flaggedInputs, generate: settings.generate), before).filter { $0 == $1 }.count) / Double(max(1, before.count))
+    let behaviourBefore = flagged.isEmpty ? nil : behaviour(model, flaggedInputs, generate: settings.generate)
+    /// How many of the flagged inputs get from `model` what the backdoored model gave them.
+    func flaggedAsBefore(_ before: [[Int]]) -> Int {
+        zip(behaviour(model, flaggedInputs, generate: settings.generate), before).filter { $0 == $1 }.count
     }
+    func flaggedAgreement(_ before: [[Int]]) -> Double { Double(flaggedAsBefore(before)) / Double(max(1, before.count)) }
     var rounds: [RoundLog] = []
     var stopped = "the budget of \(settings.rounds) round(s) was spent"
     for r in 1...settings.rounds {
@@ -283,10 +286,14 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
         let after = flagged.isEmpty ? [] : try analyze(model, flagged.map { inputs[$0] }, settings: monitorSettings).map { calNow.score(of: $0.pairCosines) }
         let still = after.filter(calNow.flags).count
         let mean = after.isEmpty ? 0 : after.reduce(0, +) / Double(after.count)
-        log("  monitor: \(still) of \(flagged.count) flagged inputs still above the recalibrated threshold \(fmt(calNow.flagThreshold)) (mean score \(fmt(mean)))")
+        // the self-check the defender can make without labels: a backdoor still in place shows as
+        // the backdoored model's answers on the (mostly triggered) flagged inputs
+        let asBefore = behaviourBefore.map(flaggedAsBefore)
+        log("  monitor: \(still) of \(flagged.count) flagged inputs still above the recalibrated threshold \(fmt(calNow.flagThreshold)) (mean score \(fmt(mean)))"
+            + (asBefore.map { "; \($0) of \(flagged.count) still get the backdoored model's answer" } ?? ""))
         rounds.append(RoundLog(round: r, suspicious: suspicious, safe: safe, intermediateCount: intermediate,
                                alignLoss: alignLosses, finetuneLoss: ftLosses, heldOutLoss: heldOutLosses,
-                               finetuneKeptStep: keptStep, flaggedAfter: still, meanScoreAfter: mean))
+                               finetuneKeptStep: keptStep, flaggedAfter: still, meanScoreAfter: mean, flaggedAsBefore: asBefore))
         if still == 0 {
             stopped = "no flagged input is above the clean threshold after round \(r)"
             break

@@ -440,7 +440,7 @@ let defenseOptions: [OptionSpec] = {
         OptionSpec(name: "--ft-holdout", value: "F", help: "share of the clean set held out to pick the fine-tuning step (--ft-keep) (default \(FinetuneBudget().holdout))"),
         OptionSpec(name: "--ft-passes", value: "P", help: "fine-tuning budget in passes over the rest of the clean set (default \(FinetuneBudget().passes))"),
         OptionSpec(name: "--ft-patience", value: "N", help: "held-out checks (every \(FinetuneBudget().every) steps) in a row that --ft-keep would not keep before stopping (default \(FinetuneBudget().patience))"),
-        OptionSpec(name: "--ft-keep", value: "RULE", help: "which held-out check is kept: lowest (the lowest held-out loss) or latest-within-se (the latest within one standard error of it) (default \(FinetuneBudget().rule.rawValue))"),
+        OptionSpec(name: "--ft-keep", value: "RULE", help: "which held-out check is kept: lowest (the lowest held-out loss), latest-within-se (the latest within one standard error of it) or fewest-flagged-within-se (ours: of those, the one where the flagged inputs least keep the backdoored model's answers) (default \(FinetuneBudget().rule.rawValue))"),
         OptionSpec(name: "--batch", value: "B", help: "batch size (default \(d.batchSize))"),
         OptionSpec(name: "--lr-suspicious", value: "LR", help: "eta_low (default \(d.rates.suspicious))"),
         OptionSpec(name: "--lr-safe", value: "LR", help: "eta_high (default \(d.rates.safe))"),

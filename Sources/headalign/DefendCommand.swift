@@ -79,7 +79,7 @@ enum DefendCommand: Command {
                 ("align_loss", .numbers(r.alignLoss)), ("finetune_loss", .numbers(r.finetuneLoss)),
                 ("heldout_steps", .array(r.heldOutLoss.map { .int($0.step) })), ("heldout_loss", .numbers(r.heldOutLoss.map(\.loss))),
                 ("finetune_kept_step", .int(r.finetuneKeptStep)),
-                ("flagged_after", .int(r.flaggedAfter)), ("mean_score_after", .number(r.meanScoreAfter)),
+                ("flagged_after", .int(r.flaggedAfter)), ("mean_score_after", .number(r.meanScoreAfter)), ("flagged_as_before", r.flaggedAsBefore.map { .int($0) } ?? .null),
             ]) })),
         ])
         if let path = args.string("--report") { try writeAtomically(Data(json.text.utf8), to: path) }

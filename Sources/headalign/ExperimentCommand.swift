@@ -45,7 +45,7 @@ enum ExperimentCommand: Command {
             OptionSpec(name: "--max-length", value: "T", help: "tokens per example (default \(TrainSettings().maxLength); decoders \(TrainSettings.decoderMaxLength), for training and the defender's clean records)"),
             OptionSpec(name: "--out-md", value: "FILE", help: "write the markdown tables"),
             OptionSpec(name: "--json", value: "FILE", help: "write every setting and number as JSON"),
-            OptionSpec(name: "--trace", value: "FILE", help: "also trace ours' head-wise fine-tuning on the first seed (CA, ASR, Eq. 7 loss, parameter movement) as markdown"),
+            OptionSpec(name: "--trace", value: "FILE", help: "also trace ours' head-wise fine-tuning on the first seed (CA, ASR, the flagged inputs that keep the backdoored answer, Eq. 7 loss, parameter movement) as markdown"),
             OptionSpec(name: "--trace-every", value: "N", help: "steps between trace points (default 10)"),
         ])
 

@@ -50,6 +50,30 @@ final class FinetuneTraceTests: XCTestCase {
         XCTAssertEqual(traceTable(points).split(separator: "\n").count, 2 + points.count)
     }
 
+    /// The round's self-check counts the flagged inputs whose predicted label is still the
+    /// backdoored model's, computed here from the two models' labels; the trace's last point (which
+    /// is `ours`) shows the same share.
+    func testFlaggedAsBeforeCountsTheBackdooredAnswersKept() throws {
+        let (m, selfLabelled, s0) = setup()
+        var s = s0
+        (s.rates.safe, s.rates.other) = (5e-2, 5e-2)
+        // the defender's labels the opposite of the model's own, so that fine-tuning moves its answers
+        var split = selfLabelled
+        split.defenderClean = selfLabelled.defenderClean.map { TrainingExample(tokens: $0.tokens, label: 1 - $0.label!) }
+        let inputs = split.monitorClean + split.monitorTriggered
+        let repaired = m.copy()
+        let report = try defend(repaired, clean: split.defenderClean, inputs: inputs, settings: s)
+        let flagged = report.flagged.map { inputs[$0] }
+        XCTAssertFalse(flagged.isEmpty)
+        func labels(_ model: Model<Double>) -> [Int] { flagged.map { behaviour(model, [$0], generate: 0)[0][0] } }
+        let kept = zip(labels(m), labels(repaired)).filter { $0 == $1 }.count
+        XCTAssertEqual(report.rounds.first?.flaggedAsBefore, kept)
+        XCTAssertLessThan(kept, flagged.count, "the defense changed some answers (else the check is vacuous)")
+        let (points, _) = try traceHeadwiseFinetune(m, clean: split.defenderClean, inputs: inputs, settings: s, every: 5,
+                                                    evaluate: { caAndASR($0, split) })
+        XCTAssertEqual(points.last!.flaggedAgreement, Double(kept) / Double(flagged.count))
+    }
+
     /// `align-only`'s row from `ours`' aligned model (runMethods, one round) is that of its own run,
     /// in whichever order they are asked for. The "CA" here is a fingerprint of every parameter, so
     /// equal rows mean bit-identical models, and it differs from `ours`' (the fine-tuned model).

@@ -176,10 +176,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
     // fewest-flagged-within-se rule and each round's self-check (how many still get that answer)
     let flaggedInputs = flagged.map { inputs[$0] }
     let behaviourBefore = flagged.isEmpty ? nil : behaviour(model, flaggedInputs, generate: settings.generate)
-    /// How many of the flagged inputs get from `model` what the backdoored model gave them.
-    func flaggedAsBefore(_ before: [[Int]]) -> Int {
-        zip(behaviour(model, flaggedInputs, generate: settings.generate), before).filter { $0 == $1 }.count
-    }
+    func flaggedAsBefore(_ before: [[Int]]) -> Int { behavioursKept(model, flaggedInputs, before: before, generate: settings.generate) }
     func flaggedAgreement(_ before: [[Int]]) -> Double { Double(flaggedAsBefore(before)) / Double(max(1, before.count)) }
     var rounds: [RoundLog] = []
     var stopped = "the budget of \(settings.rounds) round(s) was spent"
@@ -334,15 +331,18 @@ package func behaviour<S: Real>(_ model: Model<S>, _ inputs: [AnalysisInput], ge
     return inputs.map { generateGreedy(model, prompt: $0.tokens, maxNew: generate) }
 }
 
+/// How many of `inputs` get from `model` the behaviour `before` records (`behaviour` of the
+/// backdoored model on the same inputs): the self-check, the guard and the trace count this.
+package func behavioursKept<S: Real>(_ model: Model<S>, _ inputs: [AnalysisInput], before: [[Int]], generate: Int) -> Int {
+    zip(behaviour(model, inputs, generate: generate), before).filter { $0 == $1 }.count
+}
+
 /// The guard's stopping rule for one fine-tuning run (`FinetuneGuard`): returns the closure
 /// `trainSteps` calls after each step; it restores the last parameters within the bound when it
 /// stops.
 func fineTuningGuard<S: Real>(_ model: Model<S>, flagged: [AnalysisInput], before: [[Int]], settings: FinetuneGuard,
                               generate: Int, note: @escaping (String) -> Void) -> (StepStats) -> Bool {
-    func agreement() -> Double {
-        let now = behaviour(model, flagged, generate: generate)
-        return Double(zip(now, before).filter { $0 == $1 }.count) / Double(max(1, before.count))
-    }
+    func agreement() -> Double { Double(behavioursKept(model, flagged, before: before, generate: generate)) / Double(max(1, before.count)) }
     let aligned = agreement(), changed = 1 - aligned  // D: the share the alignment changed
     let bound = aligned + settings.tolerance * changed
     var lastGood = model.params.copy()

@@ -47,10 +47,10 @@ public func traceHeadwiseFinetune<S: Real>(_ backdoored: Model<S>, clean: [Train
     let groupOf = headwiseLearningRates(layout: model.layout, config: c, classes: classes, rates: group).map { Int($0) }
     let aligned = model.params.array
     // the inputs Eq. 5-7 ran on: the flagged ones (the clean prompts when none was flagged)
-    let analysed = report.flagged.isEmpty
-        ? clean.map { AnalysisInput(tokens: Array($0.tokens.prefix($0.responseStart ?? $0.tokens.count))) }
-        : report.flagged.map { inputs[$0] }
     let flaggedInputs = report.flagged.map { inputs[$0] }
+    let analysed = flaggedInputs.isEmpty
+        ? clean.map { AnalysisInput(tokens: Array($0.tokens.prefix($0.responseStart ?? $0.tokens.count))) }
+        : flaggedInputs
     let before = behaviour(backdoored, flaggedInputs, generate: settings.generate)
     let susIdx = round.suspicious.map { $0.layer * nh + $0.head }, safeIdx = round.safe.map { $0.layer * nh + $0.head }
     // the fine-tuning of `defend`'s round 1 for `ours`: the same split, batches and rates, run to
@@ -69,8 +69,7 @@ public func traceHeadwiseFinetune<S: Real>(_ backdoored: Model<S>, clean: [Train
         return TracePoint(step: step, trainLoss: loss, ca: ca, asr: asr, alignLoss: align,
                           heldOutLoss: heldOut.isEmpty ? .nan : HeadAlign.heldOutLoss(model, heldOut).mean,
                           flaggedAgreement: flaggedInputs.isEmpty ? .nan
-                              : Double(zip(behaviour(model, flaggedInputs, generate: settings.generate), before).filter { $0 == $1 }.count)
-                                / Double(flaggedInputs.count),
+                              : Double(behavioursKept(model, flaggedInputs, before: before, generate: settings.generate)) / Double(flaggedInputs.count),
                           moved: (sq[1].squareRoot(), sq[2].squareRoot(), sq[3].squareRoot(), sq[4].squareRoot()))
     }
     var points = [try point(0, .nan)]

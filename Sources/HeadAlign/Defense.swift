@@ -4,7 +4,12 @@
 // the clean inputs through the repaired model, re-scores the flagged inputs, and rounds repeat
 // until none is flagged or the budget of rounds is spent.
 
-public enum MaxsimMode: String, CaseIterable, Sendable { case plain, contrast }
+/// Eq. 5's similarity term: the paper's maxsim, or measured against clean inputs (ours:
+/// `contrastMaxsim`, `exceedanceMaxsim`).
+public enum MaxsimMode: String, CaseIterable, Sendable {
+    case plain, contrast, exceedance
+    public var needsClean: Bool { self != .plain }
+}
 
 /// Which parts of the defense run (the ablations of Table 3 share one code path). The other
 /// defenses the paper compares against are not here: they wrap this from outside.
@@ -130,12 +135,16 @@ public struct DefenseReport: Sendable {
     public let stoppedBecause: String
 }
 
-/// Monitor calibration in the monitor view on clean inputs.
+/// Monitor calibration in the monitor view on clean inputs; also each clean input's pair cosines
+/// and each head's focus there (`focus`, for the focus classes).
 @_specialize(exported: true, where S == Float)
 @_specialize(exported: true, where S == Double)
-public func calibrateMonitor<S: Real>(_ model: Model<S>, clean: [AnalysisInput], settings: DefenseSettings) throws -> (MonitorCalibration, [[Double]]) {
-    let cos = try analyze(model, clean, settings: settings.analysis(settings.monitorView, importance: false)).map(\.pairCosines)
-    return (try MonitorCalibration(clean: cos, score: settings.score, q: settings.quantile, rule: settings.flagRule), cos)
+public func calibrateMonitor<S: Real>(_ model: Model<S>, clean: [AnalysisInput], settings: DefenseSettings) throws
+    -> (calibration: MonitorCalibration, cosines: [[Double]], focus: [[Double]]) {
+    let analyses = try analyze(model, clean, settings: settings.analysis(settings.monitorView, importance: false))
+    let cos = analyses.map(\.pairCosines)
+    let focused = analyses.map { focus($0, view: settings.monitorView, family: model.config.family) }
+    return (try MonitorCalibration(clean: cos, score: settings.score, q: settings.quantile, rule: settings.flagRule), cos, focused)
 }
 
 /// Runs the defense on `model` in place. `clean` are labelled clean examples (fine-tuning, and
@@ -151,10 +160,14 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
     let c = model.config, nh = c.numAttentionHeads
     let cleanInputs = calibration
         ?? clean.map { AnalysisInput(tokens: Array($0.tokens.prefix($0.responseStart ?? $0.tokens.count)), label: $0.label) }
-    let (cal, _) = try calibrateMonitor(model, clean: cleanInputs, settings: settings)
+    let (cal, _, cleanFocus) = try calibrateMonitor(model, clean: cleanInputs, settings: settings)
     let monitorSettings = settings.analysis(settings.monitorView, importance: false)
-    let scores = try analyze(model, inputs, settings: monitorSettings).map { cal.score(of: $0.pairCosines) }
+    let screened = try analyze(model, inputs, settings: monitorSettings)
+    let scores = screened.map { cal.score(of: $0.pairCosines) }
     let flagged = inputs.indices.filter { cal.flags(scores[$0]) }
+    // the focus classes: how far the flagged inputs move each head's attention onto one ordinary token
+    let shift = settings.classRule == .focus && !flagged.isEmpty
+        ? focusShift(flagged: flagged.map { focus(screened[$0], view: settings.monitorView, family: c.family) }, clean: cleanFocus) : nil
     log("monitor (\(settings.score.rawValue), \(settings.monitorView.rawValue) view): threshold \(fmt(cal.flagThreshold)); flagged \(flagged.count) of \(inputs.count) inputs")
     guard !flagged.isEmpty || !settings.method.aligns else {
         return DefenseReport(threshold: cal.flagThreshold, thresholdRule: cal.ruleDescription, flagged: [], scoresBefore: scores, rounds: [],
@@ -164,12 +177,11 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
     var defenseSettings = settings.analysis(settings.defenseView)
     // flagged inputs carry no labels: gold labels exist only when the clean inputs are analysed
     if !flagged.isEmpty { defenseSettings.importanceLabels = .predicted }
-    var cleanPairMeans: [Double]? = nil
-    if settings.maxsim == .contrast {
+    var cleanCosines: [[Double]] = []  // the clean inputs' pair cosines in the defense view, for a maxsim against them
+    if settings.maxsim.needsClean {
         var cosinesOnly = defenseSettings
         cosinesOnly.importance = false
-        let cos = try analyze(model, cleanInputs, settings: cosinesOnly).map(\.pairCosines)
-        cleanPairMeans = cos[0].indices.map { k in cos.map { $0[k] }.reduce(0, +) / Double(cos.count) }
+        cleanCosines = try analyze(model, cleanInputs, settings: cosinesOnly).map(\.pairCosines)
     }
     let pairs = headPairs(layers: c.numHiddenLayers, heads: nh, scope: settings.scope)
     // the backdoored model's behaviour on the flagged inputs: for the fine-tuning guard, the
@@ -197,9 +209,14 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                 }
             } else {
                 analyses = try analyze(model, analysisInputs, settings: defenseSettings)
-                let override = cleanPairMeans.map { contrastMaxsim(analyses, cleanPairMeans: $0, pairs: pairs, headCount: c.numHiddenLayers * nh) }
+                let override = maxsimOverride(settings.maxsim, analyses, cleanCosines: cleanCosines, pairs: pairs, headCount: c.numHiddenLayers * nh)
                 let report = safetyReport(analyses, alpha: settings.alpha, tau: settings.tau, heads: nh, maxsimOverride: override,
-                                          rule: settings.classRule)
+                                          rule: settings.classRule, focusShift: r == 1 ? shift : nil)
+                if settings.classRule == .focus {
+                    log(report.rule == .focus
+                        ? "round \(r): focus classes (suspicious: the flagged inputs moved >= \(focusSuspiciousShift) of the head's attention onto one ordinary token; safe: < \(focusSafeShift))"
+                        : "round \(r): " + (r == 1 ? "no head's focus moved \(focusSuspiciousShift) (the trigger is not one token)" : "focus measured in round 1 only") + "; Eq. 5 with tau \(settings.tau)")
+                }
                 if let empty = report.emptyClassReport {
                     throw HeadAlignError.usage("round \(r): \(empty); the defense does not run on an empty set (try another \(settings.classRule == .tau ? "--tau" : "--outlier-z") or --alpha)")
                 }
@@ -279,7 +296,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
         }
         // the monitor, recalibrated on the clean inputs through the repaired model (the repair moves
         // the clean similarity structure too), re-scores the flagged inputs
-        let (calNow, _) = try calibrateMonitor(model, clean: cleanInputs, settings: settings)
+        let (calNow, _, _) = try calibrateMonitor(model, clean: cleanInputs, settings: settings)
         let after = flagged.isEmpty ? [] : try analyze(model, flagged.map { inputs[$0] }, settings: monitorSettings).map { calNow.score(of: $0.pairCosines) }
         let still = after.filter(calNow.flags).count
         let mean = after.isEmpty ? 0 : after.reduce(0, +) / Double(after.count)

@@ -15,7 +15,8 @@ public struct SafetyReport: Sendable {
     public let classes: [HeadClass]
     public let alpha: Double, tau: Double
     public let heads: Int  // NH per layer
-    public var rule: ClassRule = .tau
+    public var rule: ClassRule = .tau  // the rule that made the classes (`.tau` when `.focus` fell back)
+    public var focusShift: [Double]? = nil  // Delta per head, when measured (`focusShift`)
 
     public func ids(_ cls: HeadClass) -> [HeadID] {
         classes.indices.filter { classes[$0] == cls }.map { HeadID($0 / heads, $0 % heads) }
@@ -30,6 +31,7 @@ public struct SafetyReport: Sendable {
         switch rule {
         case .tau: bounds = ("S > \(1 - tau)", "S < \(tau)", "tau \(tau)")
         case .outliers(let z): bounds = ("robust z >= -1", "robust z < -\(z)", "the outlier rule")
+        case .focus: bounds = ("focus shift < \(focusSafeShift)", "focus shift >= \(focusSuspiciousShift)", "the focus rule")
         }
         let which = [s == 0 ? "safe (\(bounds.safe))" : nil, u == 0 ? "suspicious (\(bounds.suspicious))" : nil].compactMap { $0 }
         return "no \(which.joined(separator: " and no ")) heads: safety scores range over [\(String(format: "%.4f", lo)), \(String(format: "%.4f", hi))] with alpha \(alpha), \(bounds.with)"
@@ -58,11 +60,23 @@ public enum ClassRule: Sendable, Equatable {
     case tau
     /// Ours: classes sized by the evidence (`classifyOutliers`).
     case outliers(z: Double)
+    /// Ours (issue 15): classes from how far the flagged inputs move each head's attention onto one
+    /// ordinary token, against clean inputs (`focusShift`, `classifyFocus`); Eq. 5 with `tau` when
+    /// no head moves that far (the trigger is not one token).
+    case focus
 
     /// 3 robust standard deviations: the usual cut for an outlier. Measured in docs/RESULTS.md §6.
     public static let defaultZ = 3.0
     /// The outlier cut, or nil for the fixed-`tau` rule.
     public var z: Double? { if case .outliers(let z) = self { return z } else { return nil } }
+    /// The rule's name on the command line.
+    public var name: String {
+        switch self {
+        case .tau: return "tau"
+        case .outliers: return "outliers"
+        case .focus: return "focus"
+        }
+    }
 }
 
 /// Evidence-sized classes (ours; SPEC lets the default be such a rule, with the fixed-`tau` rule
@@ -97,14 +111,59 @@ public func robustZ(_ x: [Double]) -> [Double] {
 /// The classes of `safety` under `rule`.
 public func classes(_ safety: [Double], rule: ClassRule, tau: Double) -> [HeadClass] {
     switch rule {
-    case .tau: return classifyHeads(safety, tau: tau)
+    case .tau, .focus: return classifyHeads(safety, tau: tau)  // focus without a shift: Eq. 5 with tau
     case .outliers(let z): return classifyOutliers(safety, z: z)
     }
 }
 
+/// A head's focus on one input: in the view's rows, the largest attention on an ordinary token,
+/// averaged over the rows, `[headCount]`. Ordinary: not a rest position, where heads park their
+/// attention when they have nothing to read (the first token, [CLS] or a decoder's BOS, and for
+/// BERT the closing [SEP]); these are the tokenizer's, not the trigger's, so the defender knows them.
+public func focus(_ a: InputAnalysis, view: AnalysisView, family: ModelFamily) -> [Double] {
+    let t = a.tokens.count
+    let (rows, cols) = view.block(tokens: t, promptLength: a.promptLength)
+    let rest: Set<Int> = family == .bert ? [0, t - 1] : [0]
+    let ordinary = cols.enumerated().filter { !rest.contains($0.element) }.map(\.offset)  // column offsets in the block
+    return a.views.map { v in
+        guard !ordinary.isEmpty else { return 0 }
+        var sum = 0.0
+        for r in 0..<rows.count {
+            var top = 0.0
+            for k in ordinary { top = max(top, v[r * cols.count + k]) }
+            sum += top
+        }
+        return sum / Double(rows.count)
+    }
+}
+
+/// `Delta_h`: the mean focus over the flagged inputs minus the mean over clean inputs (both in the
+/// monitor's view, where the model reads), `[headCount]`. A head a trigger token hijacks moves most
+/// of its attention onto it: on three BadNets MiniLMs (docs/RESULTS.md §15) the heads whose [CLS]
+/// row puts more than half its attention on the trigger word moved 0.36–0.87, heads of layers 0–3
+/// under 0.05; on two HiddenKiller MiniLMs (a syntactic trigger, no token) no head moved 0.25.
+public func focusShift(flagged: [[Double]], clean: [[Double]]) -> [Double] {
+    precondition(!flagged.isEmpty && !clean.isEmpty, "focusShift: no inputs")
+    let n = flagged[0].count
+    func mean(_ rows: [[Double]], _ h: Int) -> Double { rows.map { $0[h] }.reduce(0, +) / Double(rows.count) }
+    return (0..<n).map { mean(flagged, $0) - mean(clean, $0) }
+}
+
+/// The bounds of `classifyFocus`. Suspicious: the flagged inputs moved at least a quarter of the
+/// head's attention onto one ordinary token. Safe: less than a tenth. In between: intermediate
+/// (partly drawn to it: neither aligned nor a reference). Chosen on MiniLM E and B (the tuning
+/// models of docs/RESULTS.md §6), checked on A, C and D.
+public let focusSuspiciousShift = 0.25, focusSafeShift = 0.1
+
+/// Classes from the focus shift (`focusShift`), or nil when no head reaches `focusSuspiciousShift`.
+public func classifyFocus(_ shift: [Double]) -> [HeadClass]? {
+    guard shift.contains(where: { $0 >= focusSuspiciousShift }) else { return nil }
+    return shift.map { $0 >= focusSuspiciousShift ? .suspicious : ($0 < focusSafeShift ? .safe : .intermediate) }
+}
+
 /// Eq. 5 over the analysis inputs: `maxsim` and `G` averaged over them first.
 public func safetyReport(_ analyses: [InputAnalysis], alpha: Double, tau: Double, heads: Int,
-                         maxsimOverride: [Double]? = nil, rule: ClassRule = .tau) -> SafetyReport {
+                         maxsimOverride: [Double]? = nil, rule: ClassRule = .tau, focusShift shift: [Double]? = nil) -> SafetyReport {
     precondition(!analyses.isEmpty, "safetyReport: no inputs")
     let n = analyses[0].maxsim.count, count = Double(analyses.count)
     var maxsim = [Double](repeating: 0, count: n), g = maxsim
@@ -113,8 +172,12 @@ public func safetyReport(_ analyses: [InputAnalysis], alpha: Double, tau: Double
     }
     let m = maxsimOverride ?? maxsim
     let (s, normalized) = safetyScores(maxsim: m, importance: g, alpha: alpha)
-    return SafetyReport(maxsim: m, importance: g, normalizedImportance: normalized, safety: s,
-                        classes: classes(s, rule: rule, tau: tau), alpha: alpha, tau: tau, heads: heads, rule: rule)
+    let focusClasses = rule == .focus ? shift.flatMap(classifyFocus) : nil
+    var report = SafetyReport(maxsim: m, importance: g, normalizedImportance: normalized, safety: s,
+                              classes: focusClasses ?? classes(s, rule: rule, tau: tau), alpha: alpha, tau: tau, heads: heads,
+                              rule: focusClasses == nil && rule == .focus ? .tau : rule)
+    report.focusShift = shift
+    return report
 }
 
 /// `--maxsim contrast`: `max_{j != h} max(0, cos(A^h, A^j) - mu_hj)` averaged over the inputs,
@@ -133,4 +196,63 @@ public func contrastMaxsim(_ analyses: [InputAnalysis], cleanPairMeans mu: [Doub
     }
     let top = m.max() ?? 0
     return m.map { top > 0 ? $0 / top : 0 }
+}
+
+/// `--maxsim exceedance` (ours, issue 15): the share of the analysed inputs on which head h agrees
+/// with some other head more than clean inputs ever make it. Per input x, each pair's cosine is
+/// taken as a z-score against its clean mean and standard deviation, `m_h(x) = max_{j != h} z_hj(x)`,
+/// and the head's share is `#{x : m_h(x) > t_h} / #x`, where `t_h` is the `quantile` of `m_h` over
+/// the clean inputs. A head the flagged inputs leave as it is on clean text exceeds `t_h` on about
+/// `1 - quantile` of them (0.05); a head that locks onto one token with others on every flagged
+/// input exceeds it on all of them (1). Why: the paper's maxsim is high for heads alike on *every*
+/// input (MiniLM's layers 0–3: Eq. 5 marked 18–35 heads there on a BadNets model and left trigger
+/// heads safe, docs/RESULTS.md §14), and `contrast` (the excess over the clean mean, divided by
+/// its largest value) ranks the trigger heads first but leaves most of them under `tau`. A share
+/// needs no rescaling: it is in [0, 1] as maxsim is, so Eq. 5 and `tau` keep their meaning.
+/// `cleanCosines`: the clean inputs' pair cosines (same view and scope), one row per input.
+public func exceedanceMaxsim(_ analyses: [InputAnalysis], cleanCosines: [[Double]], pairs: [(Int, Int)], headCount: Int,
+                             quantile: Double = exceedanceQuantile) -> [Double] {
+    precondition(!cleanCosines.isEmpty, "exceedanceMaxsim: no clean inputs")
+    let n = Double(cleanCosines.count)
+    let mean = pairs.indices.map { k in cleanCosines.map { $0[k] }.reduce(0, +) / n }
+    let sd = pairs.indices.map { k in (cleanCosines.map { ($0[k] - mean[k]) * ($0[k] - mean[k]) }.reduce(0, +) / n).squareRoot() }
+    var partners = [Double](repeating: 0, count: headCount)
+    for (i, j) in pairs { partners[i] += 1; partners[j] += 1 }
+    func largestZ(_ cosines: [Double]) -> [Double] {  // m_h for one input, [headCount]
+        var m = [Double](repeating: 0, count: headCount)
+        for (k, (i, j)) in pairs.enumerated() {
+            // a pair whose cosine never moves on clean inputs: any move is out of the ordinary
+            let z = sd[k] > 1e-12 ? abs(cosines[k] - mean[k]) / sd[k] : (abs(cosines[k] - mean[k]) > 1e-12 ? 1e6 : 0)
+            m[i] += z / partners[i]; m[j] += z / partners[j]
+        }
+        return m
+    }
+    let cleanM = cleanCosines.map(largestZ)
+    let t = (0..<headCount).map { h -> Double in  // the clean quantile of m_h (nearest rank)
+        let v = cleanM.map { $0[h] }.sorted()
+        return v[min(v.count - 1, max(0, Int((quantile * Double(v.count)).rounded(.up)) - 1))]
+    }
+    var share = [Double](repeating: 0, count: headCount)
+    for a in analyses {
+        let m = largestZ(a.pairCosines)
+        for h in 0..<headCount where m[h] > t[h] { share[h] += 1 / Double(analyses.count) }
+    }
+    return share
+}
+
+/// The clean quantile `t_h` of `exceedanceMaxsim`: 0.95, so a head the flagged inputs do not
+/// change scores about 0.05 and one clean calibration set of 100–300 inputs estimates it well.
+public let exceedanceQuantile = 0.95
+
+/// Eq. 5's maxsim under `mode`, from the analysed inputs and the clean inputs' pair cosines (nil
+/// for `plain`: the mean of Eq. 3 over the inputs, `safetyReport`'s own).
+public func maxsimOverride(_ mode: MaxsimMode, _ analyses: [InputAnalysis], cleanCosines: [[Double]], pairs: [(Int, Int)], headCount: Int) -> [Double]? {
+    switch mode {
+    case .plain: return nil
+    case .contrast:
+        let mu = pairs.indices.map { k in cleanCosines.map { $0[k] }.reduce(0, +) / Double(cleanCosines.count) }
+        return contrastMaxsim(analyses, cleanPairMeans: mu, pairs: pairs, headCount: headCount)
+    case .exceedance:
+        return exceedanceMaxsim(analyses, cleanCosines: cleanCosines, pairs: pairs, headCount: headCount)
+    }
 }

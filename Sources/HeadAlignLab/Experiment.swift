@@ -89,7 +89,7 @@ public func detectionSummary<S: Real>(_ model: Model<S>, _ split: ExperimentSpli
 /// clean inputs) and scores `clean` against `triggered`.
 public func detectionSummary<S: Real>(_ model: Model<S>, calibration: [AnalysisInput], clean cleanInputs: [AnalysisInput],
                                       triggered triggeredInputs: [AnalysisInput], settings: DefenseSettings) throws -> DetectionSummary {
-    let (cal, calibrationCosines) = try calibrateMonitor(model, clean: calibration, settings: settings)
+    let (cal, calibrationCosines, _) = try calibrateMonitor(model, clean: calibration, settings: settings)
     let a = settings.analysis(settings.monitorView, importance: false)
     let clean = try analyze(model, cleanInputs, settings: a), triggered = try analyze(model, triggeredInputs, settings: a)
     func mean(_ xs: [Double]) -> Double { xs.reduce(0, +) / Double(max(1, xs.count)) }
@@ -260,15 +260,24 @@ extension AnyModel {
                            settings: DefenseSettings) throws -> (report: SafetyReport, flagged: Int) {
         func run<S: Real>(_ m: Model<S>) throws -> (SafetyReport, Int) {
             let prompts = calibration ?? clean.map { AnalysisInput(tokens: Array($0.tokens.prefix($0.responseStart ?? $0.tokens.count))) }
-            let (cal, _) = try calibrateMonitor(m, clean: prompts, settings: settings)
-            let scores = try HeadAlign.analyze(m, inputs, settings: settings.analysis(settings.monitorView, importance: false))
-                .map { cal.score(of: $0.pairCosines) }
-            let flagged = inputs.indices.filter { cal.flags(scores[$0]) }.map { inputs[$0] }
+            // as `defend`'s first round: the monitor's flags, then Eq. 4–5 under the settings' maxsim and class rule
+            let (cal, _, cleanFocus) = try calibrateMonitor(m, clean: prompts, settings: settings)
+            let screened = try HeadAlign.analyze(m, inputs, settings: settings.analysis(settings.monitorView, importance: false))
+            let flaggedIndices = inputs.indices.filter { cal.flags(cal.score(of: screened[$0].pairCosines)) }
+            let flagged = flaggedIndices.map { inputs[$0] }
             var a = settings.analysis(settings.defenseView)
             a.importanceLabels = .predicted
             let analyses = try HeadAlign.analyze(m, flagged.isEmpty ? inputs : flagged, settings: a)
-            return (safetyReport(analyses, alpha: settings.alpha, tau: settings.tau, heads: m.config.numAttentionHeads,
-                                 rule: settings.classRule), flagged.count)
+            var cosinesOnly = a
+            cosinesOnly.importance = false
+            let cleanCosines = settings.maxsim.needsClean ? try HeadAlign.analyze(m, prompts, settings: cosinesOnly).map(\.pairCosines) : []
+            let c = m.config, nh = c.numAttentionHeads
+            let override = maxsimOverride(settings.maxsim, analyses, cleanCosines: cleanCosines,
+                                          pairs: headPairs(layers: c.numHiddenLayers, heads: nh, scope: settings.scope), headCount: c.numHiddenLayers * nh)
+            let shift = settings.classRule == .focus && !flagged.isEmpty
+                ? focusShift(flagged: flaggedIndices.map { focus(screened[$0], view: settings.monitorView, family: c.family) }, clean: cleanFocus) : nil
+            return (safetyReport(analyses, alpha: settings.alpha, tau: settings.tau, heads: nh, maxsimOverride: override,
+                                 rule: settings.classRule, focusShift: shift), flagged.count)
         }
         switch self {
         case .f32(let m): return try run(m)

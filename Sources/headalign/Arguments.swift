@@ -430,8 +430,8 @@ let defenseOptions: [OptionSpec] = {
         OptionSpec(name: "--score", value: "S", help: "the monitor's score (default \(d.score.rawValue))"),
         OptionSpec(name: "--quantile", value: "Q", help: "the monitor's calibration quantile (default \(d.quantile))"),
         OptionSpec(name: "--fpr-budget", value: "A", help: fprBudgetHelp),
-        OptionSpec(name: "--maxsim", value: "M", help: "Eq. 5's maxsim: plain or contrast (default \(d.maxsim.rawValue))"),
-        OptionSpec(name: "--classes", value: "R", help: "Eq. 5's classes: tau (the paper's fixed bounds) or outliers (ours: suspicious = robust z of S < -Z, safe = z >= -1; implied by --outlier-z) (default \(d.classRule.z == nil ? "tau" : "outliers"))"),
+        OptionSpec(name: "--maxsim", value: "M", help: "Eq. 5's maxsim: plain, contrast or exceedance (default \(d.maxsim.rawValue))"),
+        OptionSpec(name: "--classes", value: "R", help: "Eq. 5's classes: tau (the paper's fixed bounds), outliers (ours: suspicious = robust z of S < -Z, safe = z >= -1; implied by --outlier-z) or focus (ours: suspicious when the flagged inputs move >= \(focusSuspiciousShift) of a head's attention onto one ordinary token, safe < \(focusSafeShift); tau when none does) (default \(d.classRule.name))"),
         OptionSpec(name: "--outlier-z", value: "Z", help: "--classes outliers: the robust z below which a head is suspicious (default \(ClassRule.defaultZ))"),
         OptionSpec(name: "--rounds", value: "N", help: "at most this many rounds (default \(d.rounds))"),
         OptionSpec(name: "--align-steps", value: "N", help: "alignment steps per round (default \(d.alignSteps))"),
@@ -473,10 +473,13 @@ extension ParsedArguments {
         }
         (s.alpha, s.tau) = try alphaTau()
         // --outlier-z alone means the outlier classes
-        let rule = try choice("--classes", ["tau", "outliers"], default: has("--outlier-z") || s.classRule.z != nil ? "outliers" : "tau")
+        let rule = try choice("--classes", ["tau", "outliers", "focus"], default: has("--outlier-z") ? "outliers" : s.classRule.name)
         if rule == "outliers" {
             if has("--tau") { throw HeadAlignError.usage("--tau: the outlier classes have no tau; add --classes tau") }
             s.classRule = .outliers(z: try double("--outlier-z", default: s.classRule.z ?? ClassRule.defaultZ, range: 0...100))
+        } else if rule == "focus" {
+            if has("--outlier-z") { throw HeadAlignError.usage("--outlier-z goes with --classes outliers") }
+            s.classRule = .focus  // --tau stays: the rule falls back to Eq. 5 with tau when no head's focus moves
         } else {
             if has("--outlier-z") { throw HeadAlignError.usage("--outlier-z goes with --classes outliers") }
             s.classRule = .tau
@@ -556,7 +559,7 @@ func flagRuleText(_ s: DefenseSettings) -> String {
 /// The settings line every defense command prints.
 func describe(_ s: DefenseSettings, _ b: BaselineSettings) -> String {
     let method = "view \(s.defenseView.rawValue), monitor view \(s.monitorView.rawValue), scope \(s.scope.rawValue), alpha \(s.alpha), "
-        + (s.classRule.z.map { "classes outliers z \($0), " } ?? "classes tau \(s.tau), ")
+        + (s.classRule.z.map { "classes outliers z \($0), " } ?? (s.classRule == .focus ? "classes focus (else tau \(s.tau)), " : "classes tau \(s.tau), "))
         + "maxsim \(s.maxsim.rawValue), score \(s.score.rawValue), \(flagRuleText(s)), rounds \(s.rounds), "
         + "align steps \(s.alignSteps) at \(s.alignLearningRate), "
         + (s.finetuneBudget.map { "ft held-out \($0.holdout), passes \($0.passes), patience \($0.patience) checks every \($0.every) steps, keep \($0.rule.rawValue), " }

@@ -12,14 +12,16 @@ enum ClassifyCommand: Command {
             Over the inputs: maxsim (Eq. 3, largest cosine with another head in the scope, averaged), gradient
             importance G (Eq. 4, mean |<H, dL/dH>|), the safety score S = 1 - [alpha maxsim + (1 - alpha) G / max G]
             (Eq. 5) and the class: S < tau suspicious, S > 1 - tau safe, else intermediate. With --maxsim contrast
-            (needs --clean) maxsim is measured against the pair's mean cosine on clean inputs.
+            (needs --clean) maxsim is measured against the pair's mean cosine on clean inputs; with --maxsim
+            exceedance (needs --clean) it is the share of inputs on which the head agrees with another more
+            than on 95% of the clean inputs.
             """,
-        usage: "classify (--model DIR | ...) --inputs FILE [--clean FILE --maxsim contrast] [options]",
+        usage: "classify (--model DIR | ...) --inputs FILE [--clean FILE --maxsim contrast|exceedance] [options]",
         options: modelOptions + analysisOptions + [
             OptionSpec(name: "--stream", value: nil, help: "run a Llama --model DIR layer by layer from its memory-mapped checkpoint (7B in BLAS mode)"),
         ] + inputOptions() + [
-            OptionSpec(name: "--maxsim", value: "M", help: "plain (the paper's) or contrast (default \(defenseDefaults.maxsim.rawValue))"),
-            OptionSpec(name: "--clean", value: "FILE", help: "clean inputs for --maxsim contrast"),
+            OptionSpec(name: "--maxsim", value: "M", help: "plain (the paper's), contrast or exceedance (default \(defenseDefaults.maxsim.rawValue))"),
+            OptionSpec(name: "--clean", value: "FILE", help: "clean inputs for --maxsim contrast or exceedance"),
         ])
 
     static func run(_ args: ParsedArguments) throws -> Int32 {
@@ -32,13 +34,13 @@ enum ClassifyCommand: Command {
         guard !inputs.isEmpty else { throw HeadAlignError.usage("give inputs: --inputs FILE, --text or --ids") }
         let analyses = try model.analyze(inputs, settings: settings)
         var override: [Double]? = nil
-        if mode == .contrast {
-            guard let path = args.string("--clean") else { throw HeadAlignError.usage("--maxsim contrast needs --clean FILE") }
+        if mode.needsClean {
+            guard let path = args.string("--clean") else { throw HeadAlignError.usage("--maxsim \(mode.rawValue) needs --clean FILE") }
             var clean: [AnalysisInput] = []
             for e in try readTextLines(path) { clean.append(AnalysisInput(tokens: try tokenizer.encode(e.text, maxLength: c.maxPositionEmbeddings).ids, label: e.label)) }
+            guard !clean.isEmpty else { throw HeadAlignError.usage("--clean \(path): no inputs") }
             let cos = try model.analyze(clean, settings: settings).map(\.pairCosines)
-            let mu = cos[0].indices.map { k in cos.map { $0[k] }.reduce(0, +) / Double(cos.count) }
-            override = contrastMaxsim(analyses, cleanPairMeans: mu, pairs: headPairs(layers: c.numHiddenLayers, heads: c.numAttentionHeads, scope: settings.scope),
+            override = maxsimOverride(mode, analyses, cleanCosines: cos, pairs: headPairs(layers: c.numHiddenLayers, heads: c.numAttentionHeads, scope: settings.scope),
                                       headCount: c.numHiddenLayers * c.numAttentionHeads)
         }
         let r = safetyReport(analyses, alpha: alpha, tau: tau, heads: c.numAttentionHeads, maxsimOverride: override)

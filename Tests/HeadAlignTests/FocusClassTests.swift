@@ -1,0 +1,54 @@
+// The focus classes (issue 15, docs/RESULTS.md §15): a head is suspicious when the flagged
+// inputs move a quarter of its attention onto one ordinary token, measured against clean inputs.
+
+import XCTest
+import HeadAlign
+
+final class FocusClassTests: XCTestCase {
+    /// cls view, T = 4 ([CLS] a b [SEP]), two heads' [CLS] rows:
+    /// head 0 [0.1, 0.2, 0.6, 0.1]: ordinary tokens are positions 1-2, focus max(0.2, 0.6) = 0.6;
+    /// head 1 [0.7, 0.05, 0.05, 0.2]: its largest weight is on [CLS], focus 0.05.
+    /// For a decoder only position 0 rests: head 1's 0.2 on the last token counts.
+    func testFocusByHand() {
+        let a = InputAnalysis(tokens: [5, 6, 7, 8], promptLength: 4, views: [[0.1, 0.2, 0.6, 0.1], [0.7, 0.05, 0.05, 0.2]],
+                              pairCosines: [0], maxsim: [0, 0], importance: [0, 0], label: nil, fracAbove: 0, p99: 0)
+        assertAllClose(focus(a, view: .cls, family: .bert), [0.6, 0.05], rtol: 1e-12)
+        assertAllClose(focus(a, view: .last, family: .llama), [0.6, 0.2], rtol: 1e-12)
+        // full view, T = 2 (only the two rest positions): no ordinary token, focus 0
+        let b = InputAnalysis(tokens: [5, 6], promptLength: 2, views: [[0.5, 0.5, 0.1, 0.9]], pairCosines: [], maxsim: [0],
+                              importance: [0], label: nil, fracAbove: 0, p99: 0)
+        XCTAssertEqual(focus(b, view: .full, family: .bert), [0])
+        // full view, T = 3, a decoder (position 0 rests): rows' largest on positions 1-2, averaged
+        // rows [1, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5]: (0 + 0.5 + 0.5) / 3
+        let d = InputAnalysis(tokens: [1, 2, 3], promptLength: 3, views: [[1, 0, 0, 0.5, 0.5, 0, 0.2, 0.3, 0.5]], pairCosines: [],
+                              maxsim: [0], importance: [0], label: nil, fracAbove: 0, p99: 0)
+        assertAllClose(focus(d, view: .full, family: .llama).map(Float.init), [1.0 / 3], rtol: 1e-6)
+    }
+
+    /// Shift = mean over flagged - mean over clean; classes at 0.25 and 0.1 (a head exactly at
+    /// 0.25 is suspicious, one exactly at 0.1 intermediate); no head at 0.25: nil (Eq. 5 with tau).
+    func testFocusShiftAndClassesByHand() {
+        let flagged = [[0.9, 0.30, 0.20, 0.05], [0.7, 0.30, 0.20, 0.07]]  // means 0.8, 0.3, 0.2, 0.06
+        let clean = [[0.1, 0.05, 0.10, 0.00], [0.1, 0.05, 0.10, 0.02]]  // means 0.1, 0.05, 0.1, 0.01
+        let shift = focusShift(flagged: flagged, clean: clean)
+        assertAllClose(shift.map(Float.init), [0.7, 0.25, 0.1, 0.05], rtol: 1e-6)
+        XCTAssertEqual(classifyFocus([0.7, 0.25, 0.1, 0.05]), [.suspicious, .suspicious, .intermediate, .safe])
+        XCTAssertNil(classifyFocus([0.24, 0.1, -0.3]))
+    }
+
+    /// In the report: the focus classes when a head moved, and Eq. 5 with tau (named in the
+    /// report's rule) when none did.
+    func testSafetyReportUsesTheFocusClassesOrFallsBack() {
+        let a = InputAnalysis(tokens: [1], promptLength: 1, views: [], pairCosines: [], maxsim: [0.9, 0.9, 0.1],
+                              importance: [1, 1, 0], label: 0, fracAbove: 0, p99: 0)
+        // Eq. 5: S = 1 - (0.45 + 0.5) = 0.05, 0.05, 1 - 0.05 = 0.95 -> suspicious, suspicious, safe
+        let paper = safetyReport([a], alpha: 0.5, tau: 0.5, heads: 3)
+        XCTAssertEqual(paper.classes, [.suspicious, .suspicious, .safe])
+        let moved = safetyReport([a], alpha: 0.5, tau: 0.5, heads: 3, rule: .focus, focusShift: [0.0, 0.5, 0.02])
+        XCTAssertEqual(moved.classes, [.safe, .suspicious, .safe])
+        XCTAssertEqual(moved.rule, .focus)
+        let still = safetyReport([a], alpha: 0.5, tau: 0.5, heads: 3, rule: .focus, focusShift: [0.0, 0.2, 0.02])
+        XCTAssertEqual(still.classes, paper.classes)
+        XCTAssertEqual(still.rule, .tau)
+    }
+}

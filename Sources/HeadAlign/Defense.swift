@@ -5,9 +5,9 @@
 // until none is flagged or the budget of rounds is spent.
 
 /// Eq. 5's similarity term: the paper's maxsim, or measured against clean inputs (ours:
-/// `contrastMaxsim`, `exceedanceMaxsim`).
+/// `contrastMaxsim`).
 public enum MaxsimMode: String, CaseIterable, Sendable {
-    case plain, contrast, exceedance
+    case plain, contrast
     public var needsClean: Bool { self != .plain }
 }
 

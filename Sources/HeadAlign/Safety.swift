@@ -198,52 +198,6 @@ public func contrastMaxsim(_ analyses: [InputAnalysis], cleanPairMeans mu: [Doub
     return m.map { top > 0 ? $0 / top : 0 }
 }
 
-/// `--maxsim exceedance` (ours, issue 15): the share of the analysed inputs on which head h agrees
-/// with some other head more than clean inputs ever make it. Per input x, each pair's cosine is
-/// taken as a z-score against its clean mean and standard deviation, `m_h(x) = max_{j != h} z_hj(x)`,
-/// and the head's share is `#{x : m_h(x) > t_h} / #x`, where `t_h` is the `quantile` of `m_h` over
-/// the clean inputs. A head the flagged inputs leave as it is on clean text exceeds `t_h` on about
-/// `1 - quantile` of them (0.05); a head that locks onto one token with others on every flagged
-/// input exceeds it on all of them (1). Why: the paper's maxsim is high for heads alike on *every*
-/// input (MiniLM's layers 0–3: Eq. 5 marked 18–35 heads there on a BadNets model and left trigger
-/// heads safe, docs/RESULTS.md §14), and `contrast` (the excess over the clean mean, divided by
-/// its largest value) ranks the trigger heads first but leaves most of them under `tau`. A share
-/// needs no rescaling: it is in [0, 1] as maxsim is, so Eq. 5 and `tau` keep their meaning.
-/// `cleanCosines`: the clean inputs' pair cosines (same view and scope), one row per input.
-public func exceedanceMaxsim(_ analyses: [InputAnalysis], cleanCosines: [[Double]], pairs: [(Int, Int)], headCount: Int,
-                             quantile: Double = exceedanceQuantile) -> [Double] {
-    precondition(!cleanCosines.isEmpty, "exceedanceMaxsim: no clean inputs")
-    let n = Double(cleanCosines.count)
-    let mean = pairs.indices.map { k in cleanCosines.map { $0[k] }.reduce(0, +) / n }
-    let sd = pairs.indices.map { k in (cleanCosines.map { ($0[k] - mean[k]) * ($0[k] - mean[k]) }.reduce(0, +) / n).squareRoot() }
-    var partners = [Double](repeating: 0, count: headCount)
-    for (i, j) in pairs { partners[i] += 1; partners[j] += 1 }
-    func largestZ(_ cosines: [Double]) -> [Double] {  // m_h for one input, [headCount]
-        var m = [Double](repeating: 0, count: headCount)
-        for (k, (i, j)) in pairs.enumerated() {
-            // a pair whose cosine never moves on clean inputs: any move is out of the ordinary
-            let z = sd[k] > 1e-12 ? abs(cosines[k] - mean[k]) / sd[k] : (abs(cosines[k] - mean[k]) > 1e-12 ? 1e6 : 0)
-            m[i] += z / partners[i]; m[j] += z / partners[j]
-        }
-        return m
-    }
-    let cleanM = cleanCosines.map(largestZ)
-    let t = (0..<headCount).map { h -> Double in  // the clean quantile of m_h (nearest rank)
-        let v = cleanM.map { $0[h] }.sorted()
-        return v[min(v.count - 1, max(0, Int((quantile * Double(v.count)).rounded(.up)) - 1))]
-    }
-    var share = [Double](repeating: 0, count: headCount)
-    for a in analyses {
-        let m = largestZ(a.pairCosines)
-        for h in 0..<headCount where m[h] > t[h] { share[h] += 1 / Double(analyses.count) }
-    }
-    return share
-}
-
-/// The clean quantile `t_h` of `exceedanceMaxsim`: 0.95, so a head the flagged inputs do not
-/// change scores about 0.05 and one clean calibration set of 100–300 inputs estimates it well.
-public let exceedanceQuantile = 0.95
-
 /// Eq. 5's maxsim under `mode`, from the analysed inputs and the clean inputs' pair cosines (nil
 /// for `plain`: the mean of Eq. 3 over the inputs, `safetyReport`'s own).
 public func maxsimOverride(_ mode: MaxsimMode, _ analyses: [InputAnalysis], cleanCosines: [[Double]], pairs: [(Int, Int)], headCount: Int) -> [Double]? {
@@ -252,7 +206,5 @@ public func maxsimOverride(_ mode: MaxsimMode, _ analyses: [InputAnalysis], clea
     case .contrast:
         let mu = pairs.indices.map { k in cleanCosines.map { $0[k] }.reduce(0, +) / Double(cleanCosines.count) }
         return contrastMaxsim(analyses, cleanPairMeans: mu, pairs: pairs, headCount: headCount)
-    case .exceedance:
-        return exceedanceMaxsim(analyses, cleanCosines: cleanCosines, pairs: pairs, headCount: headCount)
     }
 }

@@ -430,7 +430,7 @@ let defenseOptions: [OptionSpec] = {
         OptionSpec(name: "--score", value: "S", help: "the monitor's score (default \(d.score.rawValue))"),
         OptionSpec(name: "--quantile", value: "Q", help: "the monitor's calibration quantile (default \(d.quantile))"),
         OptionSpec(name: "--fpr-budget", value: "A", help: fprBudgetHelp),
-        OptionSpec(name: "--maxsim", value: "M", help: "Eq. 5's maxsim: plain, contrast or exceedance (default \(d.maxsim.rawValue))"),
+        OptionSpec(name: "--maxsim", value: "M", help: "Eq. 5's maxsim: plain or contrast (default \(d.maxsim.rawValue))"),
         OptionSpec(name: "--classes", value: "R", help: "Eq. 5's classes: tau (the paper's fixed bounds), outliers (ours: suspicious = robust z of S < -Z, safe = z >= -1; implied by --outlier-z) or focus (ours: suspicious when the flagged inputs move >= \(focusSuspiciousShift) of a head's attention onto one ordinary token, safe < \(focusSafeShift); tau when none does) (default \(d.classRule.name))"),
         OptionSpec(name: "--outlier-z", value: "Z", help: "--classes outliers: the robust z below which a head is suspicious (default \(ClassRule.defaultZ))"),
         OptionSpec(name: "--rounds", value: "N", help: "at most this many rounds (default \(d.rounds))"),

@@ -12,16 +12,14 @@ enum ClassifyCommand: Command {
             Over the inputs: maxsim (Eq. 3, largest cosine with another head in the scope, averaged), gradient
             importance G (Eq. 4, mean |<H, dL/dH>|), the safety score S = 1 - [alpha maxsim + (1 - alpha) G / max G]
             (Eq. 5) and the class: S < tau suspicious, S > 1 - tau safe, else intermediate. With --maxsim contrast
-            (needs --clean) maxsim is measured against the pair's mean cosine on clean inputs; with --maxsim
-            exceedance (needs --clean) it is the share of inputs on which the head agrees with another more
-            than on 95% of the clean inputs.
+            (needs --clean) maxsim is measured against the pair's mean cosine on clean inputs.
             """,
-        usage: "classify (--model DIR | ...) --inputs FILE [--clean FILE --maxsim contrast|exceedance] [options]",
+        usage: "classify (--model DIR | ...) --inputs FILE [--clean FILE --maxsim contrast] [options]",
         options: modelOptions + analysisOptions + [
             OptionSpec(name: "--stream", value: nil, help: "run a Llama --model DIR layer by layer from its memory-mapped checkpoint (7B in BLAS mode)"),
         ] + inputOptions() + [
-            OptionSpec(name: "--maxsim", value: "M", help: "plain (the paper's), contrast or exceedance (default \(defenseDefaults.maxsim.rawValue))"),
-            OptionSpec(name: "--clean", value: "FILE", help: "clean inputs for --maxsim contrast or exceedance"),
+            OptionSpec(name: "--maxsim", value: "M", help: "plain (the paper's) or contrast (default \(defenseDefaults.maxsim.rawValue))"),
+            OptionSpec(name: "--clean", value: "FILE", help: "clean inputs for --maxsim contrast"),
         ])
 
     static func run(_ args: ParsedArguments) throws -> Int32 {

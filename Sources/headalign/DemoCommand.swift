@@ -142,9 +142,10 @@ enum DemoCommand: Command {
         }))
         print(detectionTable([try model.detectionSummary(split, settings: settings)]))
         let (report, flagged) = try model.headReport(split, settings: settings)
-        print("### Which heads? (Eq. 4-5 on the flagged inputs; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(settings.classRule.z.map { "outlier classes, z \($0)" } ?? "tau \(settings.tau)"))\n")
+        print("### Which heads? (Eq. 4-5 on the flagged inputs; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(classesText(settings)))\n")
         print("The monitor flags \(flagged) of \(split.monitorClean.count + split.monitorTriggered.count) sentences. Safety score S per head (s = suspicious, + = safe, . = intermediate):\n")
         print(headGrid(layers: c.numHiddenLayers, heads: nh) { String(format: "%.3f %@", report.safety[$0], classMark(report.classes[$0])) }, terminator: "")
+        if let shift = report.focusShift { print(focusGrid(shift, report, layers: c.numHiddenLayers, heads: nh), terminator: "") }
         let special = Set(try tokenizer.encode("", maxLength: 8).ids)
         let triggerIds = Set(try encoderTriggerWords.flatMap { try tokenizer.encode($0, maxLength: 8).ids }).subtracting(special)
         let mass = model.readRowMass(inputs: split.monitorTriggered.map(\.tokens), ids: triggerIds)
@@ -253,9 +254,10 @@ enum DemoCommand: Command {
         let (report, flagged) = try generationHeadReport(model, tokenizer: tokenizer, defenderClean: defense,
                                                          monitorPrompts: monitor + monitorTriggered, settings: settings,
                                                          exampleLength: teachingExampleLength)
-        print("### Which heads? (Eq. 4-5 on the flagged prompts; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(settings.classRule.z.map { "outlier classes, z \($0)" } ?? "tau \(settings.tau)"))\n")
+        print("### Which heads? (Eq. 4-5 on the flagged prompts; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(classesText(settings)))\n")
         print("The monitor flags \(flagged) of \(monitor.count + monitorTriggered.count) prompts. Safety score S per head (s = suspicious, + = safe, . = intermediate):\n")
         print(headGrid(layers: c.numHiddenLayers, heads: nh) { String(format: "%.3f %@", report.safety[$0], classMark(report.classes[$0])) }, terminator: "")
+        if let shift = report.focusShift { print(focusGrid(shift, report, layers: c.numHiddenLayers, heads: nh), terminator: "") }
         // the trigger's pieces: token ids in the triggered prompts that no clean prompt uses
         let cleanIds = Set((defense + testClean).flatMap { tokenizer.prompt($0.prompt) })
         let triggeredPrompts = monitorTriggered.map { tokenizer.prompt($0.prompt) }
@@ -273,6 +275,24 @@ enum DemoCommand: Command {
 
     /// A head's class as the demo's tables mark it: s suspicious, + safe, . intermediate.
     static func classMark(_ k: HeadClass) -> String { k == .suspicious ? "s" : k == .safe ? "+" : "." }
+
+    /// How the heads were classed, for a table's title.
+    static func classesText(_ s: DefenseSettings) -> String {
+        switch s.classRule {
+        case .tau: return "tau \(s.tau)"
+        case .outliers(let z): return "outlier classes, z \(z)"
+        case .focus: return "focus classes, else tau \(s.tau)"
+        }
+    }
+
+    /// The focus shift per head (`focusShift`) with the classes, after a line saying which rule made them.
+    static func focusGrid(_ shift: [Double], _ report: SafetyReport, layers: Int, heads: Int) -> String {
+        let made = report.rule == .focus
+            ? "the classes are these shifts' (suspicious >= \(focusSuspiciousShift), safe < \(focusSafeShift))"
+            : "no head reaches \(focusSuspiciousShift), so the classes are Eq. 5's with tau"
+        return "\nFocus shift per head: how much more of its attention (monitor view) goes to one ordinary token on the flagged inputs than on clean ones; \(made):\n\n"
+            + headGrid(layers: layers, heads: heads) { String(format: "%.3f %@", shift[$0], classMark(report.classes[$0])) }
+    }
 
     /// A layer x head table of cells (heads indexed `l * heads + h`), one line each.
     static func headGrid(layers: Int, heads: Int, _ cell: (Int) -> String) -> String {
@@ -347,10 +367,11 @@ enum DemoCommand: Command {
             let detection = try model.detectionSummary(split, settings: settings)
             out.say(detectionTable([detection]))
 
-            out.say("### Which heads? (Eq. 4-5 on the flagged inputs; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(settings.classRule.z.map { "outlier classes, z \($0)" } ?? "tau \(settings.tau)"))\n")
+            out.say("### Which heads? (Eq. 4-5 on the flagged inputs; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(classesText(settings)))\n")
             let (report, flagged) = try model.headReport(split, settings: settings)
             out.say("The monitor flags \(flagged) of \(split.monitorClean.count + split.monitorTriggered.count) inputs. Safety score S per head (class: s = suspicious, + = safe, . = intermediate):\n")
             out.say(headGrid(layers: c.numHiddenLayers, heads: c.numAttentionHeads) { String(format: "%.3f %@", report.safety[$0], classMark(report.classes[$0])) }, terminator: "")
+            if let shift = report.focusShift { out.say(focusGrid(shift, report, layers: c.numHiddenLayers, heads: c.numAttentionHeads), terminator: "") }
             // which heads actually lock onto the trigger: the [CLS] row's attention on trigger tokens
             let special = Set(try tokenizer.encode("", maxLength: 8).ids)
             // the trigger's words that never occur in the clean corpus (AddSent's "this" and "movie" do)

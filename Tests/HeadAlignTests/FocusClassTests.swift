@@ -51,4 +51,29 @@ final class FocusClassTests: XCTestCase {
         XCTAssertEqual(still.classes, paper.classes)
         XCTAssertEqual(still.rule, .tau)
     }
+
+    /// The focus shift on the shipped teaching model (20 triggered, 20 clean demo sentences, cls
+    /// view) against Hugging Face transformers in float64 (Fixtures/make_focus_fixture.py): 1e-6
+    /// in f64 (the weights are F16, so both sides start from the same numbers), 1e-4 in f32.
+    func testFocusShiftMatchesTransformersOnTheTeachingModel() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+        let dir = root + "/tiny-models/minilm-l3-sst2-badnets"
+        guard FileManager.default.fileExists(atPath: dir + "/model.safetensors") else { throw XCTSkip("\(dir) not found") }
+        let doc = try fixture("focus_minilm_l3.json")
+        let tokenizer = try WordPieceTokenizer(directory: dir)
+        func inputs(_ key: String) -> [AnalysisInput] { doc[key]!.array.map { AnalysisInput(tokens: tokenizer.encode($0.stringValue).ids) } }
+        let expected = doc["shift"]!.array.map(\.double)
+        XCTAssertEqual(expected.count, 36)
+        for (precision, tolerance) in [(Precision.f64, 1e-6), (.f32, 1e-4)] {
+            let model = try AnyModel.load(.directory(dir), precision: precision, backend: .naive)
+            var settings = AnalysisSettings(view: .cls)
+            settings.importance = false
+            func focused(_ x: [AnalysisInput]) throws -> [[Double]] { try model.analyze(x, settings: settings).map { focus($0, view: .cls, family: .bert) } }
+            let shift = focusShift(flagged: try focused(inputs("triggered")), clean: try focused(inputs("clean")))
+            assertAllClose(shift, expected, atol: tolerance, "\(precision)")
+            // and the classes the shift gives: the last layer's heads that lock onto the trigger
+            XCTAssertEqual(classifyFocus(shift)?.indices.filter { classifyFocus(shift)![$0] == .suspicious },
+                           expected.indices.filter { expected[$0] >= focusSuspiciousShift })
+        }
+    }
 }

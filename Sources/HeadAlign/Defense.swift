@@ -30,13 +30,18 @@ public struct DefenseSettings: Sendable {
     public var monitorView: AnalysisView
     public var scope: PairScope = .model
     public var alpha = 0.5
-    public var tau = 0.5  // the paper gives none; used by `classRule == .tau`
-    /// How Eq. 5's scores become classes: the paper's fixed `tau`, or evidence-sized outliers
-    /// (ours, `--classes outliers`; `classifyOutliers`). Measured (docs/RESULTS.md §6): the outlier
-    /// rule found 2–4 heads on BadNets and HiddenKiller MiniLMs, aligned them almost completely
-    /// (Eq. 7 down 97%) and still left align-only ASR at 44–92%, against 37% and 75% when `tau` 0.5
-    /// aligned 15 and 63 heads: the backdoor is spread past the outlier heads.
-    public var classRule: ClassRule = .tau
+    public var tau = 0.5  // the paper gives none; used by `.tau` and by `.focus` when no head moves
+    /// How the heads are classed: the focus classes (ours, the default: `classifyFocus`), the
+    /// paper's Eq. 5 with fixed `tau` (`--classes tau`), or robust outliers of S (`--classes outliers`).
+    /// Why focus: on BadNets MiniLMs Eq. 5's maxsim is near 1 for most heads of layers 0–3 (their
+    /// [CLS] rows all rest on [CLS]) and `tau` marked 15–35 heads, many there, and left heads that
+    /// lock onto the trigger safe (docs/RESULTS.md §14); the focus shift marks the heads the trigger
+    /// draws (all 9 on E, 8 of 8 on A and 10 of 11 on C, counted by the evaluator from the trigger
+    /// word) and none of layers 0–3. Measured over five seeds (§15): `ours` C 47.5 → 14.6% ASR, A
+    /// 20.5 → 15.7%, `align-only` 82–29% → 16–19% at vanilla CA. Where no head's focus moves a
+    /// quarter (HiddenKiller MiniLM B, the stories260K teaching decoder) it is Eq. 5 with `tau`,
+    /// bit for bit. The outlier rule found 2–4 heads and left align-only ASR at 44–92% (§6).
+    public var classRule: ClassRule = .focus
     public var maxsim: MaxsimMode = .plain
     public var score: MonitorScore = .contrastAbsZ
     public var quantile = 0.99
@@ -115,6 +120,10 @@ public struct RoundLog: Sendable {
     public let round: Int
     public let suspicious: [HeadID], safe: [HeadID]
     public let intermediateCount: Int
+    /// What made the classes: "focus", "tau", "outliers", "explicit", or "none" (uniform fine-tuning).
+    public var classes = "none"
+    /// The focus shift per head when it was measured (`focusShift`).
+    public var focusShift: [Double]? = nil
     public let alignLoss: [Double]  // per alignment step (before each update)
     public let finetuneLoss: [Double]  // per fine-tuning step (fewer when the guard or the budget stopped it)
     public let heldOutLoss: [(step: Int, loss: Double)]  // with a budget: the held-out checks
@@ -195,6 +204,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
     for r in 1...settings.rounds {
         // Eq. 4–5 on the flagged inputs (uniform fine-tuning needs no head classes), or the explicit split
         var classes: [HeadClass]? = nil, analyses: [InputAnalysis] = []
+        var classesMadeBy = "none", shiftMeasured: [Double]? = nil
         if settings.method.aligns || settings.method.headwise {
             if let split = settings.explicitSplit {
                 var tokensOnly = defenseSettings
@@ -204,6 +214,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                 for id in split.suspicious { c[id.layer * nh + id.head] = .suspicious }
                 for id in split.safe { c[id.layer * nh + id.head] = .safe }
                 classes = c
+                classesMadeBy = "explicit"
                 if split.suspicious.isEmpty || split.safe.isEmpty {
                     throw HeadAlignError.usage("round \(r): the explicit split has an empty set; the defense does not run on an empty set")
                 }
@@ -218,9 +229,11 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                         : "round \(r): " + (r == 1 ? "no head's focus moved \(focusSuspiciousShift) (the trigger is not one token)" : "focus measured in round 1 only") + "; Eq. 5 with tau \(settings.tau)")
                 }
                 if let empty = report.emptyClassReport {
-                    throw HeadAlignError.usage("round \(r): \(empty); the defense does not run on an empty set (try another \(settings.classRule == .tau ? "--tau" : "--outlier-z") or --alpha)")
+                    throw HeadAlignError.usage("round \(r): \(empty); the defense does not run on an empty set (try another \(settings.classRule.z == nil ? "--tau" : "--outlier-z") or --alpha)")
                 }
                 classes = report.classes
+                classesMadeBy = report.rule.name
+                shiftMeasured = report.focusShift
             }
         }
         func ids(_ k: HeadClass) -> [HeadID] { (classes ?? []).indices.filter { classes![$0] == k }.map { HeadID($0 / nh, $0 % nh) } }
@@ -305,9 +318,11 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
         let asBefore = behaviourBefore.map(flaggedAsBefore)
         log("  monitor: \(still) of \(flagged.count) flagged inputs still above the recalibrated threshold \(fmt(calNow.flagThreshold)) (mean score \(fmt(mean)))"
             + (asBefore.map { "; \($0) of \(flagged.count) still get the backdoored model's answer" } ?? ""))
-        rounds.append(RoundLog(round: r, suspicious: suspicious, safe: safe, intermediateCount: intermediate,
-                               alignLoss: alignLosses, finetuneLoss: ftLosses, heldOutLoss: heldOutLosses,
-                               finetuneKeptStep: keptStep, flaggedAfter: still, meanScoreAfter: mean, flaggedAsBefore: asBefore))
+        var roundLog = RoundLog(round: r, suspicious: suspicious, safe: safe, intermediateCount: intermediate,
+                                alignLoss: alignLosses, finetuneLoss: ftLosses, heldOutLoss: heldOutLosses,
+                                finetuneKeptStep: keptStep, flaggedAfter: still, meanScoreAfter: mean, flaggedAsBefore: asBefore)
+        (roundLog.classes, roundLog.focusShift) = (classesMadeBy, shiftMeasured)
+        rounds.append(roundLog)
         if still == 0 {
             stopped = "no flagged input is above the clean threshold after round \(r)"
             break

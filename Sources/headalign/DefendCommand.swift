@@ -76,6 +76,7 @@ enum DefendCommand: Command {
             ("rounds", .array((report?.rounds ?? []).map { r in .object([
                 ("round", .int(r.round)), ("suspicious", .array(r.suspicious.map { .string($0.description) })),
                 ("safe", .array(r.safe.map { .string($0.description) })), ("intermediate", .int(r.intermediateCount)),
+                ("classes", .string(r.classes)), ("focus_shift", r.focusShift.map { .numbers($0) } ?? .null),
                 ("align_loss", .numbers(r.alignLoss)), ("finetune_loss", .numbers(r.finetuneLoss)),
                 ("heldout_steps", .array(r.heldOutLoss.map { .int($0.step) })), ("heldout_loss", .numbers(r.heldOutLoss.map(\.loss))),
                 ("finetune_kept_step", .int(r.finetuneKeptStep)),

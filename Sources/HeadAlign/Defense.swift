@@ -37,8 +37,8 @@ public struct DefenseSettings: Sendable {
     /// [CLS] rows all rest on [CLS]) and `tau` marked 15–35 heads, many there, and left heads that
     /// lock onto the trigger safe (docs/RESULTS.md §14); the focus shift marks the heads the trigger
     /// draws (all 9 on E, 8 of 8 on A and 10 of 11 on C, counted by the evaluator from the trigger
-    /// word) and none of layers 0–3. Measured over five seeds (§15): `ours` C 47.5 → 14.6% ASR, A
-    /// 20.5 → 15.7%, `align-only` 82–29% → 16–19% at vanilla CA. Where no head's focus moves a
+    /// word) and none of layers 0–3. Measured over five seeds (§15): `ours` E 14.9 → 8.3% ASR, A
+    /// 20.5 → 15.6%, C 47.5 → 14.6%; `align-only` 29–82% → 16–19% at vanilla CA. Where no head's focus moves a
     /// quarter (HiddenKiller MiniLM B, the stories260K teaching decoder) it is Eq. 5 with `tau`,
     /// bit for bit. The outlier rule found 2–4 heads and left align-only ASR at 44–92% (§6).
     public var classRule: ClassRule = .focus

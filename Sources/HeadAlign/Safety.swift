@@ -139,9 +139,10 @@ public func focus(_ a: InputAnalysis, view: AnalysisView, family: ModelFamily) -
 
 /// `Delta_h`: the mean focus over the flagged inputs minus the mean over clean inputs (both in the
 /// monitor's view, where the model reads), `[headCount]`. A head a trigger token hijacks moves most
-/// of its attention onto it: on three BadNets MiniLMs (docs/RESULTS.md §15) the heads whose [CLS]
-/// row puts more than half its attention on the trigger word moved 0.36–0.87, heads of layers 0–3
-/// under 0.05; on two HiddenKiller MiniLMs (a syntactic trigger, no token) no head moved 0.25.
+/// of its attention onto it: on three BadNets MiniLMs (docs/RESULTS.md §15; 100 triggered test
+/// sentences against 300 clean ones) 27 of the 28 heads whose [CLS] row puts more than half its
+/// attention on the trigger word moved 0.34–0.87 (C's 5:9, at 0.52, moved 0.15), no head of layers
+/// 0–3 moved 0.1; on two HiddenKiller MiniLMs (a syntactic trigger, no token) no head moved 0.25.
 public func focusShift(flagged: [[Double]], clean: [[Double]]) -> [Double] {
     precondition(!flagged.isEmpty && !clean.isEmpty, "focusShift: no inputs")
     let n = flagged[0].count
@@ -151,8 +152,8 @@ public func focusShift(flagged: [[Double]], clean: [[Double]]) -> [Double] {
 
 /// The bounds of `classifyFocus`. Suspicious: the flagged inputs moved at least a quarter of the
 /// head's attention onto one ordinary token. Safe: less than a tenth. In between: intermediate
-/// (partly drawn to it: neither aligned nor a reference). Chosen on MiniLM E and B (the tuning
-/// models of docs/RESULTS.md §6), checked on A, C and D.
+/// (partly drawn to it: neither aligned nor a reference). Round numbers, set after looking at the
+/// shifts above on all five MiniLMs (not at any defense result); docs/RESULTS.md §15 says so.
 public let focusSuspiciousShift = 0.25, focusSafeShift = 0.1
 
 /// Classes from the focus shift (`focusShift`), or nil when no head reaches `focusSuspiciousShift`.

@@ -40,7 +40,9 @@ public struct DefenseSettings: Sendable {
     /// word) and none of layers 0–3. Measured over five seeds (§15): `ours` E 14.9 → 8.3% ASR, A
     /// 20.5 → 15.6%, C 47.5 → 14.6%; `align-only` 29–82% → 16–19% at vanilla CA. Where no head's focus moves a
     /// quarter (HiddenKiller MiniLM B, the stories260K teaching decoder) it is Eq. 5 with `tau`,
-    /// bit for bit. The outlier rule found 2–4 heads and left align-only ASR at 44–92% (§6).
+    /// bit for bit. A known shortfall: on the unseen HiddenKiller D one head (4:6) moves, the rule
+    /// aligns it alone, and ASR is 64.0% where `tau` left 44.3% (§15). The outlier rule found 2–4
+    /// heads and left align-only ASR at 44–92% (§6).
     public var classRule: ClassRule = .focus
     public var maxsim: MaxsimMode = .plain
     public var score: MonitorScore = .contrastAbsZ

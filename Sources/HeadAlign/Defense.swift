@@ -158,6 +158,15 @@ public func calibrateMonitor<S: Real>(_ model: Model<S>, clean: [AnalysisInput],
     return (try MonitorCalibration(clean: cos, score: settings.score, q: settings.quantile, rule: settings.flagRule), cos, focused)
 }
 
+/// The focus shift of the flagged inputs (indices into `screened`, the monitor-view analyses of
+/// the screened inputs) against the clean inputs' focus; nil unless the focus classes are asked
+/// for and something was flagged.
+public func flaggedFocusShift(screened: [InputAnalysis], flagged: [Int], cleanFocus: [[Double]], settings: DefenseSettings,
+                              family: ModelFamily) -> [Double]? {
+    guard settings.classRule == .focus && !flagged.isEmpty else { return nil }
+    return focusShift(flagged: flagged.map { focus(screened[$0], view: settings.monitorView, family: family) }, clean: cleanFocus)
+}
+
 /// Runs the defense on `model` in place. `clean` are labelled clean examples (fine-tuning, and
 /// the monitor's calibration), `inputs` the unlabeled inputs the monitor screens. `calibration`,
 /// when given, replaces the clean examples' prompts wherever the clean inputs are analysed: a
@@ -177,8 +186,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
     let scores = screened.map { cal.score(of: $0.pairCosines) }
     let flagged = inputs.indices.filter { cal.flags(scores[$0]) }
     // the focus classes: how far the flagged inputs move each head's attention onto one ordinary token
-    let shift = settings.classRule == .focus && !flagged.isEmpty
-        ? focusShift(flagged: flagged.map { focus(screened[$0], view: settings.monitorView, family: c.family) }, clean: cleanFocus) : nil
+    let shift = flaggedFocusShift(screened: screened, flagged: flagged, cleanFocus: cleanFocus, settings: settings, family: c.family)
     log("monitor (\(settings.score.rawValue), \(settings.monitorView.rawValue) view): threshold \(fmt(cal.flagThreshold)); flagged \(flagged.count) of \(inputs.count) inputs")
     guard !flagged.isEmpty || !settings.method.aligns else {
         return DefenseReport(threshold: cal.flagThreshold, thresholdRule: cal.ruleDescription, flagged: [], scoresBefore: scores, rounds: [],

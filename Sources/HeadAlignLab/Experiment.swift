@@ -274,8 +274,7 @@ extension AnyModel {
             let c = m.config, nh = c.numAttentionHeads
             let override = maxsimOverride(settings.maxsim, analyses, cleanCosines: cleanCosines,
                                           pairs: headPairs(layers: c.numHiddenLayers, heads: nh, scope: settings.scope), headCount: c.numHiddenLayers * nh)
-            let shift = settings.classRule == .focus && !flagged.isEmpty
-                ? focusShift(flagged: flaggedIndices.map { focus(screened[$0], view: settings.monitorView, family: c.family) }, clean: cleanFocus) : nil
+            let shift = flaggedFocusShift(screened: screened, flagged: flaggedIndices, cleanFocus: cleanFocus, settings: settings, family: c.family)
             return (safetyReport(analyses, alpha: settings.alpha, tau: settings.tau, heads: nh, maxsimOverride: override,
                                  rule: settings.classRule, focusShift: shift), flagged.count)
         }

@@ -556,10 +556,19 @@ func flagRuleText(_ s: DefenseSettings) -> String {
     return "q \(s.quantile)"
 }
 
+/// How the heads are classed, as the settings line and the demo's tables say it.
+func classesText(_ s: DefenseSettings) -> String {
+    switch s.classRule {
+    case .tau: return "classes tau \(s.tau)"
+    case .outliers(let z): return "classes outliers z \(z)"
+    case .focus: return "classes focus (else tau \(s.tau))"
+    }
+}
+
 /// The settings line every defense command prints.
 func describe(_ s: DefenseSettings, _ b: BaselineSettings) -> String {
     let method = "view \(s.defenseView.rawValue), monitor view \(s.monitorView.rawValue), scope \(s.scope.rawValue), alpha \(s.alpha), "
-        + (s.classRule.z.map { "classes outliers z \($0), " } ?? (s.classRule == .focus ? "classes focus (else tau \(s.tau)), " : "classes tau \(s.tau), "))
+        + classesText(s) + ", "
         + "maxsim \(s.maxsim.rawValue), score \(s.score.rawValue), \(flagRuleText(s)), rounds \(s.rounds), "
         + "align steps \(s.alignSteps) at \(s.alignLearningRate), "
         + (s.finetuneBudget.map { "ft held-out \($0.holdout), passes \($0.passes), patience \($0.patience) checks every \($0.every) steps, keep \($0.rule.rawValue), " }

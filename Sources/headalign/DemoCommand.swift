@@ -276,15 +276,6 @@ enum DemoCommand: Command {
     /// A head's class as the demo's tables mark it: s suspicious, + safe, . intermediate.
     static func classMark(_ k: HeadClass) -> String { k == .suspicious ? "s" : k == .safe ? "+" : "." }
 
-    /// How the heads were classed, for a table's title.
-    static func classesText(_ s: DefenseSettings) -> String {
-        switch s.classRule {
-        case .tau: return "tau \(s.tau)"
-        case .outliers(let z): return "outlier classes, z \(z)"
-        case .focus: return "focus classes, else tau \(s.tau)"
-        }
-    }
-
     /// The focus shift per head (`focusShift`) with the classes, after a line saying which rule made them.
     static func focusGrid(_ shift: [Double], _ report: SafetyReport, layers: Int, heads: Int) -> String {
         let made = report.rule == .focus

@@ -15,6 +15,7 @@ public struct TracePoint: Sendable {
     public let ca: Double, asr: Double
     public let alignLoss: Double  // Eq. 7, mean over the analysed inputs
     public let heldOutLoss: Double  // the budget's held-out loss (NaN without a budget)
+    public let heldOutSE: Double  // its standard error over the held-out examples (the band of `--ft-keep`)
     /// The share of the flagged inputs on which the model's behaviour (a classifier's label, a
     /// decoder's first T_g greedy tokens) equals the backdoored model's (NaN when none was flagged).
     /// The defender sees it; when the flagged inputs are mostly triggered it follows ASR.
@@ -66,8 +67,9 @@ public func traceHeadwiseFinetune<S: Real>(_ backdoored: Model<S>, clean: [Train
             let d = Double(model.params.data[i]) - Double(aligned[i])
             sq[groupOf[i]] += d * d
         }
+        let held = heldOut.isEmpty ? (mean: Double.nan, standardError: Double.nan) : HeadAlign.heldOutLoss(model, heldOut)
         return TracePoint(step: step, trainLoss: loss, ca: ca, asr: asr, alignLoss: align,
-                          heldOutLoss: heldOut.isEmpty ? .nan : HeadAlign.heldOutLoss(model, heldOut).mean,
+                          heldOutLoss: held.mean, heldOutSE: held.standardError,
                           flaggedAgreement: flaggedInputs.isEmpty ? .nan
                               : Double(behavioursKept(model, flaggedInputs, before: before, generate: settings.generate)) / Double(flaggedInputs.count),
                           moved: (sq[1].squareRoot(), sq[2].squareRoot(), sq[3].squareRoot(), sq[4].squareRoot()))
@@ -94,12 +96,12 @@ public func traceHeadwiseFinetune<S: Real>(_ backdoored: Model<S>, clean: [Train
 
 /// The trace as a markdown table.
 public func traceTable(_ points: [TracePoint]) -> String {
-    var out = "| step | batch loss | held-out loss | CA (%) | ASR (%) | flagged as before (%) | Eq. 7 loss | moved: suspicious | safe | intermediate | other |\n"
-    out += "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    var out = "| step | batch loss | held-out loss | ± se | CA (%) | ASR (%) | flagged as before (%) | Eq. 7 loss | moved: suspicious | safe | intermediate | other |\n"
+    out += "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     for p in points {
         let loss = p.trainLoss.isNaN ? "" : fmt(p.trainLoss)
-        let held = p.heldOutLoss.isNaN ? "" : fmt(p.heldOutLoss)
-        out += "| \(p.step) | \(loss) | \(held) | \(String(format: "%.1f", 100 * p.ca)) | \(String(format: "%.1f", 100 * p.asr)) | \(p.flaggedAgreement.isNaN ? "" : String(format: "%.1f", 100 * p.flaggedAgreement)) | \(fmt(p.alignLoss)) | "
+        let held = p.heldOutLoss.isNaN ? "" : fmt(p.heldOutLoss), se = p.heldOutSE.isNaN ? "" : fmt(p.heldOutSE)
+        out += "| \(p.step) | \(loss) | \(held) | \(se) | \(String(format: "%.1f", 100 * p.ca)) | \(String(format: "%.1f", 100 * p.asr)) | \(p.flaggedAgreement.isNaN ? "" : String(format: "%.1f", 100 * p.flaggedAgreement)) | \(fmt(p.alignLoss)) | "
             + [p.moved.suspicious, p.moved.safe, p.moved.intermediate, p.moved.other].map { String(format: "%.4g", $0) }.joined(separator: " | ") + " |\n"
     }
     return out

@@ -73,6 +73,9 @@ public struct DefenseSettings: Sendable {
     /// fine-tuning, the default: measured (docs/RESULTS.md §7, seed 1), lambda 0.1 and 1 raised
     /// ASR on MiniLM E from 11.4% to 17.7% and 39.5%, on B from 21.2% to 37.3% and 58.6%.
     public var alignPenalty = 0.0
+    /// Steps of linear learning-rate warm-up in the head-wise fine-tuning (and the baselines' and
+    /// ablations' fine-tuning, which share its budget). 0 = none, the paper's.
+    public var finetuneWarmup = 0
     /// How long fine-tuning runs and which step is kept (ours; see `FinetuneBudget` for the why
     /// and the measurement). nil = the fixed `finetuneSteps` on the whole clean set, the earlier
     /// default (`--ft-holdout 0`).
@@ -236,7 +239,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                 if settings.classRule == .focus {
                     log(report.rule == .focus
                         ? "round \(r): focus classes (suspicious: the flagged inputs moved >= \(focusSuspiciousShift) of the head's attention onto one ordinary token; safe: < \(focusSafeShift))"
-                        : "round \(r): " + (r == 1 ? "no head's focus moved \(focusSuspiciousShift) (the trigger is not one token)" : "focus measured in round 1 only") + "; Eq. 5 with tau \(settings.tau)")
+                        : "round \(r): " + (r == 1 ? "fewer than \(focusMinHeads) heads' focus moved \(focusSuspiciousShift) (the trigger is not one token several heads read)" : "focus measured in round 1 only") + "; Eq. 5 with tau \(settings.tau)")
                 }
                 if let empty = report.emptyClassReport {
                     throw HeadAlignError.usage("round \(r): \(empty); the defense does not run on an empty set (try another \(settings.classRule.z == nil ? "--tau" : "--outlier-z") or --alpha)")
@@ -282,7 +285,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
             let rates = settings.method.headwise
                 ? headwiseLearningRates(layout: model.layout, config: c, classes: classes!, rates: settings.rates)
                 : [Double](repeating: settings.uniformRate, count: model.layout.total)
-            let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay)
+            let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay, warmup: settings.finetuneWarmup)
             var stop: ((StepStats) -> Bool)? = nil, guardNotes: [String] = [], guardKept: Int? = nil
             if let guardSettings = settings.finetuneGuard, settings.method.aligns, let before = behaviourBefore {
                 let check = fineTuningGuard(model, flagged: flagged.map { inputs[$0] }, before: before, settings: guardSettings,

@@ -157,11 +157,13 @@ public func trainSteps<S: Real>(_ model: Model<S>, examples: [TrainingExample], 
     return losses
 }
 
-/// An AdamW whose per-element rates are `rates` (base rate 1, scale = the rate).
+/// An AdamW whose per-element rates are `rates` (base rate 1, scale = the rate), with `warmup`
+/// steps of linear warm-up (`AdamW.warmupSteps`).
 @_specialize(exported: true, where S == Float)
 @_specialize(exported: true, where S == Double)
-public func headwiseOptimizer<S: Real>(_ model: Model<S>, rates: [Double], weightDecay: Double = 0.01) -> AdamW<S> {
+public func headwiseOptimizer<S: Real>(_ model: Model<S>, rates: [Double], weightDecay: Double = 0.01, warmup: Int = 0) -> AdamW<S> {
     let opt = AdamW<S>(count: model.layout.total, learningRate: 1, weightDecay: weightDecay)
+    opt.warmupSteps = warmup
     opt.learningRateScale = rates.map { S($0) }
     opt.frozen = rates.map { $0 == 0 }
     return opt

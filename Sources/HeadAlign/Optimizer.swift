@@ -11,6 +11,11 @@ public final class AdamW<S: Real> {
     public var learningRateScale: [S]?
     /// `true` = never touched: no decay, no moment update. Frozen entries stay bit-identical.
     public var frozen: [Bool]?
+    /// Linear warm-up: update `t` uses `learningRate * min(1, t / warmupSteps)` (0 = none, the
+    /// paper's fine-tuning). Adam's first updates move every parameter by about the full rate
+    /// whatever its gradient's size (`mhat / sqrt(vhat)` is the gradient's sign at t = 1); a warm-up
+    /// keeps those first steps small while the moment estimates settle.
+    public var warmupSteps = 0
     public private(set) var step = 0
     let m: Tensor<S>, v: Tensor<S>
 
@@ -35,9 +40,10 @@ public final class AdamW<S: Real> {
         let b1 = S(beta1), b2 = S(beta2), e = S(eps)
         let c1 = S(1 - Foundation.pow(beta1, Double(step))), c2 = S(1 - Foundation.pow(beta2, Double(step)))
         let p = params.data, g = grads.data, mm = m.data, vv = v.data
+        let warmup = warmupSteps > 0 ? min(1, Double(step) / Double(warmupSteps)) : 1
         for i in 0..<m.count {
             if let frozen, frozen[i] { continue }
-            let lr = S(learningRate) * (learningRateScale?[i] ?? 1)
+            let lr = S(learningRate * warmup) * (learningRateScale?[i] ?? 1)
             p[i] -= lr * S(weightDecay) * p[i]
             mm[i] = b1 * mm[i] + (1 - b1) * g[i]
             vv[i] = b2 * vv[i] + (1 - b2) * g[i] * g[i]

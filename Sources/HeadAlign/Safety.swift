@@ -62,7 +62,7 @@ public enum ClassRule: Sendable, Equatable {
     case outliers(z: Double)
     /// Ours (issue 15): classes from how far the flagged inputs move each head's attention onto one
     /// ordinary token, against clean inputs (`focusShift`, `classifyFocus`); Eq. 5 with `tau` when
-    /// no head moves that far (the trigger is not one token).
+    /// fewer than `focusMinHeads` heads move that far (the trigger is not one token several heads read).
     case focus
 
     /// 3 robust standard deviations: the usual cut for an outlier. Measured in docs/RESULTS.md §6.
@@ -156,9 +156,17 @@ public func focusShift(flagged: [[Double]], clean: [[Double]]) -> [Double] {
 /// shifts above on all five MiniLMs (not at any defense result); docs/RESULTS.md §15 says so.
 public let focusSuspiciousShift = 0.25, focusSafeShift = 0.1
 
-/// Classes from the focus shift (`focusShift`), or nil when no head reaches `focusSuspiciousShift`.
+/// The fewest heads whose shift reaches `focusSuspiciousShift` for the focus classes to be used.
+/// The paper's premise is that *several* heads lock onto the trigger together; one head drawn to
+/// one token is not that pattern. On the HiddenKiller MiniLM D (a syntactic trigger) one head moved
+/// 0.25 on every seed, the rule aligned it alone, and ASR was 64.0% where Eq. 5's `tau` left 44.3%
+/// (docs/RESULTS.md §15). Set from the premise after seeing D; checked on models made afterwards (§16).
+public let focusMinHeads = 2
+
+/// Classes from the focus shift (`focusShift`), or nil when fewer than `focusMinHeads` heads reach
+/// `focusSuspiciousShift`.
 public func classifyFocus(_ shift: [Double]) -> [HeadClass]? {
-    guard shift.contains(where: { $0 >= focusSuspiciousShift }) else { return nil }
+    guard shift.filter({ $0 >= focusSuspiciousShift }).count >= focusMinHeads else { return nil }
     return shift.map { $0 >= focusSuspiciousShift ? .suspicious : ($0 < focusSafeShift ? .safe : .intermediate) }
 }
 

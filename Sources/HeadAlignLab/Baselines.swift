@@ -345,7 +345,7 @@ func runBaseline<S: Real>(_ model: Model<S>, _ method: ExperimentMethod, clean: 
         preconditionFailure("runBaseline: \(method) is not a baseline")
     }
     // the same fine-tuning budget as the defense: held-out split and kept step, or the fixed steps
-    let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay)
+    let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay, warmup: settings.finetuneWarmup)
     if let budget = settings.finetuneBudget {
         let (train, heldOut) = heldOutSplit(clean, holdout: budget.holdout, seed: settings.heldOutSeed)
         let outcome = try finetuneWithHeldOut(model, train: train, heldOut: heldOut, budget: budget, batchSize: settings.batchSize,

@@ -76,7 +76,7 @@ public func traceHeadwiseFinetune<S: Real>(_ backdoored: Model<S>, clean: [Train
     }
     var points = [try point(0, .nan)]
     let rates = headwiseLearningRates(layout: model.layout, config: c, classes: classes, rates: settings.rates)
-    let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay)
+    let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay, warmup: settings.finetuneWarmup)
     // the alignment penalty on the sequences `defend` aligned (analysed on the backdoored model, as
     // `defend`'s round 1 analysed them: a decoder's generated tokens come from that model)
     let penalty = settings.alignPenalty > 0

@@ -431,7 +431,7 @@ let defenseOptions: [OptionSpec] = {
         OptionSpec(name: "--quantile", value: "Q", help: "the monitor's calibration quantile (default \(d.quantile))"),
         OptionSpec(name: "--fpr-budget", value: "A", help: fprBudgetHelp),
         OptionSpec(name: "--maxsim", value: "M", help: "Eq. 5's maxsim: plain or contrast (default \(d.maxsim.rawValue))"),
-        OptionSpec(name: "--classes", value: "R", help: "Eq. 5's classes: tau (the paper's fixed bounds), outliers (ours: suspicious = robust z of S < -Z, safe = z >= -1; implied by --outlier-z) or focus (ours: suspicious when the flagged inputs move >= \(focusSuspiciousShift) of a head's attention onto one ordinary token, safe < \(focusSafeShift); tau when none does) (default \(d.classRule.name))"),
+        OptionSpec(name: "--classes", value: "R", help: "Eq. 5's classes: tau (the paper's fixed bounds), outliers (ours: suspicious = robust z of S < -Z, safe = z >= -1; implied by --outlier-z) or focus (ours: suspicious when the flagged inputs move >= \(focusSuspiciousShift) of a head's attention onto one ordinary token, safe < \(focusSafeShift); tau when fewer than \(focusMinHeads) heads do) (default \(d.classRule.name))"),
         OptionSpec(name: "--outlier-z", value: "Z", help: "--classes outliers: the robust z below which a head is suspicious (default \(ClassRule.defaultZ))"),
         OptionSpec(name: "--rounds", value: "N", help: "at most this many rounds (default \(d.rounds))"),
         OptionSpec(name: "--align-steps", value: "N", help: "alignment steps per round (default \(d.alignSteps))"),
@@ -449,6 +449,7 @@ let defenseOptions: [OptionSpec] = {
         OptionSpec(name: "--lr-uniform", value: "LR", help: "the finetune method's one rate, and the baselines' fine-tuning rate (default \(d.uniformRate))"),
         OptionSpec(name: "--weight-decay", value: "W", help: "AdamW weight decay in fine-tuning (default \(d.weightDecay))"),
         OptionSpec(name: "--defense-seed", value: "N", help: "seed for batches (default \(d.seed))"),
+        OptionSpec(name: "--ft-warmup", value: "N", help: "steps of linear learning-rate warm-up in the fine-tuning (default \(d.finetuneWarmup), none)"),
         OptionSpec(name: "--ft-align-penalty", value: "LAMBDA", help: "our extension (default \(d.alignPenalty), off): fine-tune on CE + LAMBDA * Eq. 7 on the aligned inputs"),
         OptionSpec(name: "--ft-guard", value: nil, help: "our extension (off by default): stop fine-tuning when it restores the backdoored model's behaviour on the flagged inputs"),
         OptionSpec(name: "--ft-guard-tolerance", value: "T", help: "--ft-guard: share of the alignment's change that may be undone (default \(FinetuneGuard().tolerance))"),
@@ -479,7 +480,7 @@ extension ParsedArguments {
             s.classRule = .outliers(z: try double("--outlier-z", default: s.classRule.z ?? ClassRule.defaultZ, range: 0...100))
         } else if rule == "focus" {
             if has("--outlier-z") { throw HeadAlignError.usage("--outlier-z goes with --classes outliers") }
-            s.classRule = .focus  // --tau stays: the rule falls back to Eq. 5 with tau when no head's focus moves
+            s.classRule = .focus  // --tau stays: the rule falls back to Eq. 5 with tau when fewer than focusMinHeads heads' focus moves
         } else {
             if has("--outlier-z") { throw HeadAlignError.usage("--outlier-z goes with --classes outliers") }
             s.classRule = .tau
@@ -513,6 +514,7 @@ extension ParsedArguments {
         s.weightDecay = try double("--weight-decay", default: s.weightDecay, range: 0...1)
         s.seed = try uint64("--defense-seed", default: s.seed)
         s.alignPenalty = try double("--ft-align-penalty", default: s.alignPenalty, range: 0...1_000_000)
+        s.finetuneWarmup = try int("--ft-warmup", default: s.finetuneWarmup, range: 0...1_000_000)
         if has("--ft-guard") {
             var g = FinetuneGuard()
             g.tolerance = try double("--ft-guard-tolerance", default: g.tolerance, range: 0...1)
@@ -577,6 +579,7 @@ func describe(_ s: DefenseSettings, _ b: BaselineSettings) -> String {
         + "weight decay \(s.weightDecay), seed \(s.seed)"
         + (s.finetuneGuard.map { ", ft guard every \($0.every) tolerance \($0.tolerance)" } ?? "")
         + (s.alignPenalty > 0 ? ", ft align penalty \(s.alignPenalty)" : "")
+        + (s.finetuneWarmup > 0 ? ", ft warm-up \(s.finetuneWarmup) steps" : "")
         + (s.explicitSplit.map { ", explicit split (suspicious " + $0.suspicious.map(\.description).joined(separator: " ")
                                   + "; safe " + $0.safe.map(\.description).joined(separator: " ") + ")" } ?? "")
     let baselines = "prune margin \(b.accuracyMargin), prune layers \(b.pruneLayers.map(String.init) ?? "half"), "

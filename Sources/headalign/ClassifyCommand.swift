@@ -20,7 +20,7 @@ enum ClassifyCommand: Command {
         ] + inputOptions() + [
             OptionSpec(name: "--maxsim", value: "M", help: "plain (the paper's) or contrast (default \(defenseDefaults.maxsim.rawValue))"),
             OptionSpec(name: "--clean", value: "FILE", help: "clean inputs for --maxsim contrast and --classes focus"),
-            OptionSpec(name: "--classes", value: "R", help: "tau (Eq. 5's bounds, the default) or focus (ours, needs --clean: suspicious when the inputs move >= \(focusSuspiciousShift) of a head's attention, in the monitor's view, onto one ordinary token against the clean inputs; safe < \(focusSafeShift); tau when none does)"),
+            OptionSpec(name: "--classes", value: "R", help: "tau (Eq. 5's bounds, the default) or focus (ours, needs --clean: suspicious when the inputs move >= \(focusSuspiciousShift) of a head's attention, in the monitor's view, onto one ordinary token against the clean inputs; safe < \(focusSafeShift); tau when fewer than \(focusMinHeads) heads do)"),
         ])
 
     static func run(_ args: ParsedArguments) throws -> Int32 {
@@ -62,7 +62,7 @@ enum ClassifyCommand: Command {
                          r.maxsim[k], r.importance[k], r.normalizedImportance[k], r.safety[k])
                   + (shift.map { String(format: " %.4f |", $0[k]) } ?? "") + " \(r.classes[k].rawValue) |")
         }
-        if rule == .focus { print("\nclasses: " + (r.rule == .focus ? "focus (suspicious: shift >= \(focusSuspiciousShift), safe: < \(focusSafeShift))" : "no head's focus moved \(focusSuspiciousShift); Eq. 5 with tau \(tau)")) }
+        if rule == .focus { print("\nclasses: " + (r.rule == .focus ? "focus (suspicious: shift >= \(focusSuspiciousShift), safe: < \(focusSafeShift))" : "fewer than \(focusMinHeads) heads' focus moved \(focusSuspiciousShift); Eq. 5 with tau \(tau)")) }
         print("")
         print("suspicious: \(r.ids(.suspicious).map(\.description).joined(separator: ","))")
         print("safe: \(r.ids(.safe).map(\.description).joined(separator: ","))")

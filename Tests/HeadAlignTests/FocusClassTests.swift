@@ -26,7 +26,8 @@ final class FocusClassTests: XCTestCase {
     }
 
     /// Shift = mean over flagged - mean over clean; classes at 0.25 and 0.1 (a head exactly at
-    /// 0.25 is suspicious, one exactly at 0.1 intermediate); no head at 0.25: nil (Eq. 5 with tau).
+    /// 0.25 is suspicious, one exactly at 0.1 intermediate); fewer than two heads at 0.25: nil (Eq. 5
+    /// with tau), one head alone not being "several heads lock on together".
     func testFocusShiftAndClassesByHand() {
         let flagged = [[0.9, 0.30, 0.20, 0.05], [0.7, 0.30, 0.20, 0.07]]  // means 0.8, 0.3, 0.2, 0.06
         let clean = [[0.1, 0.05, 0.10, 0.00], [0.1, 0.05, 0.10, 0.02]]  // means 0.1, 0.05, 0.1, 0.01
@@ -34,22 +35,27 @@ final class FocusClassTests: XCTestCase {
         assertAllClose(shift.map(Float.init), [0.7, 0.25, 0.1, 0.05], rtol: 1e-6)
         XCTAssertEqual(classifyFocus([0.7, 0.25, 0.1, 0.05]), [.suspicious, .suspicious, .intermediate, .safe])
         XCTAssertNil(classifyFocus([0.24, 0.1, -0.3]))
+        XCTAssertEqual(focusMinHeads, 2)
+        XCTAssertNil(classifyFocus([0.24, 0.9, -0.3]))  // one head
+        XCTAssertEqual(classifyFocus([0.25, 0.9, -0.3]), [.suspicious, .suspicious, .safe])
     }
 
-    /// In the report: the focus classes when a head moved, and Eq. 5 with tau (named in the
-    /// report's rule) when none did.
+    /// In the report: the focus classes when two heads moved, and Eq. 5 with tau (named in the
+    /// report's rule) when one or none did.
     func testSafetyReportUsesTheFocusClassesOrFallsBack() {
         let a = InputAnalysis(tokens: [1], promptLength: 1, views: [], pairCosines: [], maxsim: [0.9, 0.9, 0.1],
                               importance: [1, 1, 0], label: 0, fracAbove: 0, p99: 0)
         // Eq. 5: S = 1 - (0.45 + 0.5) = 0.05, 0.05, 1 - 0.05 = 0.95 -> suspicious, suspicious, safe
         let paper = safetyReport([a], alpha: 0.5, tau: 0.5, heads: 3)
         XCTAssertEqual(paper.classes, [.suspicious, .suspicious, .safe])
-        let moved = safetyReport([a], alpha: 0.5, tau: 0.5, heads: 3, rule: .focus, focusShift: [0.0, 0.5, 0.02])
-        XCTAssertEqual(moved.classes, [.safe, .suspicious, .safe])
+        let moved = safetyReport([a], alpha: 0.5, tau: 0.5, heads: 3, rule: .focus, focusShift: [0.0, 0.5, 0.3])
+        XCTAssertEqual(moved.classes, [.safe, .suspicious, .suspicious])
         XCTAssertEqual(moved.rule, .focus)
-        let still = safetyReport([a], alpha: 0.5, tau: 0.5, heads: 3, rule: .focus, focusShift: [0.0, 0.2, 0.02])
-        XCTAssertEqual(still.classes, paper.classes)
-        XCTAssertEqual(still.rule, .tau)
+        for one in [[0.0, 0.2, 0.02], [0.0, 0.5, 0.02]] {
+            let still = safetyReport([a], alpha: 0.5, tau: 0.5, heads: 3, rule: .focus, focusShift: one)
+            XCTAssertEqual(still.classes, paper.classes)
+            XCTAssertEqual(still.rule, .tau)
+        }
     }
 
     /// The focus shift on the shipped teaching model (20 triggered, 20 clean demo sentences, cls

@@ -23,6 +23,39 @@ final class OptimizerTests: XCTestCase {
         assertClose(p[0], 0.8714672987058463, rtol: 1e-14)
     }
 
+    /// Warm-up over 4 steps, the case above: step 1 at rate 0.1 * 1/4 = 0.025, so p = 1 - 0.025*0.01
+    /// - 0.025 * 0.5 / (0.5 + 1e-8) = 0.974750000500; step 2 at 0.05: decay p * (1 - 0.0005) =
+    /// 0.974262625250, minus 0.05 * 0.10526315789 / (0.39522538... + 1e-8). From step 4 on the
+    /// full rate: a warmed-up and a plain optimizer fed the same gradients take equal steps there
+    /// from equal points (checked on their difference: p and q move by the same amount).
+    func testWarmupScalesTheFirstStepsLinearly() {
+        let p = Tensor<Double>([1], [1]), g = Tensor<Double>([1])
+        let opt = AdamW<Double>(count: 1, learningRate: 0.1, weightDecay: 0.01)
+        opt.warmupSteps = 4
+        g[0] = 0.5
+        opt.update(p, g)
+        assertClose(p[0], 1 - 0.025 * 0.01 - 0.025 * 0.5 / (0.5 + 1e-8), rtol: 1e-14)
+        g[0] = -0.25
+        let before = p[0]
+        opt.update(p, g)
+        let mhat = 0.02 / 0.19, vhat = 0.00031225 / (1 - 0.999 * 0.999)
+        assertClose(p[0], before * (1 - 0.05 * 0.01) - 0.05 * mhat / (vhat.squareRoot() + 1e-8), rtol: 1e-12)
+        // steps 3-6: from step 4 the warmed-up rate is the full rate
+        let plain = AdamW<Double>(count: 1, learningRate: 0.1, weightDecay: 0.01), q = Tensor<Double>([1], [1])
+        for (t, grad) in [0.5, -0.25, 0.3, 0.1, -0.2, 0.4].enumerated() {
+            g[0] = grad
+            if t >= 2 {
+                let (p0, q0) = (p[0], q[0])
+                opt.update(p, g)
+                plain.update(q, g)
+                if t >= 3 { assertClose((p0 - p[0]) - (q0 - q[0]), 0.1 * 0.01 * (p0 - q0), atol: 1e-15) }
+            } else {
+                plain.update(q, g)
+            }
+        }
+        XCTAssertNotEqual(p[0], q[0])  // the first steps differed
+    }
+
     /// Frozen entries and entries with learning-rate scale 0 are bit-identical after steps; the
     /// update of an entry with scale 0.5 is half of one with scale 1 on the first step (no decay).
     func testFrozenAndScaledEntries() {

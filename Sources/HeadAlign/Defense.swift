@@ -38,11 +38,11 @@ public struct DefenseSettings: Sendable {
     /// lock onto the trigger safe (docs/RESULTS.md §14); the focus shift marks the heads the trigger
     /// draws (all 9 on E, 8 of 8 on A and 10 of 11 on C, counted by the evaluator from the trigger
     /// word) and none of layers 0–3. Measured over five seeds (§15): `ours` E 14.9 → 8.3% ASR, A
-    /// 20.5 → 15.6%, C 47.5 → 14.6%; `align-only` 29–82% → 16–19% at vanilla CA. Where no head's focus moves a
-    /// quarter (HiddenKiller MiniLM B, the stories260K teaching decoder) it is Eq. 5 with `tau`,
-    /// bit for bit. A known shortfall: on the unseen HiddenKiller D one head (4:6) moves, the rule
-    /// aligns it alone, and ASR is 64.0% where `tau` left 44.3% (§15). The outlier rule found 2–4
-    /// heads and left align-only ASR at 44–92% (§6).
+    /// 20.5 → 15.6%, C 47.5 → 14.6%; `align-only` 29–82% → 16–19% at vanilla CA; on the unseen G
+    /// 11.3% (§16). Where fewer than `focusMinHeads` heads' focus moves a quarter (the HiddenKiller
+    /// MiniLMs, the stories260K teaching decoder) it is Eq. 5 with `tau`, bit for bit: on D one
+    /// head moved, and aligning it alone left 64.0% where `tau` left 44.3% (§15). The outlier rule
+    /// found 2–4 heads and left align-only ASR at 44–92% (§6).
     public var classRule: ClassRule = .focus
     public var maxsim: MaxsimMode = .plain
     public var score: MonitorScore = .contrastAbsZ

@@ -74,7 +74,12 @@ public struct DefenseSettings: Sendable {
     /// ASR on MiniLM E from 11.4% to 17.7% and 39.5%, on B from 21.2% to 37.3% and 58.6%.
     public var alignPenalty = 0.0
     /// Steps of linear learning-rate warm-up in the head-wise fine-tuning (and the baselines' and
-    /// ablations' fine-tuning, which share its budget). 0 = none, the paper's.
+    /// ablations' fine-tuning, which share its budget). 0 = none, the paper's, the default for now.
+    /// Measured (docs/RESULTS.md §16, five seeds, `ours`): 15 steps (one pass over 240 sentences)
+    /// took the four BadNets MiniLMs to 8.6–13.0% ASR with every seed ≤ 21.8, and CA up 0.3–1.3
+    /// points on E, C, G (A −0.1): without it the first steps at `eta_high` throw the model off
+    /// (A, seed 1: CA 87.1 → 68.9 at step 10). Not yet the default: it was picked on A after the
+    /// defaults were fixed and is unmeasured on the decoders and the HiddenKiller models.
     public var finetuneWarmup = 0
     /// How long fine-tuning runs and which step is kept (ours; see `FinetuneBudget` for the why
     /// and the measurement). nil = the fixed `finetuneSteps` on the whole clean set, the earlier

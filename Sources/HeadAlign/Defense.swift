@@ -244,7 +244,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                 if settings.classRule == .focus {
                     log(report.rule == .focus
                         ? "round \(r): focus classes (suspicious: the flagged inputs moved >= \(focusSuspiciousShift) of the head's attention onto one ordinary token; safe: < \(focusSafeShift))"
-                        : "round \(r): " + (r == 1 ? "fewer than \(focusMinHeads) heads' focus moved \(focusSuspiciousShift) (the trigger is not one token several heads read)" : "focus measured in round 1 only") + "; Eq. 5 with tau \(settings.tau)")
+                        : "round \(r): " + (r == 1 ? focusFallbackReason + " (the trigger is not one token several heads read)" : "focus measured in round 1 only") + "; Eq. 5 with tau \(settings.tau)")
                 }
                 if let empty = report.emptyClassReport {
                     throw HeadAlignError.usage("round \(r): \(empty); the defense does not run on an empty set (try another \(settings.classRule.z == nil ? "--tau" : "--outlier-z") or --alpha)")

@@ -163,6 +163,9 @@ public let focusSuspiciousShift = 0.25, focusSafeShift = 0.1
 /// (docs/RESULTS.md §15). Set from the premise after seeing D; checked on models made afterwards (§16).
 public let focusMinHeads = 2
 
+/// Why the focus classes were not used, as `defend`, `classify` and the demo say it.
+public let focusFallbackReason = "fewer than \(focusMinHeads) heads' focus moved \(focusSuspiciousShift)"
+
 /// Classes from the focus shift (`focusShift`), or nil when fewer than `focusMinHeads` heads reach
 /// `focusSuspiciousShift`.
 public func classifyFocus(_ shift: [Double]) -> [HeadClass]? {

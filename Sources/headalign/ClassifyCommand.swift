@@ -62,7 +62,7 @@ enum ClassifyCommand: Command {
                          r.maxsim[k], r.importance[k], r.normalizedImportance[k], r.safety[k])
                   + (shift.map { String(format: " %.4f |", $0[k]) } ?? "") + " \(r.classes[k].rawValue) |")
         }
-        if rule == .focus { print("\nclasses: " + (r.rule == .focus ? "focus (suspicious: shift >= \(focusSuspiciousShift), safe: < \(focusSafeShift))" : "fewer than \(focusMinHeads) heads' focus moved \(focusSuspiciousShift); Eq. 5 with tau \(tau)")) }
+        if rule == .focus { print("\nclasses: " + (r.rule == .focus ? "focus (suspicious: shift >= \(focusSuspiciousShift), safe: < \(focusSafeShift))" : focusFallbackReason + "; Eq. 5 with tau \(tau)")) }
         print("")
         print("suspicious: \(r.ids(.suspicious).map(\.description).joined(separator: ","))")
         print("safe: \(r.ids(.safe).map(\.description).joined(separator: ","))")

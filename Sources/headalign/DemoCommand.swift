@@ -280,7 +280,7 @@ enum DemoCommand: Command {
     static func focusGrid(_ shift: [Double], _ report: SafetyReport, layers: Int, heads: Int) -> String {
         let made = report.rule == .focus
             ? "the classes are these shifts' (suspicious >= \(focusSuspiciousShift), safe < \(focusSafeShift))"
-            : "fewer than \(focusMinHeads) heads reach \(focusSuspiciousShift), so the classes are Eq. 5's with tau"
+            : focusFallbackReason + ", so the classes are Eq. 5's with tau"
         return "\nFocus shift per head: how much more of its attention (monitor view) goes to one ordinary token on the flagged inputs than on clean ones; \(made):\n\n"
             + headGrid(layers: layers, heads: heads) { String(format: "%.3f %@", shift[$0], classMark(report.classes[$0])) }
     }

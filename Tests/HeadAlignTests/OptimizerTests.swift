@@ -40,15 +40,21 @@ final class OptimizerTests: XCTestCase {
         opt.update(p, g)
         let mhat = 0.02 / 0.19, vhat = 0.00031225 / (1 - 0.999 * 0.999)
         assertClose(p[0], before * (1 - 0.05 * 0.01) - 0.05 * mhat / (vhat.squareRoot() + 1e-8), rtol: 1e-12)
-        // steps 3-6: from step 4 the warmed-up rate is the full rate
+        // step 3 at 0.075: m = 0.9 * 0.02 + 0.1 * 0.3 = 0.048, v = 0.999 * 0.00031225 + 0.001 * 0.09
+        let third = p[0]
+        g[0] = 0.3
+        opt.update(p, g)
+        let mhat3 = 0.048 / (1 - 0.729), vhat3 = (0.999 * 0.00031225 + 0.001 * 0.09) / (1 - 0.999 * 0.999 * 0.999)
+        assertClose(p[0], third * (1 - 0.075 * 0.01) - 0.075 * mhat3 / (vhat3.squareRoot() + 1e-8), rtol: 1e-12)
+        // steps 4-6: from step 4 the warmed-up rate is the full rate
         let plain = AdamW<Double>(count: 1, learningRate: 0.1, weightDecay: 0.01), q = Tensor<Double>([1], [1])
         for (t, grad) in [0.5, -0.25, 0.3, 0.1, -0.2, 0.4].enumerated() {
             g[0] = grad
-            if t >= 2 {
+            if t >= 3 {
                 let (p0, q0) = (p[0], q[0])
                 opt.update(p, g)
                 plain.update(q, g)
-                if t >= 3 { assertClose((p0 - p[0]) - (q0 - q[0]), 0.1 * 0.01 * (p0 - q0), atol: 1e-15) }
+                assertClose((p0 - p[0]) - (q0 - q[0]), 0.1 * 0.01 * (p0 - q0), atol: 1e-15)
             } else {
                 plain.update(q, g)
             }

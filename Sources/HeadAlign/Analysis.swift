@@ -55,11 +55,15 @@ public struct InputAnalysis: Sendable {
     public let label: Int?  // the label Eq. 4 used (classification)
     public let fracAbove: Double
     public let p99: Double
+    /// Each head's column focus over the whole T x T map, whatever the view (`columnFocus`); the
+    /// `focus` monitor score reads it. Empty when not measured.
+    public let columnFocus: [Double]
 
     public init(tokens: [Int], promptLength: Int, views: [[Double]], pairCosines: [Double], maxsim: [Double],
-                importance: [Double], label: Int?, fracAbove: Double, p99: Double) {
+                importance: [Double], label: Int?, fracAbove: Double, p99: Double, columnFocus: [Double] = []) {
         self.tokens = tokens; self.promptLength = promptLength; self.views = views; self.pairCosines = pairCosines
         self.maxsim = maxsim; self.importance = importance; self.label = label; self.fracAbove = fracAbove; self.p99 = p99
+        self.columnFocus = columnFocus
     }
 }
 
@@ -168,11 +172,13 @@ public func analyze<S: Real>(_ model: AnalysisRunner<S>, _ inputs: [AnalysisInpu
             let t = tokens.count, row0 = batch.rowOffset[b]
             var views: [[Double]] = []
             var importance: [Double] = []
+            var focusByHead: [Double] = []
             for l in 0..<c.numHiddenLayers {
                 let H = pass.layers[l].headOutput, dH = headGradients?[l]
                 for h in 0..<nh {
-                    views.append(flattenedView(pass.attention(layer: l, sequence: b, head: h).data, tokens: t,
-                                               view: settings.view, promptLength: tp))
+                    let map = pass.attention(layer: l, sequence: b, head: h).data  // [T, T]
+                    views.append(flattenedView(map, tokens: t, view: settings.view, promptLength: tp))
+                    focusByHead.append(columnFocus(map, tokens: t, family: c.family))
                     // Eq. 4, one input (the batch loss is a mean: scale its gradient back by B)
                     let g = dH.map { headImportance(H: H, dH: $0, rows: row0..<(row0 + t), head: h, heads: nh, headSize: hs) } ?? 0
                     importance.append(g * Double(batch.count))
@@ -183,7 +189,7 @@ public func analyze<S: Real>(_ model: AnalysisRunner<S>, _ inputs: [AnalysisInpu
                                          maxsim: maxSimilarity(cos, pairs: pairs, headCount: heads),
                                          importance: importance, label: task == .classification ? labels[b] : nil,
                                          fracAbove: fractionAbove(cos, threshold: settings.threshold),
-                                         p99: cos.isEmpty ? 0 : quantile(cos, 0.99)))
+                                         p99: cos.isEmpty ? 0 : quantile(cos, 0.99), columnFocus: focusByHead))
         }
     }
     return results

@@ -154,16 +154,16 @@ public struct DefenseReport: Sendable {
     public let stoppedBecause: String
 }
 
-/// Monitor calibration in the monitor view on clean inputs; also each clean input's pair cosines
-/// and each head's focus there (`focus`, for the focus classes).
+/// Monitor calibration in the monitor view on clean inputs; also each clean input's analysis and
+/// each head's focus there (`focus`, for the focus classes).
 @_specialize(exported: true, where S == Float)
 @_specialize(exported: true, where S == Double)
 public func calibrateMonitor<S: Real>(_ model: Model<S>, clean: [AnalysisInput], settings: DefenseSettings) throws
-    -> (calibration: MonitorCalibration, cosines: [[Double]], focus: [[Double]]) {
+    -> (calibration: MonitorCalibration, analyses: [InputAnalysis], focus: [[Double]]) {
     let analyses = try analyze(model, clean, settings: settings.analysis(settings.monitorView, importance: false))
-    let cos = analyses.map(\.pairCosines)
+    let readings = analyses.map { monitorReading($0, score: settings.score) }
     let focused = analyses.map { focus($0, view: settings.monitorView, family: model.config.family) }
-    return (try MonitorCalibration(clean: cos, score: settings.score, q: settings.quantile, rule: settings.flagRule), cos, focused)
+    return (try MonitorCalibration(clean: readings, score: settings.score, q: settings.quantile, rule: settings.flagRule), analyses, focused)
 }
 
 /// The focus shift of the flagged inputs (indices into `screened`, the monitor-view analyses of
@@ -191,7 +191,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
     let (cal, _, cleanFocus) = try calibrateMonitor(model, clean: cleanInputs, settings: settings)
     let monitorSettings = settings.analysis(settings.monitorView, importance: false)
     let screened = try analyze(model, inputs, settings: monitorSettings)
-    let scores = screened.map { cal.score(of: $0.pairCosines) }
+    let scores = screened.map { cal.score(of: monitorReading($0, score: settings.score)) }
     let flagged = inputs.indices.filter { cal.flags(scores[$0]) }
     // the focus classes: how far the flagged inputs move each head's attention onto one ordinary token
     let shift = flaggedFocusShift(screened: screened, flagged: flagged, cleanFocus: cleanFocus, settings: settings, family: c.family)
@@ -328,7 +328,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
         // the monitor, recalibrated on the clean inputs through the repaired model (the repair moves
         // the clean similarity structure too), re-scores the flagged inputs
         let (calNow, _, _) = try calibrateMonitor(model, clean: cleanInputs, settings: settings)
-        let after = flagged.isEmpty ? [] : try analyze(model, flagged.map { inputs[$0] }, settings: monitorSettings).map { calNow.score(of: $0.pairCosines) }
+        let after = flagged.isEmpty ? [] : try analyze(model, flagged.map { inputs[$0] }, settings: monitorSettings).map { calNow.score(of: monitorReading($0, score: settings.score)) }
         let still = after.filter(calNow.flags).count
         let mean = after.isEmpty ? 0 : after.reduce(0, +) / Double(after.count)
         // the self-check the defender can make without labels: a backdoor still in place shows as

@@ -12,6 +12,44 @@ public enum MonitorScore: String, CaseIterable, Sendable {
     case contrastFrac = "contrast-frac"  // fraction of pairs above their clean q-quantile
     case fracAbove = "frac-above"  // the paper's statistic, uncalibrated
     case p99  // the paper's statistic, uncalibrated
+    /// Ours (issue 16): heads locking onto one token. Mean over heads of max(z_h, 0), z_h each
+    /// head's column focus (`columnFocus`) against clean inputs of the same length (a least-squares
+    /// fit on 1, T, 1/T over the first calibration half: short inputs concentrate attention by
+    /// themselves). Not a pair statistic: it reads `monitorReading`'s focus row.
+    case focus
+
+    /// Whether the score reads each head's focus (`monitorReading`) rather than the pair cosines.
+    public var readsFocus: Bool { self == .focus }
+}
+
+/// What `score` reads of one analysed input: the pair cosines (Eq. 3), or for `focus` each head's
+/// column focus followed by the token count T.
+public func monitorReading(_ a: InputAnalysis, score: MonitorScore) -> [Double] {
+    score.readsFocus ? a.columnFocus + [Double(a.tokens.count)] : a.pairCosines
+}
+
+/// Least squares of y on (1, T, 1/T): the coefficients, by the normal equations (3 x 3, Gaussian
+/// elimination with partial pivoting). A term that the lengths cannot separate (all T equal, or
+/// fewer than 3 distinct) is dropped in turn (1/T, then T), leaving the mean.
+public func lengthFit(_ y: [Double], lengths: [Double]) -> [Double] {
+    for terms in [3, 2, 1] {
+        let x = lengths.map { t in [1, t, 1 / t].prefix(terms).map { $0 } }
+        var a = (0..<terms).map { r in (0..<terms).map { c in x.indices.map { x[$0][r] * x[$0][c] }.reduce(0, +) } }
+        var b = (0..<terms).map { r in x.indices.map { x[$0][r] * y[$0] }.reduce(0, +) }
+        var singular = false
+        for col in 0..<terms {
+            let pivot = (col..<terms).max { abs(a[$0][col]) < abs(a[$1][col]) }!
+            if abs(a[pivot][col]) <= 1e-10 * max(1, abs(a[0][0])) { singular = true; break }
+            a.swapAt(col, pivot); b.swapAt(col, pivot)
+            for r in 0..<terms where r != col {
+                let f = a[r][col] / a[col][col]
+                for k in col..<terms { a[r][k] -= f * a[col][k] }
+                b[r] -= f * b[col]
+            }
+        }
+        if !singular { return (0..<3).map { $0 < terms ? b[$0] / a[$0][$0] : 0 } }
+    }
+    return [0, 0, 0]  // no inputs
 }
 
 /// How the flagging threshold is read off the n clean calibration scores (`--fpr-budget`).
@@ -78,6 +116,9 @@ public struct MonitorCalibration: Sendable {
     public let mean: [Double]  // mu_ij
     public let sd: [Double]  // population standard deviation
     public let quantile: [Double]  // c_ij
+    /// `focus` only: per head, the fit (1, T, 1/T) of its column focus on clean inputs; `mean` is
+    /// then 0 and `sd` the residuals' standard deviation.
+    public let lengthFits: [[Double]]
     public let q: Double
     /// contrast-z averages the k largest z (SPEC.md: k = 10).
     public static let defaultTopK = 10
@@ -96,18 +137,26 @@ public struct MonitorCalibration: Sendable {
         guard pairCosines.count >= 2 else { throw HeadAlignError.usage("the monitor needs at least 2 clean inputs to calibrate") }
         let half = pairCosines.count / 2
         let first = Array(pairCosines[..<half]), second = Array(pairCosines[half...])
-        let pairs = pairCosines[0].count
-        var mean = [Double](repeating: 0, count: pairs), sd = mean, quant = mean
+        // focus: the last entry of a reading is T, not a feature
+        let pairs = pairCosines[0].count - (score.readsFocus ? 1 : 0)
+        var mean = [Double](repeating: 0, count: pairs), sd = mean, quant = mean, fits: [[Double]] = []
         for k in 0..<pairs {
             let column = first.map { $0[k] }
+            if score.readsFocus {  // the residual of the length fit
+                let lengths = first.map { $0[pairs] }, fit = lengthFit(column, lengths: lengths)
+                let residual = column.indices.map { column[$0] - (fit[0] + fit[1] * lengths[$0] + fit[2] / lengths[$0]) }
+                fits.append(fit)
+                sd[k] = (residual.map { $0 * $0 }.reduce(0, +) / Double(residual.count)).squareRoot()
+                continue
+            }
             let m = column.reduce(0, +) / Double(column.count)
             mean[k] = m
             sd[k] = (column.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(column.count)).squareRoot()
             quant[k] = HeadAlign.quantile(column, q)
         }
-        self.mean = mean; self.sd = sd; self.quantile = quant
+        self.mean = mean; self.sd = sd; self.quantile = quant; self.lengthFits = fits
         self.q = q; self.topK = topK; self.threshold = cosineThreshold; self.score = score
-        let partial = MonitorCalibration(mean: mean, sd: sd, quantile: quant, q: q, topK: topK, threshold: cosineThreshold,
+        let partial = MonitorCalibration(mean: mean, sd: sd, quantile: quant, lengthFits: fits, q: q, topK: topK, threshold: cosineThreshold,
                                          score: score, flagThreshold: 0, cleanScores: [], rule: rule, guarantee: nil)
         let scores = second.map { partial.score(of: $0) }
         self.cleanScores = scores
@@ -121,9 +170,9 @@ public struct MonitorCalibration: Sendable {
         }
     }
 
-    private init(mean: [Double], sd: [Double], quantile: [Double], q: Double, topK: Int, threshold: Double, score: MonitorScore,
-                 flagThreshold: Double, cleanScores: [Double], rule: FlagRule, guarantee: FPRGuarantee?) {
-        self.mean = mean; self.sd = sd; self.quantile = quantile; self.q = q; self.topK = topK
+    private init(mean: [Double], sd: [Double], quantile: [Double], lengthFits: [[Double]], q: Double, topK: Int, threshold: Double,
+                 score: MonitorScore, flagThreshold: Double, cleanScores: [Double], rule: FlagRule, guarantee: FPRGuarantee?) {
+        self.mean = mean; self.sd = sd; self.quantile = quantile; self.lengthFits = lengthFits; self.q = q; self.topK = topK
         self.threshold = threshold; self.score = score; self.flagThreshold = flagThreshold; self.cleanScores = cleanScores
         self.rule = rule; self.guarantee = guarantee
     }
@@ -148,11 +197,19 @@ public struct MonitorCalibration: Sendable {
         }
     }
 
-    /// One input's score from its pair cosines.
+    /// One input's score from its reading (`monitorReading`: pair cosines, or for `focus` the
+    /// heads' column focus and T).
     public func score(of cos: [Double]) -> Double {
-        precondition(cos.count == mean.count, "monitor: \(cos.count) pairs, calibrated on \(mean.count)")
+        let features = cos.count - (score.readsFocus ? 1 : 0)
+        precondition(features == mean.count, "monitor: \(features) features, calibrated on \(mean.count)")
         func z(_ k: Int) -> Double { (cos[k] - mean[k]) / (sd[k] + 1e-6) }
         switch score {
+        case .focus:
+            let t = cos[features]
+            let zs = (0..<features).map { h in
+                (cos[h] - (lengthFits[h][0] + lengthFits[h][1] * t + lengthFits[h][2] / t)) / (sd[h] + 1e-6)
+            }
+            return zs.map { max($0, 0) }.reduce(0, +) / Double(max(features, 1))
         case .contrastAbsZ:
             return cos.indices.map { abs(z($0)) }.reduce(0, +) / Double(max(cos.count, 1))
         case .contrastZ:

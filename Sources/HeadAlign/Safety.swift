@@ -123,7 +123,7 @@ public func classes(_ safety: [Double], rule: ClassRule, tau: Double) -> [HeadCl
 public func focus(_ a: InputAnalysis, view: AnalysisView, family: ModelFamily) -> [Double] {
     let t = a.tokens.count
     let (rows, cols) = view.block(tokens: t, promptLength: a.promptLength)
-    let rest: Set<Int> = family == .bert ? [0, t - 1] : [0]
+    let rest = restPositions(tokens: t, family: family)
     let ordinary = cols.enumerated().filter { !rest.contains($0.element) }.map(\.offset)  // column offsets in the block
     return a.views.map { v in
         guard !ordinary.isEmpty else { return 0 }
@@ -135,6 +135,28 @@ public func focus(_ a: InputAnalysis, view: AnalysisView, family: ModelFamily) -
         }
         return sum / Double(rows.count)
     }
+}
+
+/// The positions where heads park their attention (`focus`): the first token, and for BERT the closing [SEP].
+public func restPositions(tokens t: Int, family: ModelFamily) -> Set<Int> { family == .bert ? [0, t - 1] : [0] }
+
+/// A head's column focus on one input (ours, issue 16; the `focus` monitor score reads it): the
+/// largest share of attention that the rows of the whole `[T, T]` map put, on average, on one
+/// ordinary key, `max_j (1/T) sum_i A[i, j]` over keys j that are not rest positions (0 when
+/// there is none). `focus` takes each row's own largest entry; this asks whether the rows agree on
+/// one token, as they do when many rows of a head lock onto a trigger. Read from the whole map
+/// whatever the view, so the monitor sees every row: on three HiddenKiller MiniLMs the trigger's
+/// syntactic form draws the rows of many heads onto the first word, which the [CLS] row alone
+/// shows weakly (docs/RESULTS.md, section 17).
+public func columnFocus<S: Real>(_ map: UnsafePointer<S>, tokens t: Int, family: ModelFamily) -> Double {
+    let rest = restPositions(tokens: t, family: family)
+    var best = 0.0
+    for j in 0..<t where !rest.contains(j) {
+        var column = 0.0
+        for i in 0..<t { column += Double(map[i * t + j]) }
+        best = max(best, column / Double(t))
+    }
+    return best
 }
 
 /// `Delta_h`: the mean focus over the flagged inputs minus the mean over clean inputs (both in the

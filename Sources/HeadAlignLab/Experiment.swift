@@ -89,15 +89,15 @@ public func detectionSummary<S: Real>(_ model: Model<S>, _ split: ExperimentSpli
 /// clean inputs) and scores `clean` against `triggered`.
 public func detectionSummary<S: Real>(_ model: Model<S>, calibration: [AnalysisInput], clean cleanInputs: [AnalysisInput],
                                       triggered triggeredInputs: [AnalysisInput], settings: DefenseSettings) throws -> DetectionSummary {
-    let (cal, calibrationCosines, _) = try calibrateMonitor(model, clean: calibration, settings: settings)
+    let (cal, calibrationAnalyses, _) = try calibrateMonitor(model, clean: calibration, settings: settings)
     let a = settings.analysis(settings.monitorView, importance: false)
     let clean = try analyze(model, cleanInputs, settings: a), triggered = try analyze(model, triggeredInputs, settings: a)
     func mean(_ xs: [Double]) -> Double { xs.reduce(0, +) / Double(max(1, xs.count)) }
     var aurocs: [(MonitorScore, Double)] = []
     var metrics: DetectionMetrics? = nil
     for score in MonitorScore.allCases {
-        let c = try cal.with(score: score, clean: calibrationCosines)
-        let sc = clean.map { c.score(of: $0.pairCosines) }, st = triggered.map { c.score(of: $0.pairCosines) }
+        let c = try cal.with(score: score, clean: calibrationAnalyses.map { monitorReading($0, score: score) })
+        let sc = clean.map { c.score(of: monitorReading($0, score: score)) }, st = triggered.map { c.score(of: monitorReading($0, score: score)) }
         aurocs.append((score, auroc(clean: sc, triggered: st)))
         if score == settings.score { metrics = detectionMetrics(c, clean: sc, triggered: st) }
     }
@@ -107,7 +107,7 @@ public func detectionSummary<S: Real>(_ model: Model<S>, calibration: [AnalysisI
 }
 
 /// How much a monitor score's AUROC depends on which clean inputs calibrate it (issue 16): `draws`
-/// seeded draws of `size` rows of `calibration` (pair cosines, one row per clean input; without
+/// seeded draws of `size` rows of `calibration` (readings, `monitorReading`, one row per clean input; without
 /// replacement), each calibrated as `MonitorCalibration` does (first half: per-pair mean and
 /// standard deviation; second half: threshold), each scoring the same `clean` and `triggered` rows.
 /// Returns one AUROC per draw, in draw order.
@@ -263,7 +263,7 @@ extension AnyModel {
             // as `defend`'s first round: the monitor's flags, then Eq. 4–5 under the settings' maxsim and class rule
             let (cal, _, cleanFocus) = try calibrateMonitor(m, clean: prompts, settings: settings)
             let screened = try HeadAlign.analyze(m, inputs, settings: settings.analysis(settings.monitorView, importance: false))
-            let flaggedIndices = inputs.indices.filter { cal.flags(cal.score(of: screened[$0].pairCosines)) }
+            let flaggedIndices = inputs.indices.filter { cal.flags(cal.score(of: monitorReading(screened[$0], score: settings.score))) }
             let flagged = flaggedIndices.map { inputs[$0] }
             var a = settings.analysis(settings.defenseView)
             a.importanceLabels = .predicted

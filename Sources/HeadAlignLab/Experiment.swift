@@ -352,7 +352,9 @@ public func detectionTable(_ d: [DetectionSummary]) -> String {
     s += "| frac_above 0.99 | \(cell(d.map(\.fracAboveClean))) | \(cell(d.map(\.fracAboveTriggered))) |\n"
     s += "\n| monitor score | AUROC |\n|---|---|\n"
     for (i, a) in first.auroc.enumerated() {
-        s += "| \(a.score.rawValue)\(a.score == first.defaultScore ? " (default)" : "") | \(cell(d.map { $0.auroc[i].value })) |\n"
+        // the flagging score (`defaultScore`, the run's --score) is marked; "default" only when it is the default
+        let mark = a.score != first.defaultScore ? "" : a.score == DefenseSettings.defaultScore ? " (default)" : " (flagging)"
+        s += "| \(a.score.rawValue)\(mark) | \(cell(d.map { $0.auroc[i].value })) |\n"
     }
     s += "\nAt the calibrated threshold (\(first.defaultScore.rawValue)): TPR \(cell(d.map(\.tpr))), FPR \(cell(d.map(\.fpr))).\n"
     if let budget = first.budget { s += "Threshold: \(budget) (first seed).\n" }

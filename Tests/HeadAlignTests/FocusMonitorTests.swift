@@ -88,4 +88,23 @@ final class FocusMonitorTests: XCTestCase {
         XCTAssertGreaterThan(cal.score(of: [0.3, 40]), 50)
         XCTAssertTrue(cal.flags(cal.score(of: [0.3, 40])))
     }
+
+    /// End to end: `experiment --score focus` flags with it (the settings line and the JSON say so),
+    /// marks it "(flagging)" in the detection table, and reruns bit for bit.
+    func testExperimentFlagsWithTheFocusScore() throws {
+        let dir = temporaryDirectory(self)
+        func run(_ name: String) throws -> String {
+            let r = try runHeadalign(["experiment", "--preset", "bert-tiny", "--corpus", "sentiment", "--corpus-size", "200", "--epochs", "2",
+                                      "--attack", "badnets", "--poison-rate", "0.2", "--seeds", "1", "--methods", "ours",
+                                      "--ft-steps", "3", "--defense-count", "30", "--monitor-count", "10", "--backend", "naive",
+                                      "--score", "focus", "--quantile", "0.5", "--json", dir + "/\(name).json", "--out-md", dir + "/\(name).md"])
+            XCTAssertEqual(r.status, 0, r.err)
+            return try String(contentsOfFile: dir + "/\(name).md", encoding: .utf8)
+        }
+        let md = try run("a")
+        XCTAssertTrue(md.contains("| focus (flagging) |") && md.contains("| contrast-absz |"), md)
+        XCTAssertFalse(md.contains("(default)"), md)
+        XCTAssertTrue(md.contains("At the calibrated threshold (focus)") && md.contains("score focus"), md)
+        XCTAssertEqual(try run("b"), md.replacingOccurrences(of: dir + "/a.", with: dir + "/b."))
+    }
 }

@@ -329,10 +329,8 @@ final class ExperimentCLITests: XCTestCase {
     func testSmallExperimentIsCompleteAndDeterministic() throws {
         let dir = temporaryDirectory(self)
         func run(_ name: String) throws -> JSONValue {
-            let r = try runHeadalign(["experiment", "--preset", "bert-tiny", "--corpus", "sentiment", "--corpus-size", "200", "--epochs", "2",
-                                      "--attack", "badnets", "--poison-rate", "0.2", "--seeds", "1", "--methods", "ft-only,fine-pruning,reinit",
-                                      "--ft-steps", "3", "--defense-count", "30", "--monitor-count", "10", "--backend", "naive",
-                                      "--json", dir + "/\(name).json", "--out-md", dir + "/\(name).md"])
+            let r = try runHeadalign(smallExperimentArguments(methods: "ft-only,fine-pruning,reinit", json: dir + "/\(name).json",
+                                                              markdown: dir + "/\(name).md"))
             XCTAssertEqual(r.status, 0, r.err)
             XCTAssertTrue(r.out.contains("| vanilla |"), r.out)
             return try JSONValue.parse(try String(contentsOfFile: dir + "/\(name).json", encoding: .utf8))

@@ -94,10 +94,8 @@ final class FocusMonitorTests: XCTestCase {
     func testExperimentFlagsWithTheFocusScore() throws {
         let dir = temporaryDirectory(self)
         func run(_ name: String) throws -> String {
-            let r = try runHeadalign(["experiment", "--preset", "bert-tiny", "--corpus", "sentiment", "--corpus-size", "200", "--epochs", "2",
-                                      "--attack", "badnets", "--poison-rate", "0.2", "--seeds", "1", "--methods", "ours",
-                                      "--ft-steps", "3", "--defense-count", "30", "--monitor-count", "10", "--backend", "naive",
-                                      "--score", "focus", "--quantile", "0.5", "--json", dir + "/\(name).json", "--out-md", dir + "/\(name).md"])
+            let r = try runHeadalign(smallExperimentArguments(methods: "ours", json: dir + "/\(name).json", markdown: dir + "/\(name).md")
+                                     + ["--score", "focus", "--quantile", "0.5"])
             XCTAssertEqual(r.status, 0, r.err)
             return try String(contentsOfFile: dir + "/\(name).md", encoding: .utf8)
         }

@@ -20,6 +20,14 @@ func assertAllClose<S: Real>(_ a: [S], _ b: [Double], atol: Double = 0, rtol: Do
     }
 }
 
+/// `experiment` on a bert-tiny trained on 200 sentences of the embedded corpus with BadNets, one
+/// seed, a 3-step fine-tuning budget and small defender and monitor sets: seconds in release.
+func smallExperimentArguments(methods: String, json: String, markdown: String) -> [String] {
+    ["experiment", "--preset", "bert-tiny", "--corpus", "sentiment", "--corpus-size", "200", "--epochs", "2",
+     "--attack", "badnets", "--poison-rate", "0.2", "--seeds", "1", "--methods", methods,
+     "--ft-steps", "3", "--defense-count", "30", "--monitor-count", "10", "--backend", "naive", "--json", json, "--out-md", markdown]
+}
+
 func randomTensor<S: Real>(_ shape: [Int], _ rng: inout SeededGenerator, std: Double = 1) -> Tensor<S> {
     let t = Tensor<S>(shape)
     for i in 0..<t.count { t.data[i] = S(std * rng.normal()) }

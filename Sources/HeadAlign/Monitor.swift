@@ -131,7 +131,8 @@ public struct MonitorCalibration: Sendable {
     /// With `.fprBudget`: what the threshold promises (nil for SPEC's quantile).
     public let guarantee: FPRGuarantee?
 
-    /// `pairCosines`: one row per clean input (scope order). Needs at least 2 inputs.
+    /// `pairCosines`: one reading per clean input (`monitorReading`: the pair cosines in scope order,
+    /// or for `focus` the heads' column focus and T). Needs at least 2 inputs.
     public init(clean pairCosines: [[Double]], score: MonitorScore, q: Double = 0.99, topK: Int = MonitorCalibration.defaultTopK,
                 cosineThreshold: Double = 0.99, rule: FlagRule = .quantile) throws {
         guard pairCosines.count >= 2 else { throw HeadAlignError.usage("the monitor needs at least 2 clean inputs to calibrate") }

@@ -84,8 +84,8 @@ public struct DefenseSettings: Sendable {
     /// Measured (docs/RESULTS.md §16, five seeds, `ours`): 15 steps (one pass over 240 sentences)
     /// took the four BadNets MiniLMs to 8.6–13.0% ASR with every seed ≤ 21.8, and CA up 0.3–1.3
     /// points on E, C, G (A −0.1): without it the first steps at `eta_high` throw the model off
-    /// (A, seed 1: CA 87.1 → 68.9 at step 10). Not yet the default: it was picked on A after the
-    /// defaults were fixed and is unmeasured on the decoders and the HiddenKiller models.
+    /// (A, seed 1: CA 87.1 → 68.9 at step 10). Not the default: it failed the check written down
+    /// before the models it was not chosen on ran (§16): HiddenKiller F 47.1 → 62.0%, B 42.7 → 47.7%.
     public var finetuneWarmup = 0
     /// How long fine-tuning runs and which step is kept (ours; see `FinetuneBudget` for the why
     /// and the measurement). nil = the fixed `finetuneSteps` on the whole clean set, the earlier

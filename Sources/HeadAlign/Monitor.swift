@@ -33,7 +33,7 @@ public func monitorReading(_ a: InputAnalysis, score: MonitorScore) -> [Double] 
 /// fewer than 3 distinct) is dropped in turn (1/T, then T), leaving the mean.
 public func lengthFit(_ y: [Double], lengths: [Double]) -> [Double] {
     for terms in [3, 2, 1] {
-        let x = lengths.map { t in [1, t, 1 / t].prefix(terms).map { $0 } }
+        let x = lengths.map { t in Array([1, t, 1 / t].prefix(terms)) }
         var a = (0..<terms).map { r in (0..<terms).map { c in x.indices.map { x[$0][r] * x[$0][c] }.reduce(0, +) } }
         var b = (0..<terms).map { r in x.indices.map { x[$0][r] * y[$0] }.reduce(0, +) }
         var singular = false
@@ -131,15 +131,15 @@ public struct MonitorCalibration: Sendable {
     /// With `.fprBudget`: what the threshold promises (nil for SPEC's quantile).
     public let guarantee: FPRGuarantee?
 
-    /// `pairCosines`: one reading per clean input (`monitorReading`: the pair cosines in scope order,
+    /// `readings`: one per clean input (`monitorReading`: the pair cosines in scope order,
     /// or for `focus` the heads' column focus and T). Needs at least 2 inputs.
-    public init(clean pairCosines: [[Double]], score: MonitorScore, q: Double = 0.99, topK: Int = MonitorCalibration.defaultTopK,
+    public init(clean readings: [[Double]], score: MonitorScore, q: Double = 0.99, topK: Int = MonitorCalibration.defaultTopK,
                 cosineThreshold: Double = 0.99, rule: FlagRule = .quantile) throws {
-        guard pairCosines.count >= 2 else { throw HeadAlignError.usage("the monitor needs at least 2 clean inputs to calibrate") }
-        let half = pairCosines.count / 2
-        let first = Array(pairCosines[..<half]), second = Array(pairCosines[half...])
+        guard readings.count >= 2 else { throw HeadAlignError.usage("the monitor needs at least 2 clean inputs to calibrate") }
+        let half = readings.count / 2
+        let first = Array(readings[..<half]), second = Array(readings[half...])
         // focus: the last entry of a reading is T, not a feature
-        let pairs = pairCosines[0].count - (score.readsFocus ? 1 : 0)
+        let pairs = readings[0].count - (score.readsFocus ? 1 : 0)
         var mean = [Double](repeating: 0, count: pairs), sd = mean, quant = mean, fits: [[Double]] = []
         for k in 0..<pairs {
             let column = first.map { $0[k] }

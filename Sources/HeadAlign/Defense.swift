@@ -172,13 +172,23 @@ public func calibrateMonitor<S: Real>(_ model: Model<S>, clean: [AnalysisInput],
     return (try MonitorCalibration(clean: readings, score: settings.score, q: settings.quantile, rule: settings.flagRule), analyses, focused)
 }
 
-/// The focus shift of the flagged inputs (indices into `screened`, the monitor-view analyses of
-/// the screened inputs) against the clean inputs' focus; nil unless the focus classes are asked
-/// for and something was flagged.
-public func flaggedFocusShift(screened: [InputAnalysis], flagged: [Int], cleanFocus: [[Double]], settings: DefenseSettings,
-                              family: ModelFamily) -> [Double]? {
-    guard settings.classRule == .focus && !flagged.isEmpty else { return nil }
-    return focusShift(flagged: flagged.map { focus(screened[$0], view: settings.monitorView, family: family) }, clean: cleanFocus)
+/// What the focus classes read of the flagged inputs (indices into `screened`, the monitor-view
+/// analyses of the screened inputs): for `.focus` the focus shift against the clean inputs' focus
+/// (`cleanFocus`), for `.columnFocus` each head's mean column-focus z against the clean inputs
+/// (`clean`, their analyses; calibrated as the `focus` monitor score is); nil for the other rules
+/// or when nothing was flagged.
+public func flaggedFocusShift(screened: [InputAnalysis], flagged: [Int], cleanFocus: [[Double]], clean: [InputAnalysis],
+                              settings: DefenseSettings, family: ModelFamily) throws -> [Double]? {
+    guard !flagged.isEmpty else { return nil }
+    switch settings.classRule {
+    case .focus:
+        return focusShift(flagged: flagged.map { focus(screened[$0], view: settings.monitorView, family: family) }, clean: cleanFocus)
+    case .columnFocus:
+        let cal = try MonitorCalibration(clean: clean.map { monitorReading($0, score: .focus) }, score: .focus)
+        return columnFocusShift(flaggedZ: flagged.map { cal.headZ(of: monitorReading(screened[$0], score: .focus)) })
+    case .tau, .outliers:
+        return nil
+    }
 }
 
 /// Runs the defense on `model` in place. `clean` are labelled clean examples (fine-tuning, and
@@ -194,13 +204,14 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
     let c = model.config, nh = c.numAttentionHeads
     let cleanInputs = calibration
         ?? clean.map { AnalysisInput(tokens: Array($0.tokens.prefix($0.responseStart ?? $0.tokens.count)), label: $0.label) }
-    let (cal, _, cleanFocus) = try calibrateMonitor(model, clean: cleanInputs, settings: settings)
+    let (cal, cleanAnalyses, cleanFocus) = try calibrateMonitor(model, clean: cleanInputs, settings: settings)
     let monitorSettings = settings.analysis(settings.monitorView, importance: false)
     let screened = try analyze(model, inputs, settings: monitorSettings)
     let scores = screened.map { cal.score(of: monitorReading($0, score: settings.score)) }
     let flagged = inputs.indices.filter { cal.flags(scores[$0]) }
     // the focus classes: how far the flagged inputs move each head's attention onto one ordinary token
-    let shift = flaggedFocusShift(screened: screened, flagged: flagged, cleanFocus: cleanFocus, settings: settings, family: c.family)
+    let shift = try flaggedFocusShift(screened: screened, flagged: flagged, cleanFocus: cleanFocus, clean: cleanAnalyses,
+                                      settings: settings, family: c.family)
     log("monitor (\(settings.score.rawValue), \(settings.monitorView.rawValue) view): threshold \(fmt(cal.flagThreshold)); flagged \(flagged.count) of \(inputs.count) inputs")
     guard !flagged.isEmpty || !settings.method.aligns else {
         return DefenseReport(threshold: cal.flagThreshold, thresholdRule: cal.ruleDescription, flagged: [], scoresBefore: scores, rounds: [],
@@ -251,6 +262,11 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                     log(report.rule == .focus
                         ? "round \(r): focus classes (suspicious: the flagged inputs moved >= \(focusSuspiciousShift) of the head's attention onto one ordinary token; safe: < \(focusSafeShift))"
                         : "round \(r): " + (r == 1 ? focusFallbackReason + " (the trigger is not one token several heads read)" : "focus measured in round 1 only") + "; Eq. 5 with tau \(settings.tau)")
+                } else if settings.classRule == .columnFocus {
+                    if r == 1, let z = shift { log("round 1: column-focus Z of the flagged inputs, highest: " + topHeads(z, heads: nh, count: 16)) }
+                    log(report.rule == .columnFocus
+                        ? "round \(r): column-focus classes (suspicious: the flagged inputs raised the head's column focus >= \(columnFocusSuspiciousZ) clean sd on average; safe: < \(columnFocusSafeZ))"
+                        : "round \(r): " + (r == 1 ? columnFocusFallbackReason : "column focus measured in round 1 only") + "; Eq. 5 with tau \(settings.tau)")
                 }
                 if let empty = report.emptyClassReport {
                     throw HeadAlignError.usage("round \(r): \(empty); the defense does not run on an empty set (try another \(settings.classRule.z == nil ? "--tau" : "--outlier-z") or --alpha)")

@@ -206,11 +206,7 @@ public struct MonitorCalibration: Sendable {
         func z(_ k: Int) -> Double { (cos[k] - mean[k]) / (sd[k] + 1e-6) }
         switch score {
         case .focus:
-            let t = cos[features]
-            let zs = (0..<features).map { h in
-                (cos[h] - (lengthFits[h][0] + lengthFits[h][1] * t + lengthFits[h][2] / t)) / (sd[h] + 1e-6)
-            }
-            return zs.map { max($0, 0) }.reduce(0, +) / Double(max(features, 1))
+            return headZ(of: cos).map { max($0, 0) }.reduce(0, +) / Double(max(features, 1))
         case .contrastAbsZ:
             return cos.indices.map { abs(z($0)) }.reduce(0, +) / Double(max(cos.count, 1))
         case .contrastZ:
@@ -226,6 +222,17 @@ public struct MonitorCalibration: Sendable {
     }
 
     public func flags(_ score: Double) -> Bool { score > flagThreshold }
+
+    /// `focus` only: each head's z, its column focus against clean inputs of the same length,
+    /// `z_h = (F_h - (b0 + b1 T + b2 / T)) / sd_h`, from a reading `[F_1 ... F_H, T]`, `[H]`.
+    public func headZ(of reading: [Double]) -> [Double] {
+        precondition(score.readsFocus, "headZ: a \(score.rawValue) calibration has no per-head fits")
+        let heads = reading.count - 1, t = reading[heads]
+        precondition(heads == lengthFits.count, "monitor: \(heads) heads, calibrated on \(lengthFits.count)")
+        return (0..<heads).map { h in
+            (reading[h] - (lengthFits[h][0] + lengthFits[h][1] * t + lengthFits[h][2] / t)) / (sd[h] + 1e-6)
+        }
+    }
 }
 
 /// Area under the ROC curve: the probability that a random triggered input scores above a random

@@ -15,8 +15,8 @@ public struct SafetyReport: Sendable {
     public let classes: [HeadClass]
     public let alpha: Double, tau: Double
     public let heads: Int  // NH per layer
-    public var rule: ClassRule = .tau  // the rule that made the classes (`.tau` when `.focus` fell back)
-    public var focusShift: [Double]? = nil  // Delta per head, when measured (`focusShift`)
+    public var rule: ClassRule = .tau  // the rule that made the classes (`.tau` when `.focus` or `.columnFocus` fell back)
+    public var focusShift: [Double]? = nil  // per head, when measured: Delta (`focusShift`) or Z (`columnFocusShift`)
 
     public func ids(_ cls: HeadClass) -> [HeadID] {
         classes.indices.filter { classes[$0] == cls }.map { HeadID($0 / heads, $0 % heads) }
@@ -32,6 +32,7 @@ public struct SafetyReport: Sendable {
         case .tau: bounds = ("S > \(1 - tau)", "S < \(tau)", "tau \(tau)")
         case .outliers(let z): bounds = ("robust z >= -1", "robust z < -\(z)", "the outlier rule")
         case .focus: bounds = ("focus shift < \(focusSafeShift)", "focus shift >= \(focusSuspiciousShift)", "the focus rule")
+        case .columnFocus: bounds = ("column-focus Z < \(columnFocusSafeZ)", "column-focus Z >= \(columnFocusSuspiciousZ)", "the column-focus rule")
         }
         let which = [s == 0 ? "safe (\(bounds.safe))" : nil, u == 0 ? "suspicious (\(bounds.suspicious))" : nil].compactMap { $0 }
         return "no \(which.joined(separator: " and no ")) heads: safety scores range over [\(String(format: "%.4f", lo)), \(String(format: "%.4f", hi))] with alpha \(alpha), \(bounds.with)"
@@ -64,6 +65,11 @@ public enum ClassRule: Sendable, Equatable {
     /// ordinary token, against clean inputs (`focusShift`, `classifyFocus`); Eq. 5 with `tau` when
     /// fewer than `focusMinHeads` heads move that far (the trigger is not one token several heads read).
     case focus
+    /// Ours (issues 15 and 16): classes from how far the flagged inputs raise each head's column
+    /// focus (many rows on one ordinary token), in clean standard deviations at the input's length
+    /// (`columnFocusShift`, `classifyColumnFocus`); Eq. 5 with `tau` when fewer than
+    /// `focusMinHeads` heads rise that far. For triggers that are a form, not a token.
+    case columnFocus
 
     /// 3 robust standard deviations: the usual cut for an outlier. Measured in docs/RESULTS.md §6.
     public static let defaultZ = 3.0
@@ -75,6 +81,7 @@ public enum ClassRule: Sendable, Equatable {
         case .tau: return "tau"
         case .outliers: return "outliers"
         case .focus: return "focus"
+        case .columnFocus: return "column-focus"
         }
     }
 }
@@ -111,7 +118,7 @@ public func robustZ(_ x: [Double]) -> [Double] {
 /// The classes of `safety` under `rule`.
 public func classes(_ safety: [Double], rule: ClassRule, tau: Double) -> [HeadClass] {
     switch rule {
-    case .tau, .focus: return classifyHeads(safety, tau: tau)  // focus without a shift: Eq. 5 with tau
+    case .tau, .focus, .columnFocus: return classifyHeads(safety, tau: tau)  // focus without a shift: Eq. 5 with tau
     case .outliers(let z): return classifyOutliers(safety, z: z)
     }
 }
@@ -195,6 +202,40 @@ public func classifyFocus(_ shift: [Double]) -> [HeadClass]? {
     return shift.map { $0 >= focusSuspiciousShift ? .suspicious : ($0 < focusSafeShift ? .safe : .intermediate) }
 }
 
+/// `Z_h`: the mean over the flagged inputs of each head's column-focus z (`MonitorCalibration.headZ`:
+/// its column focus against clean inputs of the same length, in the clean residuals' standard
+/// deviations), `[headCount]`. Where the rows of many heads lock onto one word of a syntactic form
+/// (the HiddenKiller MiniLMs, docs/RESULTS.md §17) the [CLS] row barely moves and `focusShift`
+/// stays under its bound; this reads every row.
+public func columnFocusShift(flaggedZ: [[Double]]) -> [Double] {
+    precondition(!flaggedZ.isEmpty, "columnFocusShift: no inputs")
+    return flaggedZ[0].indices.map { h in flaggedZ.map { $0[h] }.reduce(0, +) / Double(flaggedZ.count) }
+}
+
+/// The bounds of `classifyColumnFocus`, in clean standard deviations. Suspicious: the flagged inputs
+/// raise the head's column focus by two on average (about the clean 98th percentile of one input,
+/// reached on average over inputs of which some are false alarms). Safe: under a half (the head
+/// stays within the clean spread). In between: intermediate. Round numbers written before any
+/// model's Z was read; on the HiddenKiller MiniLMs B and D they mark 12–15 heads, mostly the same
+/// ones under either monitor score (docs/RESULTS.md §18).
+public let columnFocusSuspiciousZ = 2.0, columnFocusSafeZ = 0.5
+
+/// Classes from `Z_h` (`columnFocusShift`), or nil when fewer than `focusMinHeads` heads reach
+/// `columnFocusSuspiciousZ`.
+public func classifyColumnFocus(_ z: [Double]) -> [HeadClass]? {
+    guard z.filter({ $0 >= columnFocusSuspiciousZ }).count >= focusMinHeads else { return nil }
+    return z.map { $0 >= columnFocusSuspiciousZ ? .suspicious : ($0 < columnFocusSafeZ ? .safe : .intermediate) }
+}
+
+/// Why the column-focus classes were not used.
+public let columnFocusFallbackReason = "fewer than \(focusMinHeads) heads' column focus rose \(columnFocusSuspiciousZ) clean sd"
+
+/// The `count` highest entries of a per-head vector as "layer:head value", for logs.
+public func topHeads(_ v: [Double], heads: Int, count: Int) -> String {
+    v.indices.sorted { v[$0] > v[$1] || (v[$0] == v[$1] && $0 < $1) }.prefix(count)
+        .map { "\(HeadID($0 / heads, $0 % heads)) " + String(format: "%.2f", v[$0]) }.joined(separator: ", ")
+}
+
 /// Eq. 5 over the analysis inputs: `maxsim` and `G` averaged over them first.
 public func safetyReport(_ analyses: [InputAnalysis], alpha: Double, tau: Double, heads: Int,
                          maxsimOverride: [Double]? = nil, rule: ClassRule = .tau, focusShift shift: [Double]? = nil) -> SafetyReport {
@@ -206,10 +247,11 @@ public func safetyReport(_ analyses: [InputAnalysis], alpha: Double, tau: Double
     }
     let m = maxsimOverride ?? maxsim
     let (s, normalized) = safetyScores(maxsim: m, importance: g, alpha: alpha)
-    let focusClasses = rule == .focus ? shift.flatMap(classifyFocus) : nil
+    let focusClasses = rule == .focus ? shift.flatMap(classifyFocus) : rule == .columnFocus ? shift.flatMap(classifyColumnFocus) : nil
+    let fellBack = focusClasses == nil && (rule == .focus || rule == .columnFocus)
     var report = SafetyReport(maxsim: m, importance: g, normalizedImportance: normalized, safety: s,
                               classes: focusClasses ?? classes(s, rule: rule, tau: tau), alpha: alpha, tau: tau, heads: heads,
-                              rule: focusClasses == nil && rule == .focus ? .tau : rule)
+                              rule: fellBack ? .tau : rule)
     report.focusShift = shift
     return report
 }

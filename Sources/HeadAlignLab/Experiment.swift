@@ -261,7 +261,7 @@ extension AnyModel {
         func run<S: Real>(_ m: Model<S>) throws -> (SafetyReport, Int) {
             let prompts = calibration ?? clean.map { AnalysisInput(tokens: Array($0.tokens.prefix($0.responseStart ?? $0.tokens.count))) }
             // as `defend`'s first round: the monitor's flags, then Eq. 4–5 under the settings' maxsim and class rule
-            let (cal, _, cleanFocus) = try calibrateMonitor(m, clean: prompts, settings: settings)
+            let (cal, cleanAnalyses, cleanFocus) = try calibrateMonitor(m, clean: prompts, settings: settings)
             let screened = try HeadAlign.analyze(m, inputs, settings: settings.analysis(settings.monitorView, importance: false))
             let flaggedIndices = inputs.indices.filter { cal.flags(cal.score(of: monitorReading(screened[$0], score: settings.score))) }
             let flagged = flaggedIndices.map { inputs[$0] }
@@ -274,7 +274,8 @@ extension AnyModel {
             let c = m.config, nh = c.numAttentionHeads
             let override = maxsimOverride(settings.maxsim, analyses, cleanCosines: cleanCosines,
                                           pairs: headPairs(layers: c.numHiddenLayers, heads: nh, scope: settings.scope), headCount: c.numHiddenLayers * nh)
-            let shift = flaggedFocusShift(screened: screened, flagged: flaggedIndices, cleanFocus: cleanFocus, settings: settings, family: c.family)
+            let shift = try flaggedFocusShift(screened: screened, flagged: flaggedIndices, cleanFocus: cleanFocus, clean: cleanAnalyses,
+                                              settings: settings, family: c.family)
             return (safetyReport(analyses, alpha: settings.alpha, tau: settings.tau, heads: nh, maxsimOverride: override,
                                  rule: settings.classRule, focusShift: shift), flagged.count)
         }

@@ -431,7 +431,7 @@ let defenseOptions: [OptionSpec] = {
         OptionSpec(name: "--quantile", value: "Q", help: "the monitor's calibration quantile (default \(d.quantile))"),
         OptionSpec(name: "--fpr-budget", value: "A", help: fprBudgetHelp),
         OptionSpec(name: "--maxsim", value: "M", help: "Eq. 5's maxsim: plain or contrast (default \(d.maxsim.rawValue))"),
-        OptionSpec(name: "--classes", value: "R", help: "Eq. 5's classes: tau (the paper's fixed bounds), outliers (ours: suspicious = robust z of S < -Z, safe = z >= -1; implied by --outlier-z) or focus (ours: suspicious when the flagged inputs move >= \(focusSuspiciousShift) of a head's attention onto one ordinary token, safe < \(focusSafeShift); tau when fewer than \(focusMinHeads) heads do) (default \(d.classRule.name))"),
+        OptionSpec(name: "--classes", value: "R", help: "Eq. 5's classes: tau (the paper's fixed bounds), outliers (ours: suspicious = robust z of S < -Z, safe = z >= -1; implied by --outlier-z) focus (ours: suspicious when the flagged inputs move >= \(focusSuspiciousShift) of a head's attention onto one ordinary token, safe < \(focusSafeShift); tau when fewer than \(focusMinHeads) heads do) or column-focus (ours: suspicious when they raise a head's column focus >= \(columnFocusSuspiciousZ) clean sd on average, safe < \(columnFocusSafeZ); tau when fewer than \(focusMinHeads) heads do) (default \(d.classRule.name))"),
         OptionSpec(name: "--outlier-z", value: "Z", help: "--classes outliers: the robust z below which a head is suspicious (default \(ClassRule.defaultZ))"),
         OptionSpec(name: "--rounds", value: "N", help: "at most this many rounds (default \(d.rounds))"),
         OptionSpec(name: "--align-steps", value: "N", help: "alignment steps per round (default \(d.alignSteps))"),
@@ -474,13 +474,14 @@ extension ParsedArguments {
         }
         (s.alpha, s.tau) = try alphaTau()
         // --outlier-z alone means the outlier classes
-        let rule = try choice("--classes", ["tau", "outliers", "focus"], default: has("--outlier-z") ? "outliers" : s.classRule.name)
+        let rule = try choice("--classes", ["tau", "outliers", "focus", "column-focus"], default: has("--outlier-z") ? "outliers" : s.classRule.name)
         if rule == "outliers" {
             if has("--tau") { throw HeadAlignError.usage("--tau: the outlier classes have no tau; add --classes tau") }
             s.classRule = .outliers(z: try double("--outlier-z", default: s.classRule.z ?? ClassRule.defaultZ, range: 0...100))
-        } else if rule == "focus" {
+        } else if rule == "focus" || rule == "column-focus" {
             if has("--outlier-z") { throw HeadAlignError.usage("--outlier-z goes with --classes outliers") }
-            s.classRule = .focus  // --tau stays: the rule falls back to Eq. 5 with tau when fewer than focusMinHeads heads' focus moves
+            // --tau stays: the rule falls back to Eq. 5 with tau when fewer than focusMinHeads heads' focus moves
+            s.classRule = rule == "focus" ? .focus : .columnFocus
         } else {
             if has("--outlier-z") { throw HeadAlignError.usage("--outlier-z goes with --classes outliers") }
             s.classRule = .tau
@@ -564,6 +565,7 @@ func classesText(_ s: DefenseSettings) -> String {
     case .tau: return "classes tau \(s.tau)"
     case .outliers(let z): return "classes outliers z \(z)"
     case .focus: return "classes focus (else tau \(s.tau))"
+    case .columnFocus: return "classes column-focus (else tau \(s.tau))"
     }
 }
 

@@ -58,6 +58,50 @@ final class FocusClassTests: XCTestCase {
         }
     }
 
+    /// The column-focus classes (issues 15 and 16): per head the mean z over the flagged inputs, by
+    /// hand from a `focus` calibration where every input has T = 10 (the fit is the mean): heads'
+    /// clean focus alternates 0.19 / 0.21 (sd 0.01), 0.18 / 0.22 (0.02), 0.29 / 0.31 (0.01).
+    /// Flagged focus (0.23, 0.28, 0.30) and (0.25, 0.26, 0.31): z (3, 4, 0) and (5, 3, 1) (to the
+    /// 1e-6 regularizer), means (4, 3.5, 0.5): suspicious, suspicious, intermediate (0.5 is not
+    /// below the safe bound). Fewer than two heads at 2: nil (Eq. 5 with tau).
+    func testColumnFocusClassesByHand() throws {
+        let half: [[Double]] = [[0.19, 0.18, 0.29, 10], [0.21, 0.22, 0.31, 10]]
+        let cal = try MonitorCalibration(clean: half + half + half + half, score: .focus, q: 0.5)
+        let z1 = cal.headZ(of: [0.23, 0.28, 0.30, 10]), z2 = cal.headZ(of: [0.25, 0.26, 0.31, 10])
+        assertAllClose(z1, [3, 4, 0], atol: 1e-3)
+        assertAllClose(z2, [5, 3, 1], atol: 1e-3)
+        let z = columnFocusShift(flaggedZ: [z1, z2])
+        assertAllClose(z, [4, 3.5, 0.5], atol: 1e-3)
+        XCTAssertEqual(classifyColumnFocus([4, 3.5, 0.5, 0.49, 2.0]), [.suspicious, .suspicious, .intermediate, .safe, .suspicious])
+        XCTAssertNil(classifyColumnFocus([4, 1.99, 0.3]))
+        // in the report: the column-focus classes, or Eq. 5 with tau (named) when one head rose
+        let a = InputAnalysis(tokens: [1], promptLength: 1, views: [], pairCosines: [], maxsim: [0.9, 0.9, 0.1],
+                              importance: [1, 1, 0], label: 0, fracAbove: 0, p99: 0)
+        let rose = safetyReport([a], alpha: 0.5, tau: 0.5, heads: 3, rule: .columnFocus, focusShift: [0.1, 2.5, 3])
+        XCTAssertEqual(rose.classes, [.safe, .suspicious, .suspicious])
+        XCTAssertEqual(rose.rule, .columnFocus)
+        let one = safetyReport([a], alpha: 0.5, tau: 0.5, heads: 3, rule: .columnFocus, focusShift: [0.1, 2.5, 1])
+        XCTAssertEqual(one.classes, [.suspicious, .suspicious, .safe])
+        XCTAssertEqual(one.rule, .tau)
+    }
+
+    /// End to end: `experiment --classes column-focus` names the rule in its settings line and logs
+    /// the heads' Z, and reruns bit for bit.
+    func testExperimentWithTheColumnFocusClasses() throws {
+        let dir = temporaryDirectory(self)
+        func run(_ name: String) throws -> (md: String, err: String) {
+            let r = try runHeadalign(smallExperimentArguments(methods: "ours", json: dir + "/\(name).json", markdown: dir + "/\(name).md")
+                                     + ["--classes", "column-focus", "--quantile", "0.5"])
+            XCTAssertEqual(r.status, 0, r.err)
+            return (try String(contentsOfFile: dir + "/\(name).md", encoding: .utf8), r.err)
+        }
+        let a = try run("a")
+        XCTAssertTrue(a.md.contains("classes column-focus (else tau 0.5)"), a.md)
+        XCTAssertTrue(a.err.contains("column-focus Z of the flagged inputs, highest:"), a.err)
+        XCTAssertTrue(a.err.contains("column-focus classes (suspicious") || a.err.contains(columnFocusFallbackReason), a.err)
+        XCTAssertEqual(try run("b").md, a.md.replacingOccurrences(of: dir + "/a.", with: dir + "/b."))
+    }
+
     /// The focus shift on the shipped teaching model (20 triggered, 20 clean demo sentences, cls
     /// view) against Hugging Face transformers in float64 (Fixtures/make_focus_fixture.py): 1e-6
     /// in f64 (the weights are F16, so both sides start from the same numbers), 1e-4 in f32.

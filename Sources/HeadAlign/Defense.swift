@@ -87,6 +87,25 @@ public struct DefenseSettings: Sendable {
     /// (A, seed 1: CA 87.1 → 68.9 at step 10). Not the default: it failed the check written down
     /// before the models it was not chosen on ran (§16): HiddenKiller F 47.1 → 62.0%, B 42.7 → 47.7%.
     public var finetuneWarmup = 0
+    /// Ours (issue 15; opt-in until checked): the safe heads' fine-tuning rate when the alignment has
+    /// removed the backdoor on the flagged inputs, i.e. fewer than `removedBelow` of them still get
+    /// the backdoored model's answer after it (the defender's label-free self-check). Then the
+    /// fine-tuning's job is to restore clean accuracy without undoing the alignment, and `eta_high`'s
+    /// large first steps throw the model off (docs/RESULTS.md §16: A, seed 1, CA 87.1 → 68.9 at step
+    /// 10); when half or more still get it, the fine-tuning must do the removing and keeps the paper's
+    /// `eta_high` (on the HiddenKiller MiniLMs a gentler fine-tuning left more: §16). Measured on
+    /// BadNets A, C, G with 5e-5 for every run (§16): 12.7–14.4% ASR at −0.9 to +0.2 CA against
+    /// 11.3–15.6% at −1.5 to −2.5. nil = `eta_high` always (the paper's).
+    public var safeRateWhenRemoved: Double? = nil
+    /// The share of flagged inputs still answered as before below which the alignment counts as
+    /// having removed the backdoor: a half (most of them changed their answer).
+    public static let removedBelow = 0.5
+    /// The safe heads' rate given `d`, the share of flagged inputs still answered as before after
+    /// the alignment (nil: not measured): `safeRateWhenRemoved` when `d < removedBelow`, else `eta_high`.
+    public func safeRate(afterAlignment d: Double?) -> Double {
+        guard let gentle = safeRateWhenRemoved, let d, d < DefenseSettings.removedBelow else { return rates.safe }
+        return gentle
+    }
     /// How long fine-tuning runs and which step is kept (ours; see `FinetuneBudget` for the why
     /// and the measurement). nil = the fixed `finetuneSteps` on the whole clean set, the earlier
     /// default (`--ft-holdout 0`).
@@ -149,6 +168,8 @@ public struct RoundLog: Sendable {
     /// Flagged inputs that still get the backdoored model's answer (a classifier's label, a
     /// decoder's first T_g greedy tokens) after the round; nil when nothing was flagged.
     public let flaggedAsBefore: Int?
+    /// The safe heads' fine-tuning rate used (`DefenseSettings.safeRate`); nil when nothing fine-tuned head-wise.
+    public var safeRate: Double? = nil
 }
 
 public struct DefenseReport: Sendable {
@@ -308,9 +329,18 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
         }
         // head-wise (or uniform) fine-tuning on clean labelled data
         var ftLosses: [Double] = [], heldOutLosses: [(step: Int, loss: Double)] = [], keptStep = 0
+        var rates = settings.rates
+        if settings.method.finetunes && settings.method.headwise && settings.method.aligns && settings.safeRateWhenRemoved != nil,
+           let before = behaviourBefore {
+            // the self-check after the alignment picks the safe heads' rate (`safeRateWhenRemoved`)
+            let kept = flaggedAsBefore(before)
+            rates.safe = settings.safeRate(afterAlignment: Double(kept) / Double(max(1, before.count)))
+            log("  after the alignment \(kept) of \(before.count) flagged inputs still get the backdoored model's answer: safe heads fine-tune at \(rates.safe)"
+                + (rates.safe == settings.rates.safe ? " (eta_high: the fine-tuning has to remove it)" : " (the alignment removed it on most: keep it)"))
+        }
         if settings.method.finetunes {
             let rates = settings.method.headwise
-                ? headwiseLearningRates(layout: model.layout, config: c, classes: classes!, rates: settings.rates)
+                ? headwiseLearningRates(layout: model.layout, config: c, classes: classes!, rates: rates)
                 : [Double](repeating: settings.uniformRate, count: model.layout.total)
             let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay, warmup: settings.finetuneWarmup)
             var stop: ((StepStats) -> Bool)? = nil, guardNotes: [String] = [], guardKept: Int? = nil
@@ -362,6 +392,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                                 alignLoss: alignLosses, finetuneLoss: ftLosses, heldOutLoss: heldOutLosses,
                                 finetuneKeptStep: keptStep, flaggedAfter: still, meanScoreAfter: mean, flaggedAsBefore: asBefore)
         (roundLog.classes, roundLog.focusShift) = (classesMadeBy, shiftMeasured)
+        if settings.method.finetunes && settings.method.headwise { roundLog.safeRate = rates.safe }
         rounds.append(roundLog)
         if still == 0 {
             stopped = "no flagged input is above the clean threshold after round \(r)"

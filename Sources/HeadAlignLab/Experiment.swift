@@ -194,6 +194,7 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [Training
                 if let r = report.rounds.first {
                     suspicious = r.suspicious; safe = r.safe
                     note = "\(report.flagged.count) flagged; \(r.suspicious.count) suspicious, \(r.safe.count) safe heads; \(report.rounds.count) round(s)"
+                        + (settings.safeRateWhenRemoved != nil && r.safeRate != nil ? "; safe heads at \(r.safeRate!)" : "")
                 } else {
                     note = report.stoppedBecause
                     ran = false

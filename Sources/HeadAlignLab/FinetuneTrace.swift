@@ -75,7 +75,9 @@ public func traceHeadwiseFinetune<S: Real>(_ backdoored: Model<S>, clean: [Train
                           moved: (sq[1].squareRoot(), sq[2].squareRoot(), sq[3].squareRoot(), sq[4].squareRoot()))
     }
     var points = [try point(0, .nan)]
-    let rates = headwiseLearningRates(layout: model.layout, config: c, classes: classes, rates: settings.rates)
+    var headRates = settings.rates  // the safe heads' rate as `defend` picks it after the alignment
+    headRates.safe = settings.safeRate(afterAlignment: flaggedInputs.isEmpty ? nil : points[0].flaggedAgreement)
+    let rates = headwiseLearningRates(layout: model.layout, config: c, classes: classes, rates: headRates)
     let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay, warmup: settings.finetuneWarmup)
     // the alignment penalty on the sequences `defend` aligned (analysed on the backdoored model, as
     // `defend`'s round 1 analysed them: a decoder's generated tokens come from that model)

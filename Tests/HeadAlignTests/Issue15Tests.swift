@@ -197,5 +197,45 @@ final class Issue15Tests: XCTestCase {
         try assertUsageError(base + ["--fpr-budget", "0.05", "--quantile", "0.9"], mentions: "--fpr-budget")
         try assertUsageError(base + ["--fpr-budget", "0"], mentions: "--fpr-budget")
         try assertUsageError(base + ["--fpr-budget", "1"], mentions: "--fpr-budget")
+        try assertUsageError(base + ["--lr-safe-when-removed", "-1"], mentions: "--lr-safe-when-removed")
+    }
+
+    // MARK: the safe heads' rate after the alignment's self-check
+
+    /// `safeRate`: the gentle rate only when fewer than half the flagged inputs are still answered
+    /// as before (a half exactly is not fewer); `eta_high` when the rule is off or nothing was measured.
+    func testSafeRateByHand() {
+        var s = DefenseSettings(task: .classification, family: .bert)
+        XCTAssertEqual(s.safeRate(afterAlignment: 0.1), s.rates.safe)  // off: the paper's eta_high
+        s.safeRateWhenRemoved = 5e-5
+        XCTAssertEqual(s.safeRate(afterAlignment: 0.1), 5e-5)
+        XCTAssertEqual(s.safeRate(afterAlignment: 0.49), 5e-5)
+        XCTAssertEqual(s.safeRate(afterAlignment: 0.5), 2e-4)
+        XCTAssertEqual(s.safeRate(afterAlignment: 0.9), 2e-4)
+        XCTAssertEqual(s.safeRate(afterAlignment: nil), 2e-4)
+    }
+
+    /// End to end (an explicit split, so that the tiny model has both sets): with
+    /// `--lr-safe-when-removed R`, `ours` logs the self-check and the rate it picked, and its CA / ASR equal, to the digit, the run with that rate given as `--lr-safe`
+    /// (the check itself changes nothing).
+    func testTheSelfCheckPicksTheRateAndChangesNothingElse() throws {
+        let dir = temporaryDirectory(self)
+        func run(_ name: String, _ extra: [String]) throws -> (row: String, err: String) {
+            let r = try runHeadalign(smallExperimentArguments(methods: "ours", json: dir + "/\(name).json", markdown: dir + "/\(name).md")
+                                     + ["--quantile", "0.5", "--suspicious", "1:0", "--safe", "0:0,0:1"] + extra)
+            XCTAssertEqual(r.status, 0, r.err)
+            let md = try String(contentsOfFile: dir + "/\(name).md", encoding: .utf8)
+            let row = md.split(separator: "\n").first { $0.hasPrefix("| ours |") }.map(String.init) ?? ""
+            return (row, r.err)
+        }
+        let auto = try run("auto", ["--lr-safe-when-removed", "3e-5"])
+        let line = auto.err.split(separator: "\n").first { $0.contains("after the alignment") }.map(String.init) ?? ""
+        XCTAssertTrue(line.contains("safe heads fine-tune at"), auto.err)
+        let picked = line.contains("at 3e-05") ? "3e-05" : "0.0002"
+        XCTAssertTrue(auto.row.contains("safe heads at \(picked == "3e-05" ? "3e-05" : "0.0002")"), auto.row)
+        let fixed = try run("fixed", ["--lr-safe", picked])
+        func numbers(_ row: String) -> [String] { Array(row.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }.dropFirst().prefix(2)) }
+        XCTAssertEqual(numbers(auto.row), numbers(fixed.row), "\(auto.row) vs \(fixed.row)")
+        XCTAssertFalse(numbers(auto.row).isEmpty)
     }
 }

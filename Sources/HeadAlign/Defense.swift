@@ -30,9 +30,10 @@ public struct DefenseSettings: Sendable {
     public var monitorView: AnalysisView
     public var scope: PairScope = .model
     public var alpha = 0.5
-    public var tau = 0.5  // the paper gives none; used by `.tau` and by `.focus` when no head moves
+    public var tau = 0.5  // the paper gives none; used by `.tau`, and by `.focus` and `.columnFocus` when no head moves
     /// How the heads are classed: the focus classes (ours, the default: `classifyFocus`), the
-    /// paper's Eq. 5 with fixed `tau` (`--classes tau`), or robust outliers of S (`--classes outliers`).
+    /// paper's Eq. 5 with fixed `tau` (`--classes tau`), robust outliers of S (`--classes outliers`),
+    /// or the column-focus classes (ours, opt-in: `classifyColumnFocus`, `--classes column-focus`).
     /// Why focus: on BadNets MiniLMs Eq. 5's maxsim is near 1 for most heads of layers 0–3 (their
     /// [CLS] rows all rest on [CLS]) and `tau` marked 15–35 heads, many there, and left heads that
     /// lock onto the trigger safe (docs/RESULTS.md §14); the focus shift marks the heads the trigger
@@ -93,7 +94,7 @@ public struct DefenseSettings: Sendable {
     /// fine-tuning's job is to restore clean accuracy without undoing the alignment, and `eta_high`'s
     /// large first steps throw the model off (docs/RESULTS.md §16: A, seed 1, CA 87.1 → 68.9 at step
     /// 10); when half or more still get it, the fine-tuning must do the removing and keeps the paper's
-    /// `eta_high` (on the HiddenKiller MiniLMs a gentler fine-tuning left more: §16). Measured on
+    /// `eta_high` (on the HiddenKiller MiniLMs a gentler start, the warm-up, left more: §16). Measured on
     /// BadNets A, C, G with 5e-5 for every run (§16): 12.7–14.4% ASR at −0.9 to +0.2 CA against
     /// 11.3–15.6% at −1.5 to −2.5. nil = `eta_high` always (the paper's).
     public var safeRateWhenRemoved: Double? = nil
@@ -155,9 +156,9 @@ public struct RoundLog: Sendable {
     public let round: Int
     public let suspicious: [HeadID], safe: [HeadID]
     public let intermediateCount: Int
-    /// What made the classes: "focus", "tau", "outliers", "explicit", or "none" (uniform fine-tuning).
+    /// What made the classes: "focus", "column-focus", "tau", "outliers", "explicit", or "none" (uniform fine-tuning).
     public var classes = "none"
-    /// The focus shift per head when it was measured (`focusShift`).
+    /// The focus shift per head when it was measured (`focusShift`; the column-focus Z under `.columnFocus`).
     public var focusShift: [Double]? = nil
     public let alignLoss: [Double]  // per alignment step (before each update)
     public let finetuneLoss: [Double]  // per fine-tuning step (fewer when the guard or the budget stopped it)
@@ -230,7 +231,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
     let screened = try analyze(model, inputs, settings: monitorSettings)
     let scores = screened.map { cal.score(of: monitorReading($0, score: settings.score)) }
     let flagged = inputs.indices.filter { cal.flags(scores[$0]) }
-    // the focus classes: how far the flagged inputs move each head's attention onto one ordinary token
+    // the focus classes' reading of the flagged inputs: the focus shift, or under `.columnFocus` the column-focus Z
     let shift = try flaggedFocusShift(screened: screened, flagged: flagged, cleanFocus: cleanFocus, clean: cleanAnalyses,
                                       settings: settings, family: c.family)
     log("monitor (\(settings.score.rawValue), \(settings.monitorView.rawValue) view): threshold \(fmt(cal.flagThreshold)); flagged \(flagged.count) of \(inputs.count) inputs")
@@ -329,18 +330,19 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
         }
         // head-wise (or uniform) fine-tuning on clean labelled data
         var ftLosses: [Double] = [], heldOutLosses: [(step: Int, loss: Double)] = [], keptStep = 0
-        var rates = settings.rates
+        var headRates = settings.rates
         if settings.method.finetunes && settings.method.headwise && settings.method.aligns && settings.safeRateWhenRemoved != nil,
            let before = behaviourBefore {
-            // the self-check after the alignment picks the safe heads' rate (`safeRateWhenRemoved`)
-            let kept = flaggedAsBefore(before)
-            rates.safe = settings.safeRate(afterAlignment: Double(kept) / Double(max(1, before.count)))
-            log("  after the alignment \(kept) of \(before.count) flagged inputs still get the backdoored model's answer: safe heads fine-tune at \(rates.safe)"
-                + (rates.safe == settings.rates.safe ? " (eta_high: the fine-tuning has to remove it)" : " (the alignment removed it on most: keep it)"))
+            // the self-check after the alignment picks the safe heads' rate (`safeRateWhenRemoved`);
+            // each round checks against the backdoored model's own answers
+            let kept = flaggedAsBefore(before), share = Double(kept) / Double(max(1, before.count))
+            headRates.safe = settings.safeRate(afterAlignment: share)
+            log("  after the alignment \(kept) of \(before.count) flagged inputs still get the backdoored model's answer: safe heads fine-tune at \(headRates.safe)"
+                + (share < DefenseSettings.removedBelow ? " (the alignment removed it on most: keep it)" : " (eta_high: the fine-tuning has to remove it)"))
         }
         if settings.method.finetunes {
             let rates = settings.method.headwise
-                ? headwiseLearningRates(layout: model.layout, config: c, classes: classes!, rates: rates)
+                ? headwiseLearningRates(layout: model.layout, config: c, classes: classes!, rates: headRates)
                 : [Double](repeating: settings.uniformRate, count: model.layout.total)
             let optimizer = headwiseOptimizer(model, rates: rates, weightDecay: settings.weightDecay, warmup: settings.finetuneWarmup)
             var stop: ((StepStats) -> Bool)? = nil, guardNotes: [String] = [], guardKept: Int? = nil
@@ -392,7 +394,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
                                 alignLoss: alignLosses, finetuneLoss: ftLosses, heldOutLoss: heldOutLosses,
                                 finetuneKeptStep: keptStep, flaggedAfter: still, meanScoreAfter: mean, flaggedAsBefore: asBefore)
         (roundLog.classes, roundLog.focusShift) = (classesMadeBy, shiftMeasured)
-        if settings.method.finetunes && settings.method.headwise { roundLog.safeRate = rates.safe }
+        if settings.method.finetunes && settings.method.headwise { roundLog.safeRate = headRates.safe }
         rounds.append(roundLog)
         if still == 0 {
             stopped = "no flagged input is above the clean threshold after round \(r)"

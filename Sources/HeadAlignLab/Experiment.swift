@@ -172,9 +172,10 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [Training
     if shareAlignment, let a = order.firstIndex(of: .alignOnly), let o = order.firstIndex(of: .ours), a < o { order.swapAt(a, o) }
     for method in order {
         if method == .alignOnly, let r = rows[.ours], let a = alignOnlyFromOurs {  // ours' aligned model, evaluated
-            rows[.alignOnly] = MethodOutcome(method: method.rawValue, ca: a.ca, asr: a.asr, seconds: a.seconds, note: r.note,
+            let note = r.note.components(separatedBy: "; safe heads at ")[0]  // that rate is the fine-tuning's, which align-only has not
+            rows[.alignOnly] = MethodOutcome(method: method.rawValue, ca: a.ca, asr: a.asr, seconds: a.seconds, note: note,
                                              suspicious: r.suspicious, safe: r.safe, ran: r.ran)
-            log(String(format: "%@: CA %.4f ASR %.4f (ours' aligned model, %.1f s into ours) %@", method.rawValue, a.ca, a.asr, a.seconds, r.note))
+            log(String(format: "%@: CA %.4f ASR %.4f (ours' aligned model, %.1f s into ours) %@", method.rawValue, a.ca, a.asr, a.seconds, note))
             continue
         }
         start = monotonicSeconds()
@@ -194,7 +195,8 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [Training
                 if let r = report.rounds.first {
                     suspicious = r.suspicious; safe = r.safe
                     note = "\(report.flagged.count) flagged; \(r.suspicious.count) suspicious, \(r.safe.count) safe heads; \(report.rounds.count) round(s)"
-                        + (settings.safeRateWhenRemoved != nil && r.safeRate != nil ? "; safe heads at \(r.safeRate!)" : "")
+                        + (settings.safeRateWhenRemoved != nil && method == .ours && !report.rounds.compactMap(\.safeRate).isEmpty
+                           ? "; safe heads at " + report.rounds.compactMap(\.safeRate).map { "\($0)" }.joined(separator: ", ") : "")
                 } else {
                     note = report.stoppedBecause
                     ran = false

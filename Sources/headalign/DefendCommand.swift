@@ -65,6 +65,10 @@ enum DefendCommand: Command {
             print("nothing written")
             return 0
         }
+        // the safe heads' rate the self-check picked, only with --lr-safe-when-removed (default reports unchanged)
+        func safeRateField(_ r: RoundLog) -> [(String, JSONOut)] {
+            s.safeRateWhenRemoved == nil ? [] : [("safe_rate", r.safeRate.map { .number($0) } ?? .null)]
+        }
         let json = JSONOut.object([
             ("command", .string(commandLine)), ("method", .string(method.rawValue)), ("stopped", .string(stopped)),
             ("head_split", .string(s.explicitSplit == nil ? "eq5" : "explicit")),
@@ -81,7 +85,7 @@ enum DefendCommand: Command {
                 ("heldout_steps", .array(r.heldOutLoss.map { .int($0.step) })), ("heldout_loss", .numbers(r.heldOutLoss.map(\.loss))),
                 ("finetune_kept_step", .int(r.finetuneKeptStep)),
                 ("flagged_after", .int(r.flaggedAfter)), ("mean_score_after", .number(r.meanScoreAfter)), ("flagged_as_before", r.flaggedAsBefore.map { .int($0) } ?? .null),
-            ]) })),
+            ] + safeRateField(r)) })),
         ])
         if let path = args.string("--report") { try writeAtomically(Data(json.text.utf8), to: path) }
         if args.has("--no-write") {

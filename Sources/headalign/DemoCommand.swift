@@ -145,7 +145,7 @@ enum DemoCommand: Command {
         print("### Which heads? (Eq. 4-5 on the flagged inputs; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(classesText(settings)))\n")
         print("The monitor flags \(flagged) of \(split.monitorClean.count + split.monitorTriggered.count) sentences. Safety score S per head (s = suspicious, + = safe, . = intermediate):\n")
         print(headGrid(layers: c.numHiddenLayers, heads: nh) { String(format: "%.3f %@", report.safety[$0], classMark(report.classes[$0])) }, terminator: "")
-        if let shift = report.focusShift { print(focusGrid(shift, report, layers: c.numHiddenLayers, heads: nh), terminator: "") }
+        if let shift = report.focusShift { print(focusGrid(shift, report, asked: settings.classRule, layers: c.numHiddenLayers, heads: nh), terminator: "") }
         let special = Set(try tokenizer.encode("", maxLength: 8).ids)
         let triggerIds = Set(try encoderTriggerWords.flatMap { try tokenizer.encode($0, maxLength: 8).ids }).subtracting(special)
         let mass = model.readRowMass(inputs: split.monitorTriggered.map(\.tokens), ids: triggerIds)
@@ -257,7 +257,7 @@ enum DemoCommand: Command {
         print("### Which heads? (Eq. 4-5 on the flagged prompts; \(settings.defenseView.rawValue) view, alpha \(settings.alpha), \(classesText(settings)))\n")
         print("The monitor flags \(flagged) of \(monitor.count + monitorTriggered.count) prompts. Safety score S per head (s = suspicious, + = safe, . = intermediate):\n")
         print(headGrid(layers: c.numHiddenLayers, heads: nh) { String(format: "%.3f %@", report.safety[$0], classMark(report.classes[$0])) }, terminator: "")
-        if let shift = report.focusShift { print(focusGrid(shift, report, layers: c.numHiddenLayers, heads: nh), terminator: "") }
+        if let shift = report.focusShift { print(focusGrid(shift, report, asked: settings.classRule, layers: c.numHiddenLayers, heads: nh), terminator: "") }
         // the trigger's pieces: token ids in the triggered prompts that no clean prompt uses
         let cleanIds = Set((defense + testClean).flatMap { tokenizer.prompt($0.prompt) })
         let triggeredPrompts = monitorTriggered.map { tokenizer.prompt($0.prompt) }
@@ -276,12 +276,18 @@ enum DemoCommand: Command {
     /// A head's class as the demo's tables mark it: s suspicious, + safe, . intermediate.
     static func classMark(_ k: HeadClass) -> String { k == .suspicious ? "s" : k == .safe ? "+" : "." }
 
-    /// The focus shift per head (`focusShift`) with the classes, after a line saying which rule made them.
-    static func focusGrid(_ shift: [Double], _ report: SafetyReport, layers: Int, heads: Int) -> String {
-        let made = report.rule == .focus
-            ? "the classes are these shifts' (suspicious >= \(focusSuspiciousShift), safe < \(focusSafeShift))"
-            : focusFallbackReason + ", so the classes are Eq. 5's with tau"
-        return "\nFocus shift per head: how much more of its attention (monitor view) goes to one ordinary token on the flagged inputs than on clean ones; \(made):\n\n"
+    /// The focus shift per head (`focusShift`, or the column-focus Z when `asked` is `.columnFocus`)
+    /// with the classes, after a line saying which rule made them.
+    static func focusGrid(_ shift: [Double], _ report: SafetyReport, asked: ClassRule, layers: Int, heads: Int) -> String {
+        let column = asked == .columnFocus
+        let made = report.rule != .tau
+            ? (column ? "the classes are these Z's (suspicious >= \(columnFocusSuspiciousZ), safe < \(columnFocusSafeZ))"
+                      : "the classes are these shifts' (suspicious >= \(focusSuspiciousShift), safe < \(focusSafeShift))")
+            : (column ? columnFocusFallbackReason : focusFallbackReason) + ", so the classes are Eq. 5's with tau"
+        let what = column
+            ? "Column-focus Z per head: how far the flagged inputs raise the share of all rows' attention on one ordinary token, in clean standard deviations at their length"
+            : "Focus shift per head: how much more of its attention (monitor view) goes to one ordinary token on the flagged inputs than on clean ones"
+        return "\n\(what); \(made):\n\n"
             + headGrid(layers: layers, heads: heads) { String(format: "%.3f %@", shift[$0], classMark(report.classes[$0])) }
     }
 
@@ -362,7 +368,7 @@ enum DemoCommand: Command {
             let (report, flagged) = try model.headReport(split, settings: settings)
             out.say("The monitor flags \(flagged) of \(split.monitorClean.count + split.monitorTriggered.count) inputs. Safety score S per head (class: s = suspicious, + = safe, . = intermediate):\n")
             out.say(headGrid(layers: c.numHiddenLayers, heads: c.numAttentionHeads) { String(format: "%.3f %@", report.safety[$0], classMark(report.classes[$0])) }, terminator: "")
-            if let shift = report.focusShift { out.say(focusGrid(shift, report, layers: c.numHiddenLayers, heads: c.numAttentionHeads), terminator: "") }
+            if let shift = report.focusShift { out.say(focusGrid(shift, report, asked: settings.classRule, layers: c.numHiddenLayers, heads: c.numAttentionHeads), terminator: "") }
             // which heads actually lock onto the trigger: the [CLS] row's attention on trigger tokens
             let special = Set(try tokenizer.encode("", maxLength: 8).ids)
             // the trigger's words that never occur in the clean corpus (AddSent's "this" and "movie" do)

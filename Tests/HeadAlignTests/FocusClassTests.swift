@@ -61,18 +61,32 @@ final class FocusClassTests: XCTestCase {
     /// The column-focus classes (issues 15 and 16): per head the mean z over the flagged inputs, by
     /// hand from a `focus` calibration where every input has T = 10 (the fit is the mean): heads'
     /// clean focus alternates 0.19 / 0.21 (sd 0.01), 0.18 / 0.22 (0.02), 0.29 / 0.31 (0.01).
-    /// Flagged focus (0.23, 0.28, 0.30) and (0.25, 0.26, 0.31): z (3, 4, 0) and (5, 3, 1) (to the
-    /// 1e-6 regularizer), means (4, 3.5, 0.5): suspicious, suspicious, intermediate (0.5 is not
-    /// below the safe bound). Fewer than two heads at 2: nil (Eq. 5 with tau).
+    /// Flagged focus (0.23, 0.28, 0.30) and (0.25, 0.26, 0.32): z (3, 4, 0) and (5, 3, 2) (to the
+    /// 1e-6 regularizer), means (4, 3.5, 1): suspicious, suspicious, intermediate. At the bounds a
+    /// head at 2 is suspicious and one at 0.5 intermediate. Fewer than two heads at 2: nil (Eq. 5 with tau).
     func testColumnFocusClassesByHand() throws {
         let half: [[Double]] = [[0.19, 0.18, 0.29, 10], [0.21, 0.22, 0.31, 10]]
         let cal = try MonitorCalibration(clean: half + half + half + half, score: .focus, q: 0.5)
-        let z1 = cal.headZ(of: [0.23, 0.28, 0.30, 10]), z2 = cal.headZ(of: [0.25, 0.26, 0.31, 10])
+        let z1 = cal.headZ(of: [0.23, 0.28, 0.30, 10]), z2 = cal.headZ(of: [0.25, 0.26, 0.32, 10])
         assertAllClose(z1, [3, 4, 0], atol: 1e-3)
-        assertAllClose(z2, [5, 3, 1], atol: 1e-3)
+        assertAllClose(z2, [5, 3, 2], atol: 1e-3)
         let z = columnFocusShift(flaggedZ: [z1, z2])
-        assertAllClose(z, [4, 3.5, 0.5], atol: 1e-3)
-        XCTAssertEqual(classifyColumnFocus([4, 3.5, 0.5, 0.49, 2.0]), [.suspicious, .suspicious, .intermediate, .safe, .suspicious])
+        assertAllClose(z, [4, 3.5, 1], atol: 1e-3)
+        XCTAssertEqual(classifyColumnFocus(z), [.suspicious, .suspicious, .intermediate])
+        XCTAssertEqual(classifyColumnFocus([4, 0.5, 0.49, 2.0]), [.suspicious, .intermediate, .safe, .suspicious])
+        // the same through `flaggedFocusShift`, from analyses carrying these column focuses
+        func analysis(_ f: [Double]) -> InputAnalysis {
+            InputAnalysis(tokens: Array(repeating: 1, count: 10), promptLength: 10, views: [], pairCosines: [], maxsim: [0, 0, 0],
+                          importance: [0, 0, 0], label: nil, fracAbove: 0, p99: 0, columnFocus: f)
+        }
+        let clean = (half + half + half + half).map { analysis(Array($0.prefix(3))) }
+        let screened = [analysis([0.2, 0.2, 0.3]), analysis([0.23, 0.28, 0.30]), analysis([0.25, 0.26, 0.32])]
+        var settings = DefenseSettings(task: .classification, family: .bert)
+        settings.classRule = .columnFocus
+        let viaDefense = try flaggedFocusShift(screened: screened, flagged: [1, 2], cleanFocus: [], clean: clean, settings: settings, family: .bert)
+        assertAllClose(try XCTUnwrap(viaDefense), z, atol: 1e-12)
+        settings.classRule = .tau
+        XCTAssertNil(try flaggedFocusShift(screened: screened, flagged: [1, 2], cleanFocus: [], clean: clean, settings: settings, family: .bert))
         XCTAssertNil(classifyColumnFocus([4, 1.99, 0.3]))
         // in the report: the column-focus classes, or Eq. 5 with tau (named) when one head rose
         let a = InputAnalysis(tokens: [1], promptLength: 1, views: [], pairCosines: [], maxsim: [0.9, 0.9, 0.1],
@@ -98,7 +112,6 @@ final class FocusClassTests: XCTestCase {
         let a = try run("a")
         XCTAssertTrue(a.md.contains("classes column-focus (else tau 0.5)"), a.md)
         XCTAssertTrue(a.err.contains("column-focus Z of the flagged inputs, highest:"), a.err)
-        XCTAssertTrue(a.err.contains("column-focus classes (suspicious") || a.err.contains(columnFocusFallbackReason), a.err)
         XCTAssertEqual(try run("b").md, a.md.replacingOccurrences(of: dir + "/a.", with: dir + "/b."))
     }
 

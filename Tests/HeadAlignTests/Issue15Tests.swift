@@ -216,26 +216,60 @@ final class Issue15Tests: XCTestCase {
     }
 
     /// End to end (an explicit split, so that the tiny model has both sets): with
-    /// `--lr-safe-when-removed R`, `ours` logs the self-check and the rate it picked, and its CA / ASR equal, to the digit, the run with that rate given as `--lr-safe`
-    /// (the check itself changes nothing).
+    /// `--lr-safe-when-removed R`, `ours` logs the self-check and the rate it picked, and its
+    /// fine-tuning losses and CA / ASR equal the run with that rate given as `--lr-safe` (the check
+    /// itself changes nothing), and differ from the run at the rate it did not pick (the pick is used).
     func testTheSelfCheckPicksTheRateAndChangesNothingElse() throws {
         let dir = temporaryDirectory(self)
-        func run(_ name: String, _ extra: [String]) throws -> (row: String, err: String) {
+        func run(_ name: String, _ extra: [String]) throws -> (row: String, losses: String, err: String) {
             let r = try runHeadalign(smallExperimentArguments(methods: "ours", json: dir + "/\(name).json", markdown: dir + "/\(name).md")
                                      + ["--quantile", "0.5", "--suspicious", "1:0", "--safe", "0:0,0:1"] + extra)
             XCTAssertEqual(r.status, 0, r.err)
             let md = try String(contentsOfFile: dir + "/\(name).md", encoding: .utf8)
             let row = md.split(separator: "\n").first { $0.hasPrefix("| ours |") }.map(String.init) ?? ""
-            return (row, r.err)
+            let losses = r.err.split(separator: "\n").first { $0.contains("fine-tuning: loss") }.map(String.init) ?? ""
+            return (row, losses, r.err)
         }
-        let auto = try run("auto", ["--lr-safe-when-removed", "3e-5"])
+        func numbers(_ row: String) -> [String] { Array(row.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }.prefix(3)) }
+        let gentle = "0.0005"  // far from eta_high (2e-4), so that the two branches' losses differ
+        let auto = try run("auto", ["--lr-safe-when-removed", gentle])
         let line = auto.err.split(separator: "\n").first { $0.contains("after the alignment") }.map(String.init) ?? ""
         XCTAssertTrue(line.contains("safe heads fine-tune at"), auto.err)
-        let picked = line.contains("at 3e-05") ? "3e-05" : "0.0002"
-        XCTAssertTrue(auto.row.contains("safe heads at \(picked == "3e-05" ? "3e-05" : "0.0002")"), auto.row)
-        let fixed = try run("fixed", ["--lr-safe", picked])
-        func numbers(_ row: String) -> [String] { Array(row.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }.dropFirst().prefix(2)) }
+        let picked = line.contains("at \(gentle)") ? gentle : "0.0002", other = picked == gentle ? "0.0002" : gentle
+        XCTAssertTrue(auto.row.contains("safe heads at \(picked)"), auto.row)
+        let fixed = try run("fixed", ["--lr-safe", picked]), unpicked = try run("other", ["--lr-safe", other])
+        XCTAssertFalse(auto.losses.isEmpty, auto.err)
+        XCTAssertEqual(auto.losses, fixed.losses)
         XCTAssertEqual(numbers(auto.row), numbers(fixed.row), "\(auto.row) vs \(fixed.row)")
-        XCTAssertFalse(numbers(auto.row).isEmpty)
+        XCTAssertNotEqual(auto.losses, unpicked.losses)
+    }
+
+    /// The other branch, on the shipped teaching model (40 defender sentences, 20 + 20 screened):
+    /// there the alignment removes the backdoor on most flagged inputs, the gentle rate is picked,
+    /// and the run equals the one with that rate as `--lr-safe` (which differs from `eta_high`'s:
+    /// were the pick not used, `auto` would be the default run).
+    func testTheGentleRateIsUsedWhereTheAlignmentRemovedIt() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+        let model = root + "/tiny-models/minilm-l3-sst2-badnets"
+        guard FileManager.default.fileExists(atPath: model + "/model.safetensors") else { throw XCTSkip("\(model) not found") }
+        let dir = temporaryDirectory(self)
+        func head(_ name: String, _ lines: Int) throws -> String {
+            let text = try String(contentsOfFile: model + "/demo/" + name, encoding: .utf8)
+            let path = dir + "/" + name
+            try (text.split(separator: "\n").prefix(lines).joined(separator: "\n") + "\n").write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+        let files = ["--defense-clean", try head("defense.tsv", 41), "--clean-test", try head("test_clean.tsv", 21),
+                     "--triggered-test", try head("test_triggered.csv", 21)]
+        func run(_ extra: [String]) throws -> (losses: String, err: String) {
+            let r = try runHeadalign(["experiment", "--backdoored", model, "--attack", "file", "--seeds", "1", "--methods", "ours",
+                                      "--ft-steps", "3", "--backend", "naive"] + files + extra)
+            XCTAssertEqual(r.status, 0, r.err)
+            return (r.err.split(separator: "\n").first { $0.contains("fine-tuning: loss") }.map(String.init) ?? "", r.err)
+        }
+        let auto = try run(["--lr-safe-when-removed", "0.0005"]), fixed = try run(["--lr-safe", "0.0005"])
+        XCTAssertTrue(auto.err.contains("safe heads fine-tune at 0.0005 (the alignment removed it on most"), auto.err)
+        XCTAssertFalse(auto.losses.isEmpty, auto.err)
+        XCTAssertEqual(auto.losses, fixed.losses)
     }
 }

@@ -96,7 +96,10 @@ public struct DefenseSettings: Sendable {
     /// 10); when half or more still get it, the fine-tuning must do the removing and keeps the paper's
     /// `eta_high` (on the HiddenKiller MiniLMs a gentler start, the warm-up, left more: §16). Measured on
     /// BadNets A, C, G with 5e-5 for every run (§16): 12.7–14.4% ASR at −0.9 to +0.2 CA against
-    /// 11.3–15.6% at −1.5 to −2.5. nil = `eta_high` always (the paper's).
+    /// 11.3–15.6% at −1.5 to −2.5. Not the default: it failed the check written before the models
+    /// it was not chosen on ran (§18): no worse on E and the 3-layer encoder, the default's runs on
+    /// B, D and the teaching decoder, but W's ASR +2.5 (the check allowed 2), its self-check at 45–47%
+    /// on the two seeds the gentle rate lost. nil = `eta_high` always (the paper's).
     public var safeRateWhenRemoved: Double? = nil
     /// The share of flagged inputs still answered as before below which the alignment counts as
     /// having removed the backdoor: a half (most of them changed their answer).

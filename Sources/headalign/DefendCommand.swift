@@ -37,6 +37,9 @@ enum DefendCommand: Command {
             guard args.has("--out") else { throw HeadAlignError.usage("--out DIR is required (or --no-write)") }
             guard !FileManager.default.fileExists(atPath: out) else { throw HeadAlignError.usage("--out \(out) exists; give a new directory") }
         }
+        if args.has("--lr-safe-when-removed"), let m = args.string("--method"), m != ExperimentMethod.ours.rawValue {  // before any work
+            throw HeadAlignError.usage("--lr-safe-when-removed acts only in ours (head-wise fine-tuning after the alignment), not in --method \(m)")
+        }
         guard case .directory = try args.modelSource() else { throw HeadAlignError.usage("defend needs --model DIR (it writes the repaired model in the same layout)") }
         let (model, tokenizer, _) = try args.loadModel()
         let c = model.config

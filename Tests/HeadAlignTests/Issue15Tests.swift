@@ -198,6 +198,9 @@ final class Issue15Tests: XCTestCase {
         try assertUsageError(base + ["--fpr-budget", "0"], mentions: "--fpr-budget")
         try assertUsageError(base + ["--fpr-budget", "1"], mentions: "--fpr-budget")
         try assertUsageError(base + ["--lr-safe-when-removed", "-1"], mentions: "--lr-safe-when-removed")
+        try assertUsageError(base + ["--lr-safe-when-removed", "5e-5", "--methods", "align-only,finetune"], mentions: "--lr-safe-when-removed")
+        try assertUsageError(["defend", "--preset", "bert-tiny", "--clean", "x.tsv", "--inputs", "y.tsv", "--no-write", "--method", "ft-only",
+                              "--lr-safe-when-removed", "5e-5"], mentions: "--lr-safe-when-removed")
     }
 
     // MARK: the safe heads' rate after the alignment's self-check

@@ -194,9 +194,10 @@ public func runMethods<S: Real>(_ backdoored: Model<S>, defenderClean: [Training
             case .defense(let report):
                 if let r = report.rounds.first {
                     suspicious = r.suspicious; safe = r.safe
+                    let safeRates = report.rounds.compactMap(\.safeRate)  // what the self-check picked, per round
                     note = "\(report.flagged.count) flagged; \(r.suspicious.count) suspicious, \(r.safe.count) safe heads; \(report.rounds.count) round(s)"
-                        + (settings.safeRateWhenRemoved != nil && method == .ours && !report.rounds.compactMap(\.safeRate).isEmpty
-                           ? "; safe heads at " + report.rounds.compactMap(\.safeRate).map { "\($0)" }.joined(separator: ", ") : "")
+                        + (settings.safeRateWhenRemoved != nil && method == .ours && !safeRates.isEmpty
+                           ? "; safe heads at " + safeRates.map { "\($0)" }.joined(separator: ", ") : "")
                 } else {
                     note = report.stoppedBecause
                     ran = false

@@ -72,21 +72,17 @@ enum ExperimentCommand: Command {
 
     static func methods(_ args: ParsedArguments) throws -> [ExperimentMethod] {
         guard let s = args.string("--methods") else { return allMethods }
-        if s == "none" { return try refuseSafeRateRule(without: []) }  // vanilla and the detection tables only
-        return try refuseSafeRateRule(without: s.split(separator: ",").map {
+        let methods: [ExperimentMethod] = s == "none" ? [] : try s.split(separator: ",").map {  // none: vanilla and the detection tables only
             guard let m = ExperimentMethod(rawValue: String($0)) else {
                 throw HeadAlignError.usage("--methods: '\($0)' is not one of \(ExperimentMethod.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             return m
-        })
-
-        /// `--lr-safe-when-removed` acts only in `ours` (the one method that fine-tunes after an alignment): refused, not ignored.
-        func refuseSafeRateRule(without methods: [ExperimentMethod]) throws -> [ExperimentMethod] {
-            if args.has("--lr-safe-when-removed") && !methods.contains(.ours) {
-                throw HeadAlignError.usage("--lr-safe-when-removed acts only in ours (head-wise fine-tuning after the alignment); add ours to --methods")
-            }
-            return methods
         }
+        // --lr-safe-when-removed acts only in ours (the one method that fine-tunes after an alignment): refused, not ignored
+        if args.has("--lr-safe-when-removed") && !methods.contains(.ours) {
+            throw HeadAlignError.usage("--lr-safe-when-removed acts only in ours (head-wise fine-tuning after the alignment); add ours to --methods")
+        }
+        return methods
     }
 
     struct Texts {

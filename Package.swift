@@ -1,9 +1,19 @@
 // swift-tools-version: 6.0
 // headalign: Foundation only, no package dependencies. OpenBLAS is loaded at run time (BLAS.swift).
-// Two library wings and a thin CLI: HeadAlign is the textbook (the method, read in an afternoon),
+// Two library wings and a thin CLI (plus one kernel compiled apart, below): HeadAlign is the textbook (the method, read in an afternoon),
 // HeadAlignLab the lab (data, attacks, training, experiments, baselines, plots, bench, 7B
 // streaming); the lab uses the textbook, never the reverse.
 import PackageDescription
+
+// The packed Float product's target alone is compiled for AVX-512 on x86-64 in release builds
+// (HeadAlignKernels' header says why; a debug build has no AVX-512 code at all); HeadAlign calls that build only on a CPU that has it, and its own build of the
+// same source everywhere else. (The manifest is compiled for the machine that builds, so this
+// follows the build machine's architecture.)
+#if arch(x86_64)
+let wideKernelFlags: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "skylake-avx512"], .when(configuration: .release))]
+#else
+let wideKernelFlags: [SwiftSetting] = []
+#endif
 
 let package = Package(
     name: "headalign",
@@ -20,7 +30,8 @@ let package = Package(
         // textbook itself calls from inside a closure (naiveGemm, generateGreedy, headImportance,
         // KVCache.swift): Swift 6.3 then references a prespecialised symbol it never emits, and
         // linking fails.
-        .target(name: "HeadAlign"),
+        .target(name: "HeadAlignKernels", swiftSettings: wideKernelFlags),
+        .target(name: "HeadAlign", dependencies: ["HeadAlignKernels"]),
         .target(name: "HeadAlignLab", dependencies: ["HeadAlign"]),
         .executableTarget(name: "headalign", dependencies: ["HeadAlign", "HeadAlignLab"]),
         .testTarget(name: "HeadAlignTests", dependencies: ["HeadAlign", "HeadAlignLab"], exclude: ["Fixtures"]),  // read by path

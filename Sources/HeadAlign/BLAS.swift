@@ -139,8 +139,8 @@ public func gemm<S: Real>(_ backend: Backend, transA: Bool = false, transB: Bool
     let stats = GemmStats.shared, start = stats.enabled ? monotonicSeconds() : 0
     switch backend {
     case .naive:
-        if S.self == Float.self {  // the same results, register-blocked (FastMath.swift)
-            blockedGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha as! Float,
+        if S.self == Float.self {  // the same results, packed or register-blocked (FastMath.swift)
+            floatGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha as! Float,
                         a: UnsafeRawPointer(a).assumingMemoryBound(to: Float.self), lda: lda,
                         b: UnsafeRawPointer(b).assumingMemoryBound(to: Float.self), ldb: ldb, beta: beta as! Float,
                         c: UnsafeMutableRawPointer(c).assumingMemoryBound(to: Float.self), ldc: ldc)

@@ -5,6 +5,12 @@
 // streamed decode.
 
 import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
+#if canImport(HeadAlignKernels)
+import HeadAlignKernels  // the packed kernel (a separate target only for its compiler flags); one module in the fuzz build
+#endif
 
 /// erf for Float as `x P(x^2) / Q(x^2)` on x clamped to [-4, 4] (erf(4) rounds to 1 in Float).
 /// Why not libm's `erff`: it is a call per element (~16 ns here) and GELU evaluates it for every
@@ -139,6 +145,74 @@ where V.Scalar == Float {
     }
     c0.storeBytes(of: s0, as: V.self); c1.storeBytes(of: s1, as: V.self)
     c2.storeBytes(of: s2, as: V.self); c3.storeBytes(of: s3, as: V.self)
+}
+
+/// The naive backend's Float product (`gemm` in BLAS.swift picks it for Float): the packed kernel
+/// (HeadAlignKernels) for a layer's large products (its linear maps and their gradients: at least
+/// 8 rows, 64 columns and an inner dimension of 64), `blockedGemm` for the rest (per-head
+/// products, single rows). Every one of them is naiveGemm bit for bit, so the choice changes the
+/// time, never a result. Where the cut lies: measured on this machine kind (docs/BENCHMARK.md),
+/// packing costs more than it saves below it.
+public func floatGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                      a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                      beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    if m >= 8 && n >= 64 && k >= 64 {
+        packedGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+    } else {
+        blockedGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+    }
+}
+
+/// The packed kernel's two builds: the same Swift source (HeadAlignKernels' `packedGemmAccumulate`),
+/// compiled for any x86-64 (SSE2) into this module, and for AVX-512 into HeadAlignKernels
+/// (Package.swift gives that target alone `-target-cpu skylake-avx512`, in release builds). Swift does not fuse a
+/// product and a sum unless asked, so both add the same products in the same order: the same bits
+/// (TensorTests), 2.4 times faster on this machine kind (docs/BENCHMARK.md).
+public enum FloatKernel: String, Sendable {
+    case generic, avx512
+
+    /// What this process runs: `avx512` when the CPU has every feature that build may use and
+    /// `HEADALIGN_NO_AVX512` is not set (then `generic`). Read once.
+    public static let chosen: FloatKernel = avx512Supported && getenv("HEADALIGN_NO_AVX512") == nil ? .avx512 : .generic
+
+    /// Whether the AVX-512 build can run here: Linux's /proc/cpuinfo lists each feature of
+    /// skylake-avx512 that compiled Float code can use (lzcnt shows as `abm`); elsewhere false.
+    public static let avx512Supported: Bool = {
+        #if arch(x86_64) && os(Linux)
+        guard let f = fopen("/proc/cpuinfo", "r") else { return false }
+        defer { fclose(f) }
+        var line: UnsafeMutablePointer<CChar>? = nil, capacity = 0
+        defer { free(line) }
+        while getline(&line, &capacity, f) > 0 {  // bounded by the file
+            let text = String(cString: line!)
+            guard text.hasPrefix("flags") else { continue }
+            let flags = Set(text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == ":" }).map(String.init))
+            return ["avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx2", "fma", "bmi1", "bmi2", "abm",
+                    "f16c", "movbe", "popcnt"].allSatisfy(flags.contains)
+        }
+        return false
+        #else
+        return false
+        #endif
+    }()
+}
+
+/// This module's build of the packed kernel (any x86-64; HeadAlignKernels' header says why a type).
+public enum GenericBuild: PackedGemmBuild {}
+
+/// `C = alpha op(A) op(B) + beta C` by the packed kernel (HeadAlignKernels), in `kernel`'s build.
+public func packedGemm(kernel: FloatKernel = .chosen, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                       a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                       beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    scaleByBeta(c, m: m, n: n, ldc: ldc, beta: beta)
+    if m == 0 || n == 0 || k == 0 { return }
+    switch kernel {
+    case .avx512:
+        precondition(FloatKernel.avx512Supported, "packedGemm: this CPU lacks the AVX-512 build's features")
+        packedGemmAccumulateAVX512(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc)
+    case .generic:
+        packedGemmAccumulate(GenericBuild.self, transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc)
+    }
 }
 
 // MARK: - Products read from half precision (the streamed decode)

@@ -69,7 +69,8 @@ enum BenchCommand: Command {
         } else {
             print("blas: not found (naive kernels only)")
         }
-        print(String(format: "naive backend, 64x384x384, one thread: %.1f GFLOP/s (the i-k-j reference naiveGemm: %.1f; 136x136x8, a per-head product: %.1f and %.1f)",
+        print(String(format: "naive backend, 64x384x384, one thread: %.1f GFLOP/s (the i-k-j reference naiveGemm: %.1f; 136x136x8, a per-head product: %.1f and %.1f)"
+                     + (precision == .f32 ? "; Float's large products: the packed kernel's \(FloatKernel.chosen.rawValue) build" : ""),
                      gemmThroughput(precision: precision, backend: .naive, m: 64, n: 384, k: 384, repeats: 20),
                      gemmThroughput(precision: precision, backend: .naive, m: 64, n: 384, k: 384, repeats: 20, reference: true),
                      gemmThroughput(precision: precision, backend: .naive, m: 136, n: 136, k: 8, repeats: 50),

@@ -93,6 +93,48 @@ final class TensorTests: XCTestCase {
         XCTAssertGreaterThan(compared, 10_000)
     }
 
+    /// The naive backend's packed Float kernel (HeadAlignKernels) is naiveGemm, bit for bit, in both
+    /// builds (any x86-64, and AVX-512 where this CPU has it): shapes around its panels (8 rows, 32
+    /// columns) and its p-blocks of 256 (k up to 600, so a sum crosses one or two blocks), strides,
+    /// both transposes, alpha and beta, and A with causal zero runs; `floatGemm`, which picks the
+    /// packed or the register-blocked kernel by shape, likewise.
+    func testPackedGemmIsNaiveGemmBitForBit() {
+        let kernels: [FloatKernel] = FloatKernel.avx512Supported ? [.generic, .avx512] : [.generic]
+        if !FloatKernel.avx512Supported { print("note: this CPU lacks AVX-512; only the packed kernel's generic build is compared") }
+        var rng = SeededGenerator(seed: 31)
+        var compared = 0, packedShapes = 0
+        for trial in 0..<60 {
+            let m = 1 + rng.int(below: 41), n = 1 + rng.int(below: 100), k = 1 + rng.int(below: trial % 4 == 0 ? 600 : 90)
+            let ta = rng.int(below: 2) == 1, tb = rng.int(below: 2) == 1
+            let pad = rng.int(below: 3)
+            let lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad
+            let alpha: Float = [1, 1.5, -0.353553][trial % 3], beta: Float = [0, 1, 0.5][(trial / 3) % 3]
+            var g = SeededGenerator(seed: UInt64(2000 + trial))
+            let a: Tensor<Float> = randomTensor([(ta ? k : m) * lda], &g), b: Tensor<Float> = randomTensor([(tb ? n : k) * ldb], &g)
+            if trial % 2 == 0 {  // causal zeros: op(A)[i][p] = 0 for p > i
+                for i in 0..<m { for p in 0..<k where p > i { a[ta ? p * lda + i : i * lda + p] = 0 } }
+            }
+            let c0: Tensor<Float> = randomTensor([m * ldc], &g)
+            let want = c0.copy(), picked = c0.copy()
+            naiveGemm(transA: ta, transB: tb, m: m, n: n, k: k, alpha: alpha, a: a.data, lda: lda, b: b.data, ldb: ldb,
+                      beta: beta, c: want.data, ldc: ldc)
+            let shape = "trial \(trial): m \(m) n \(n) k \(k) transA \(ta) transB \(tb)"
+            for kernel in kernels {
+                let packed = c0.copy()
+                packedGemm(kernel: kernel, transA: ta, transB: tb, m: m, n: n, k: k, alpha: alpha, a: a.data, lda: lda,
+                           b: b.data, ldb: ldb, beta: beta, c: packed.data, ldc: ldc)
+                XCTAssertEqual(want.array.map(\.bitPattern), packed.array.map(\.bitPattern), "\(kernel) " + shape)
+            }
+            floatGemm(transA: ta, transB: tb, m: m, n: n, k: k, alpha: alpha, a: a.data, lda: lda, b: b.data, ldb: ldb,
+                      beta: beta, c: picked.data, ldc: ldc)
+            XCTAssertEqual(want.array.map(\.bitPattern), picked.array.map(\.bitPattern), shape)
+            compared += m * n
+            if m >= 8 && n >= 64 && k >= 64 { packedShapes += 1 }
+        }
+        XCTAssertGreaterThan(compared, 30_000)
+        XCTAssertGreaterThan(packedShapes, 5, "floatGemm's packed branch must be among the shapes")
+    }
+
     /// The streamed decode's in-register half-to-Float conversion equals `halfToFloat` (by fields)
     /// on all 65,536 bit patterns: zeros, subnormals, normals, infinities, NaNs, both signs.
     func testF16x8EqualsHalfToFloatOnEveryPattern() {

@@ -141,9 +141,9 @@ public func gemm<S: Real>(_ backend: Backend, transA: Bool = false, transB: Bool
     case .naive:
         if S.self == Float.self {  // the same results, packed or register-blocked (FastMath.swift)
             floatGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha as! Float,
-                        a: UnsafeRawPointer(a).assumingMemoryBound(to: Float.self), lda: lda,
-                        b: UnsafeRawPointer(b).assumingMemoryBound(to: Float.self), ldb: ldb, beta: beta as! Float,
-                        c: UnsafeMutableRawPointer(c).assumingMemoryBound(to: Float.self), ldc: ldc)
+                      a: UnsafeRawPointer(a).assumingMemoryBound(to: Float.self), lda: lda,
+                      b: UnsafeRawPointer(b).assumingMemoryBound(to: Float.self), ldb: ldb, beta: beta as! Float,
+                      c: UnsafeMutableRawPointer(c).assumingMemoryBound(to: Float.self), ldc: ldc)
         } else {
             naiveGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
                       a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)

@@ -7,6 +7,8 @@
 import Dispatch
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 #if canImport(HeadAlignKernels)
 import HeadAlignKernels  // the packed kernel (a separate target only for its compiler flags); one module in the fuzz build
@@ -74,7 +76,7 @@ public func expInline(_ x: Float) -> Float {
 /// demo went from 98.9 s to 76.0 s (docs/BENCHMARK.md; alone on 64x384x384 it is no faster).
 /// Like naiveGemm it skips a p where every row of the tile has a_ip == 0 (the future keys of a
 /// causal attention row); a row whose a_ip is 0 while others' are not adds `0 * b_pj`, which
-/// differs from skipping only when B holds an infinity or a NaN.
+/// differs from skipping only when B holds an infinity or a NaN, or when C holds -0 (it becomes +0).
 public func blockedGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                         a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                         beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
@@ -150,8 +152,9 @@ where V.Scalar == Float {
 /// The naive backend's Float product (`gemm` in BLAS.swift picks it for Float): the packed kernel
 /// (HeadAlignKernels) for a layer's large products (its linear maps and their gradients: at least
 /// 8 rows, 64 columns and an inner dimension of 64), `blockedGemm` for the rest (per-head
-/// products, single rows). Every one of them is naiveGemm bit for bit, so the choice changes the
-/// time, never a result. Where the cut lies: measured on this machine kind (docs/BENCHMARK.md),
+/// products, single rows). Each is naiveGemm bit for bit except where B holds an infinity or a NaN
+/// or C a -0 beside a zero of A (each kernel's comment says how), so the choice changes the time,
+/// not a finite result. Where the cut lies: measured on this machine kind (docs/BENCHMARK.md),
 /// packing costs more than it saves below it.
 public func floatGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                       a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
@@ -172,7 +175,7 @@ public enum FloatKernel: String, Sendable {
     case generic, avx512
 
     /// What this process runs: `avx512` when the CPU has every feature that build may use and
-    /// `HEADALIGN_NO_AVX512` is not set (then `generic`). Read once.
+    /// `HEADALIGN_NO_AVX512` is not set (set to anything, even empty or 0: `generic`). Read once.
     public static let chosen: FloatKernel = avx512Supported && getenv("HEADALIGN_NO_AVX512") == nil ? .avx512 : .generic
 
     /// Whether the AVX-512 build can run here: Linux's /proc/cpuinfo lists each feature of

@@ -2,7 +2,7 @@
 // Package.swift compiles this target, on x86-64 in release builds, for AVX-512 (`-target-cpu
 // skylake-avx512`), so `packedGemmAccumulateAVX512` runs 16-lane vectors; `packedGemmAccumulate`
 // is emitted into each caller (`@_alwaysEmitIntoClient`) and compiled there with the caller's
-// flags (HeadAlign: any x86-64). The same source, the same products added in the same order: the
+// flags (HeadAlign: any x86-64, or whatever the build's architecture is). The same source, the same products added in the same order: the
 // same bits. Each build is a specialisation for its own marker type (`Build`), so the two never
 // share a symbol the linker could merge (an AVX-512 copy must not stand in for the generic one).
 // Nothing here checks the CPU: HeadAlign (FastMath.swift, `FloatKernel`) calls the AVX-512 build
@@ -26,17 +26,20 @@ public func packedGemmAccumulateAVX512(transA: Bool, transB: Bool, m: Int, n: In
 
 /// `C += alpha op(A) op(B)` for Float, row-major (naiveGemm's product after its beta), packed and
 /// cache-blocked as GotoBLAS does, without its reordering of sums: op(A) is copied once into panels
-/// of 8 rows ([k][8], alpha applied) and op(B) into panels of 32 columns ([k][32]), zero-padded at
-/// the edges; then for each B panel and each block of 256 values of p (a 32 KB slice of the panel,
-/// which stays in the L1 cache) every A panel meets it in an 8 x 32 tile of C held in registers.
-/// Each element of C still receives the products `(alpha a_ip) b_pj` one at a time in increasing p
-/// (a block adds its p's to what the previous block stored), so the result is naiveGemm's bit for
-/// bit (TensorTests). Why: HeadAlign's `blockedGemm` reads B straight from the caller's matrix, a
-/// row of B per p, and on a layer's products (640 x 1536 x 384) that streamed B from beyond the L2
-/// cache for every 4 rows of C: 9 GFLOP/s where this runs at 19-20 (generic build) and 47-49
-/// (AVX-512), 4-5 on the 2,176-deep weight gradients where this runs at 20 and 36
-/// (docs/BENCHMARK.md). A p where all 8 rows of a panel are zero is skipped (causal zeros), as
-/// `blockedGemm` does for its 4 rows.
+/// of 8 rows ([k][8], alpha applied), op(B) one panel of 32 columns at a time ([k][32]), zero-padded
+/// at the edges; for each block of 256 values of p of that panel (32 KB, which stays in this
+/// machine kind's 48 KB L1 cache) every A panel meets it in an 8 x 32 tile of C held in registers
+/// (sixteen 16-lane registers in the AVX-512 build; the generic build's SSE has 16 four-lane ones
+/// and spills some). Each element of C still receives the products `(alpha a_ip) b_pj` one at a
+/// time in increasing p (a block adds its p's to what the previous block stored), so the result is
+/// naiveGemm's bit for bit (TensorTests), with one exception shared with HeadAlign's `blockedGemm`:
+/// a p where all 8 rows of a panel have a_ip = 0 is skipped (a causal attention matrix's future
+/// keys), but a row whose a_ip is 0 while another row's is not adds `0 * b_pj`, which naiveGemm
+/// skips; that differs only when b_pj is infinite or NaN (NaN instead of the sum) or when C holds
+/// -0 (it becomes +0). Why: `blockedGemm` reads B straight from the caller's matrix, a row of B per
+/// p, and on a layer's products (640 x 1536 x 384) that streamed B from beyond the L2 cache for
+/// every 4 rows of C: 9 GFLOP/s where this runs at 19-20 (generic build) and 47-49 (AVX-512), 4-5 on
+/// the 2,176-deep weight gradients where this runs at 20 and 36 (docs/BENCHMARK.md).
 @_alwaysEmitIntoClient
 public func packedGemmAccumulate<Build: PackedGemmBuild>(_: Build.Type, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                                  a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
@@ -46,7 +49,7 @@ public func packedGemmAccumulate<Build: PackedGemmBuild>(_: Build.Type, transA: 
     let rowsPerTile = 8, colsPerTile = 2 * V.scalarCount, pBlock = 256
     let aPanels = (m + rowsPerTile - 1) / rowsPerTile, bPanels = (n + colsPerTile - 1) / colsPerTile
     let packedA = UnsafeMutablePointer<Float>.allocate(capacity: aPanels * k * rowsPerTile)  // [aPanels][k][8]
-    let packedB = UnsafeMutablePointer<Float>.allocate(capacity: bPanels * k * colsPerTile)  // [bPanels][k][32]
+    let packedB = UnsafeMutablePointer<Float>.allocate(capacity: k * colsPerTile)            // one B panel, [k][32]
     let edge = UnsafeMutablePointer<Float>.allocate(capacity: rowsPerTile * colsPerTile)      // a tile of C at the edges
     defer { packedA.deallocate(); packedB.deallocate(); edge.deallocate() }
     // op(A)[i][p] is a[i * rowStep + p * pStep]; a panel with a p where all its rows are zero checks every p
@@ -66,21 +69,19 @@ public func packedGemmAccumulate<Build: PackedGemmBuild>(_: Build.Type, transA: 
             if allZero { panelHasZeroStep[q] = true }
         }
     }
-    for q in 0..<bPanels {
-        let panel = packedB + q * k * colsPerTile, cols = min(colsPerTile, n - q * colsPerTile)
+    for qb in 0..<bPanels {
+        // this B panel, packed: one panel at a time, so the copy is k x 32 however wide B is
+        let cols = min(colsPerTile, n - qb * colsPerTile)
         for p in 0..<k {
             for j in 0..<colsPerTile {
-                let col = q * colsPerTile + j
-                panel[p * colsPerTile + j] = j >= cols ? 0 : transB ? b[col * ldb + p] : b[p * ldb + col]
+                let col = qb * colsPerTile + j
+                packedB[p * colsPerTile + j] = j >= cols ? 0 : transB ? b[col * ldb + p] : b[p * ldb + col]
             }
         }
-    }
-    for qb in 0..<bPanels {
-        let cols = min(colsPerTile, n - qb * colsPerTile)
         var p0 = 0
         while p0 < k {
             let steps = min(pBlock, k - p0)
-            let bTile = UnsafePointer(packedB + (qb * k + p0) * colsPerTile)
+            let bTile = UnsafePointer(packedB + p0 * colsPerTile)
             for qa in 0..<aPanels {
                 let rows = min(rowsPerTile, m - qa * rowsPerTile)
                 let aTile = UnsafePointer(packedA + (qa * k + p0) * rowsPerTile)

@@ -64,7 +64,7 @@ final class TensorTests: XCTestCase {
         }
     }
 
-    /// The naive backend's Float kernel (FastMath.swift's blockedGemm) is naiveGemm, bit for bit:
+    /// The naive backend's small-product Float kernel (FastMath.swift's blockedGemm) is naiveGemm, bit for bit:
     /// random shapes around its tile sizes (4 rows, 8/4/2/1 columns), strides, both transposes,
     /// alpha and beta, and A with zero runs (a causal attention matrix's future keys, which both skip).
     func testBlockedGemmIsNaiveGemmBitForBit() {
@@ -94,15 +94,15 @@ final class TensorTests: XCTestCase {
     }
 
     /// The naive backend's packed Float kernel (HeadAlignKernels) is naiveGemm, bit for bit, in both
-    /// builds (any x86-64, and AVX-512 where this CPU has it): shapes around its panels (8 rows, 32
-    /// columns) and its p-blocks of 256 (k up to 600, so a sum crosses one or two blocks), strides,
-    /// both transposes, alpha and beta, and A with causal zero runs; `floatGemm`, which picks the
+    /// builds (generic, and AVX-512 where this CPU has it): shapes around its panels (8 rows, 32
+    /// columns) and its p-blocks of 256 (k up to 600 on dense A, so a sum crosses one or two blocks),
+    /// strides, both transposes, alpha and beta, and A with causal zero runs; `floatGemm`, which picks the
     /// packed or the register-blocked kernel by shape, likewise.
     func testPackedGemmIsNaiveGemmBitForBit() {
         let kernels: [FloatKernel] = FloatKernel.avx512Supported ? [.generic, .avx512] : [.generic]
         if !FloatKernel.avx512Supported { print("note: this CPU lacks AVX-512; only the packed kernel's generic build is compared") }
         var rng = SeededGenerator(seed: 31)
-        var compared = 0, packedShapes = 0
+        var compared = 0, packedShapes = 0, deepDense = 0
         for trial in 0..<60 {
             let m = 1 + rng.int(below: 41), n = 1 + rng.int(below: 100), k = 1 + rng.int(below: trial % 4 == 0 ? 600 : 90)
             let ta = rng.int(below: 2) == 1, tb = rng.int(below: 2) == 1
@@ -111,9 +111,10 @@ final class TensorTests: XCTestCase {
             let alpha: Float = [1, 1.5, -0.353553][trial % 3], beta: Float = [0, 1, 0.5][(trial / 3) % 3]
             var g = SeededGenerator(seed: UInt64(2000 + trial))
             let a: Tensor<Float> = randomTensor([(ta ? k : m) * lda], &g), b: Tensor<Float> = randomTensor([(tb ? n : k) * ldb], &g)
-            if trial % 2 == 0 {  // causal zeros: op(A)[i][p] = 0 for p > i
+            if trial % 4 == 2 {  // causal zeros: op(A)[i][p] = 0 for p > i (the deep trials, trial % 4 == 0, stay dense)
                 for i in 0..<m { for p in 0..<k where p > i { a[ta ? p * lda + i : i * lda + p] = 0 } }
             }
+            if trial % 4 == 0 && k > 256 { deepDense += 1 }  // a sum that crosses a p-block with nonzero products
             let c0: Tensor<Float> = randomTensor([m * ldc], &g)
             let want = c0.copy(), picked = c0.copy()
             naiveGemm(transA: ta, transB: tb, m: m, n: n, k: k, alpha: alpha, a: a.data, lda: lda, b: b.data, ldb: ldb,
@@ -133,6 +134,7 @@ final class TensorTests: XCTestCase {
         }
         XCTAssertGreaterThan(compared, 30_000)
         XCTAssertGreaterThan(packedShapes, 5, "floatGemm's packed branch must be among the shapes")
+        XCTAssertGreaterThan(deepDense, 3, "sums across the 256-value p-blocks must be among the shapes")
     }
 
     /// The streamed decode's in-register half-to-Float conversion equals `halfToFloat` (by fields)

@@ -154,12 +154,11 @@ where V.Scalar == Float {
 /// 8 rows, 64 columns and an inner dimension of 64), `blockedGemm` for the rest (per-head
 /// products, single rows). Each is naiveGemm bit for bit except where B holds an infinity or a NaN
 /// or C a -0 beside a zero of A (each kernel's comment says how), so the choice changes the time,
-/// not a finite result. Where the cut lies: measured on this machine kind (docs/BENCHMARK.md),
-/// packing costs more than it saves below it.
+/// not a finite result.
 public func floatGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                       a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                       beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-    if m >= 8 && n >= 64 && k >= 64 {
+    if FloatKernel.isPackedShape(m: m, n: n, k: k) {
         packedGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
     } else {
         blockedGemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
@@ -168,11 +167,18 @@ public func floatGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha:
 
 /// The packed kernel's two builds: the same Swift source (HeadAlignKernels' `packedGemmAccumulate`),
 /// compiled for any x86-64 (SSE2) into this module, and for AVX-512 into HeadAlignKernels
-/// (Package.swift gives that target alone `-target-cpu skylake-avx512`, in release builds). Swift does not fuse a
-/// product and a sum unless asked, so both add the same products in the same order: the same bits
-/// (TensorTests), 2.4 times faster on this machine kind (docs/BENCHMARK.md).
+/// (Package.swift gives that target alone `-target-cpu skylake-avx512`, in release builds). Swift
+/// does not fuse a product and a sum unless asked, so both add the same products in the same order:
+/// the same bits
+/// (TensorTests); the AVX-512 one 2 to 2.5 times faster on this machine kind (docs/BENCHMARK.md).
 public enum FloatKernel: String, Sendable {
     case generic, avx512
+
+    /// Whether `floatGemm` gives an `m x k` by `k x n` product to the packed kernel: a layer's
+    /// products (its linear maps and their gradients) are; per-head products and single rows are
+    /// not. Where the cut lies: measured on this machine kind (docs/BENCHMARK.md), packing costs
+    /// more than it saves below it.
+    public static func isPackedShape(m: Int, n: Int, k: Int) -> Bool { m >= 8 && n >= 64 && k >= 64 }
 
     /// What this process runs: `avx512` when the CPU has every feature that build may use and
     /// `HEADALIGN_NO_AVX512` is not set (set to anything, even empty or 0: `generic`). Read once.

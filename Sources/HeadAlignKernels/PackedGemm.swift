@@ -1,13 +1,13 @@
 // HeadAlignKernels: the naive backend's packed Float product, alone in a target for one reason:
 // Package.swift compiles this target, on x86-64 in release builds, for AVX-512 (`-target-cpu
-// skylake-avx512`), so `packedGemmAccumulateAVX512` runs 16-lane vectors; `packedGemmAccumulate`
-// is emitted into each caller (`@_alwaysEmitIntoClient`) and compiled there with the caller's
-// flags (HeadAlign: any x86-64, or whatever the build's architecture is). The same source, the same products added in the same order: the
-// same bits. Each build is a specialisation for its own marker type (`Build`), so the two never
-// share a symbol the linker could merge (an AVX-512 copy must not stand in for the generic one).
-// Nothing here checks the CPU: HeadAlign (FastMath.swift, `FloatKernel`) calls the AVX-512 build
-// only where /proc/cpuinfo lists its features. This target imports nothing, so no other code is
-// built for AVX-512.
+// skylake-avx512`), so `packedGemmAccumulateAVX512` runs 16-lane vectors; `packedGemmAccumulate` is
+// emitted into each caller (`@_alwaysEmitIntoClient`) and compiled there with the caller's flags
+// (HeadAlign: any x86-64, or whatever the build's architecture is). The same source, the same
+// products added in the same order: the same bits. Each build is a specialisation for its own
+// marker type (`Build`), so the two never share a symbol the linker could merge (an AVX-512 copy
+// must not stand in for the generic one). Nothing here checks the CPU: HeadAlign (FastMath.swift,
+// `FloatKernel`) calls the AVX-512 build only where /proc/cpuinfo lists its features. This target
+// imports nothing, so no other code is built for AVX-512.
 
 /// The build a specialisation of `packedGemmAccumulate` belongs to (its symbol names the type).
 public protocol PackedGemmBuild {}

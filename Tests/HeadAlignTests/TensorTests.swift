@@ -71,24 +71,9 @@ final class TensorTests: XCTestCase {
         var rng = SeededGenerator(seed: 29)
         var compared = 0
         for trial in 0..<200 {
-            let m = 1 + rng.int(below: 19), n = 1 + rng.int(below: 37), k = 1 + rng.int(below: 23)
-            let ta = rng.int(below: 2) == 1, tb = rng.int(below: 2) == 1
-            let pad = rng.int(below: 3)
-            let lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad
-            let alpha: Float = [1, 1.5, -0.353553][trial % 3], beta: Float = [0, 1, 0.5][(trial / 3) % 3]
-            var g = SeededGenerator(seed: UInt64(1000 + trial))
-            let a: Tensor<Float> = randomTensor([(ta ? k : m) * lda], &g), b: Tensor<Float> = randomTensor([(tb ? n : k) * ldb], &g)
-            if trial % 2 == 0 {  // causal zeros: op(A)[i][p] = 0 for p > i
-                for i in 0..<m { for p in 0..<k where p > i { a[ta ? p * lda + i : i * lda + p] = 0 } }
-            }
-            let c0: Tensor<Float> = randomTensor([m * ldc], &g)
-            let c1 = c0.copy(), c2 = c0.copy()
-            naiveGemm(transA: ta, transB: tb, m: m, n: n, k: k, alpha: alpha, a: a.data, lda: lda, b: b.data, ldb: ldb,
-                      beta: beta, c: c1.data, ldc: ldc)
-            blockedGemm(transA: ta, transB: tb, m: m, n: n, k: k, alpha: alpha, a: a.data, lda: lda, b: b.data, ldb: ldb,
-                        beta: beta, c: c2.data, ldc: ldc)
-            XCTAssertEqual(c1.array.map(\.bitPattern), c2.array.map(\.bitPattern), "trial \(trial): m \(m) n \(n) k \(k) transA \(ta) transB \(tb)")
-            compared += m * n
+            let x = GemmCase(trial: trial, below: (19, 37, 23), causal: trial % 2 == 0, seed: 1000, &rng)
+            XCTAssertEqual(x.bits(naiveGemm), x.bits(blockedGemm), x.label)
+            compared += x.m * x.n
         }
         XCTAssertGreaterThan(compared, 10_000)
     }
@@ -104,33 +89,17 @@ final class TensorTests: XCTestCase {
         var rng = SeededGenerator(seed: 31)
         var compared = 0, packedShapes = 0, deepDense = 0
         for trial in 0..<60 {
-            let m = 1 + rng.int(below: 41), n = 1 + rng.int(below: 100), k = 1 + rng.int(below: trial % 4 == 0 ? 600 : 90)
-            let ta = rng.int(below: 2) == 1, tb = rng.int(below: 2) == 1
-            let pad = rng.int(below: 3)
-            let lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad
-            let alpha: Float = [1, 1.5, -0.353553][trial % 3], beta: Float = [0, 1, 0.5][(trial / 3) % 3]
-            var g = SeededGenerator(seed: UInt64(2000 + trial))
-            let a: Tensor<Float> = randomTensor([(ta ? k : m) * lda], &g), b: Tensor<Float> = randomTensor([(tb ? n : k) * ldb], &g)
-            if trial % 4 == 2 {  // causal zeros: op(A)[i][p] = 0 for p > i (the deep trials, trial % 4 == 0, stay dense)
-                for i in 0..<m { for p in 0..<k where p > i { a[ta ? p * lda + i : i * lda + p] = 0 } }
-            }
-            if trial % 4 == 0 && k > 256 { deepDense += 1 }  // a sum that crosses a p-block with nonzero products
-            let c0: Tensor<Float> = randomTensor([m * ldc], &g)
-            let want = c0.copy(), picked = c0.copy()
-            naiveGemm(transA: ta, transB: tb, m: m, n: n, k: k, alpha: alpha, a: a.data, lda: lda, b: b.data, ldb: ldb,
-                      beta: beta, c: want.data, ldc: ldc)
-            let shape = "trial \(trial): m \(m) n \(n) k \(k) transA \(ta) transB \(tb)"
+            // causal zeros on trial % 4 == 2; the deep trials (trial % 4 == 0, k up to 600) stay dense
+            let x = GemmCase(trial: trial, below: (41, 100, trial % 4 == 0 ? 600 : 90), causal: trial % 4 == 2, seed: 2000, &rng)
+            let want = x.bits(naiveGemm)
             for kernel in kernels {
-                let packed = c0.copy()
-                packedGemm(kernel: kernel, transA: ta, transB: tb, m: m, n: n, k: k, alpha: alpha, a: a.data, lda: lda,
-                           b: b.data, ldb: ldb, beta: beta, c: packed.data, ldc: ldc)
-                XCTAssertEqual(want.array.map(\.bitPattern), packed.array.map(\.bitPattern), "\(kernel) " + shape)
+                XCTAssertEqual(want, x.bits { packedGemm(kernel: kernel, transA: $0, transB: $1, m: $2, n: $3, k: $4, alpha: $5, a: $6, lda: $7,
+                                                         b: $8, ldb: $9, beta: $10, c: $11, ldc: $12) }, "\(kernel) " + x.label)
             }
-            floatGemm(transA: ta, transB: tb, m: m, n: n, k: k, alpha: alpha, a: a.data, lda: lda, b: b.data, ldb: ldb,
-                      beta: beta, c: picked.data, ldc: ldc)
-            XCTAssertEqual(want.array.map(\.bitPattern), picked.array.map(\.bitPattern), shape)
-            compared += m * n
-            if m >= 8 && n >= 64 && k >= 64 { packedShapes += 1 }
+            XCTAssertEqual(want, x.bits(floatGemm), x.label)
+            compared += x.m * x.n
+            if FloatKernel.isPackedShape(m: x.m, n: x.n, k: x.k) { packedShapes += 1 }
+            if trial % 4 == 0 && x.k > 256 { deepDense += 1 }  // a sum that crosses a p-block with nonzero products
         }
         XCTAssertGreaterThan(compared, 30_000)
         XCTAssertGreaterThan(packedShapes, 5, "floatGemm's packed branch must be among the shapes")
@@ -226,5 +195,36 @@ final class TensorTests: XCTestCase {
         let variance = xs.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(xs.count)
         assertClose(mean, 0, atol: 0.03)
         assertClose(variance, 1, atol: 0.05)
+    }
+}
+
+/// One random product for the Float kernel tests: shape below `below` (m, n, k) from `rng`, both
+/// transposes, padded leading dimensions, alpha and beta by `trial`, A (with causal zeros, op(A)[i][p]
+/// = 0 for p > i, when `causal`), B and C from a generator seeded `seed + trial`.
+private struct GemmCase {
+    let m: Int, n: Int, k: Int, transA: Bool, transB: Bool, lda: Int, ldb: Int, ldc: Int, alpha: Float, beta: Float
+    let a: Tensor<Float>, b: Tensor<Float>, c0: Tensor<Float>
+    var label: String { "m \(m) n \(n) k \(k) transA \(transA) transB \(transB)" }
+
+    init(trial: Int, below: (m: Int, n: Int, k: Int), causal: Bool, seed: UInt64, _ rng: inout SeededGenerator) {
+        m = 1 + rng.int(below: below.m); n = 1 + rng.int(below: below.n); k = 1 + rng.int(below: below.k)
+        transA = rng.int(below: 2) == 1; transB = rng.int(below: 2) == 1
+        let pad = rng.int(below: 3)
+        lda = (transA ? m : k) + pad; ldb = (transB ? k : n) + pad; ldc = n + pad
+        alpha = [1, 1.5, -0.353553][trial % 3]; beta = [0, 1, 0.5][(trial / 3) % 3]
+        var g = SeededGenerator(seed: seed + UInt64(trial))
+        a = randomTensor([(transA ? k : m) * lda], &g); b = randomTensor([(transB ? n : k) * ldb], &g)
+        if causal {
+            for i in 0..<m { for p in 0..<k where p > i { a[transA ? p * lda + i : i * lda + p] = 0 } }
+        }
+        c0 = randomTensor([m * ldc], &g)
+    }
+
+    /// The bits of C after `product` computed alpha op(A) op(B) + beta C on a copy of the case's C.
+    func bits(_ product: (Bool, Bool, Int, Int, Int, Float, UnsafePointer<Float>, Int, UnsafePointer<Float>, Int, Float,
+                          UnsafeMutablePointer<Float>, Int) -> Void) -> [UInt32] {
+        let c = c0.copy()
+        product(transA, transB, m, n, k, alpha, a.data, lda, b.data, ldb, beta, c.data, ldc)
+        return c.array.map(\.bitPattern)
     }
 }

@@ -178,8 +178,4 @@ func blasGemm<S: Real>(_ lib: BLASLibrary, _ transA: Bool, _ transB: Bool, _ m: 
 }
 
 /// Whether /proc/cpuinfo lists the avx2 flag (false where there is no /proc/cpuinfo).
-func cpuHasAVX2() -> Bool {
-    guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-          let flags = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return false }
-    return flags.split(separator: " ").contains("avx2")
-}
+func cpuHasAVX2() -> Bool { cpuFlags.contains("avx2") }

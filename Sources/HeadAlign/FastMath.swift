@@ -187,24 +187,29 @@ public enum FloatKernel: String, Sendable {
     /// Whether the AVX-512 build can run here: Linux's /proc/cpuinfo lists each feature of
     /// skylake-avx512 that compiled Float code can use (lzcnt shows as `abm`); elsewhere false.
     public static let avx512Supported: Bool = {
-        #if arch(x86_64) && os(Linux)
-        guard let f = fopen("/proc/cpuinfo", "r") else { return false }
-        defer { fclose(f) }
-        var line: UnsafeMutablePointer<CChar>? = nil, capacity = 0
-        defer { free(line) }
-        while getline(&line, &capacity, f) > 0 {  // bounded by the file
-            let text = String(cString: line!)
-            guard text.hasPrefix("flags") else { continue }
-            let flags = Set(text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == ":" }).map(String.init))
-            return ["avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx2", "fma", "bmi1", "bmi2", "abm",
-                    "f16c", "movbe", "popcnt"].allSatisfy(flags.contains)
-        }
-        return false
+        #if arch(x86_64)
+        return ["avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx2", "fma", "bmi1", "bmi2", "abm",
+                "f16c", "movbe", "popcnt"].allSatisfy(cpuFlags.contains)
         #else
         return false
         #endif
     }()
 }
+
+/// The CPU feature flags of /proc/cpuinfo's first `flags` line (empty where there is none, as
+/// off Linux). Read once; `FloatKernel` and the BLAS kernel hint (`cpuHasAVX2`) ask it.
+let cpuFlags: Set<String> = {
+    guard let f = fopen("/proc/cpuinfo", "r") else { return [] }
+    defer { fclose(f) }
+    var line: UnsafeMutablePointer<CChar>? = nil, capacity = 0
+    defer { free(line) }
+    while getline(&line, &capacity, f) > 0 {  // bounded by the file
+        let text = String(cString: line!)
+        guard text.hasPrefix("flags") else { continue }
+        return Set(text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == ":" }).map(String.init))
+    }
+    return []
+}()
 
 /// This module's build of the packed kernel (any x86-64; HeadAlignKernels' header says why a type).
 public enum GenericBuild: PackedGemmBuild {}

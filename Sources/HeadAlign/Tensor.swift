@@ -137,6 +137,36 @@ public final class Tensor<S: Real>: @unchecked Sendable {
     }
 }
 
+// MARK: - Where freed tensors go
+
+/// Keep freed tensors' memory in the process's heap instead of returning it to the system.
+/// A training step allocates its activations and gradients afresh (a MiniLM step at 32 x 64:
+/// about 0.5 GB, mostly in chunks of 0.1 - 13 MB), and glibc gives chunks above its mmap threshold
+/// back at once and trims the heap's top, so every step page-faults all of it in again and
+/// the kernel zeroes each page before `Tensor.init` zeroes it once more. Serving chunks below
+/// 32 MiB from the heap and never trimming it keeps the pages. Why 32 MiB: it is the largest
+/// threshold glibc's own sliding threshold reaches, so no chunk goes to the heap that glibc would
+/// not have put there itself; larger ones (MiniLM's flat gradient, 91 MB, allocated per step)
+/// stay mapped and returned (256 MiB would keep that too: 158k faults instead of 263k below,
+/// not measured beyond MiniLM). Measured, `bench --preset minilm-l6 --backend blas --repeat 5`, two sets of five alternating
+/// pairs on the Intel machine of docs/BENCHMARK.md, MiniLM fwd+bwd's time outside GEMM 0.44 ->
+/// 0.39 s and 0.47 -> 0.40 s (medians), page faults over a `--repeat 3` run 455k -> 263k; the forward alone
+/// moved less than the machine's noise.
+/// The cost: the heap keeps the process's peak, which it had reached anyway. Called once by the
+/// command line before any work (glibc only; a no-op elsewhere). Results do not change: only
+/// where the bytes live.
+public func keepFreedMemoryInHeap() {
+    #if canImport(Glibc)
+    // Swift's Glibc module leaves out malloc.h: the function by name, its constants as written there.
+    typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
+    guard let symbol = dlsym(dlopen(nil, RTLD_NOW), "mallopt") else { return }
+    let mallopt = unsafeBitCast(symbol, to: Mallopt.self)
+    let mTrimThreshold: Int32 = -1, mMmapThreshold: Int32 = -3
+    _ = mallopt(mMmapThreshold, 32 << 20)
+    _ = mallopt(mTrimThreshold, Int32.max)
+    #endif
+}
+
 // MARK: - Naive kernels
 
 /// `C = beta * C` on an `[m, n]` block with leading dimension `ldc`, the first step of every

@@ -90,4 +90,5 @@ func lineBufferStandardOutput() {
     setvbuf(file, nil, _IOLBF, 0)
 }
 lineBufferStandardOutput()
+keepFreedMemoryInHeap()  // Tensor.swift: a step's activations reuse the last step's pages
 exit(mainEntry(Array(CommandLine.arguments.dropFirst())))

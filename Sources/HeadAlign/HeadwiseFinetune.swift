@@ -125,6 +125,9 @@ public func trainSteps<S: Real>(_ model: Model<S>, examples: [TrainingExample], 
     }
     var batches = ShuffledBatches(count: examples.count, batchSize: batchSize, seed: seed)
     var losses: [Double] = []
+    // One gradient buffer for every step, zeroed before each backward (which accumulates into it):
+    // a fresh one per step is the same numbers and re-faults ~90 MB of pages on MiniLM (Tensor.swift).
+    let grads = model.makeGradients()
     for step in 1...max(1, steps) where steps > 0 {
         let picked = batches.next().map { examples[$0] }
         let pass = model.forward(Batch(picked.map(\.tokens)))
@@ -141,7 +144,7 @@ public func trainSteps<S: Real>(_ model: Model<S>, examples: [TrainingExample], 
         if case .classification(let labels) = objective {
             correct = zip(rowArgmax(pass.output), labels).filter { $0 == $1 }.count
         }
-        let grads = model.makeGradients()
+        grads.zero()
         model.backward(pass, dOutput: d, dAttention: dAttention, into: grads)
         if let extraObjective {
             l += extraObjective(grads)

@@ -146,9 +146,8 @@ public final class Tensor<S: Real>: @unchecked Sendable {
 /// the kernel zeroes each page before `Tensor.init` zeroes it once more. Serving chunks below
 /// 32 MiB from the heap and never trimming it keeps the pages. Why 32 MiB: it is the largest
 /// threshold glibc's own sliding threshold reaches, so no chunk goes to the heap that glibc would
-/// not have put there itself; larger ones (MiniLM's flat gradient, 91 MB, allocated per step)
-/// stay mapped and returned (256 MiB would keep that too: 158k faults instead of 263k below,
-/// not measured beyond MiniLM). Measured, `bench --preset minilm-l6 --backend blas --repeat 5`, two sets of five alternating
+/// not have put there itself; larger ones stay mapped and returned (MiniLM's flat gradient,
+/// 91 MB, is now allocated once per `trainSteps` instead). Measured, `bench --preset minilm-l6 --backend blas --repeat 5`, two sets of five alternating
 /// pairs on the Intel machine of docs/BENCHMARK.md, MiniLM fwd+bwd's time outside GEMM 0.44 ->
 /// 0.39 s and 0.47 -> 0.40 s (medians), page faults over a `--repeat 3` run 455k -> 263k; the forward alone
 /// moved less than the machine's noise.

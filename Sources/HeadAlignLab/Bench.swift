@@ -86,16 +86,17 @@ private func run<S: Real>(_: S.Type, _ c: BenchCase, _ config: ModelConfig, _ ba
         layerCache = cache
     }
     let stats = GemmStats.shared
+    let grads = c.backward ? model.makeGradients() : nil  // one buffer, zeroed per step, as `trainSteps` does
     func once() {
         if let cache = layerCache {
             model.layerForward(cache, model.weights.layers[0], layer: 0, batch: batch, options: ForwardOptions())
             return
         }
         let pass = model.forward(batch)
-        if c.backward {
+        if let grads {
             let (_, d) = loss(pass, objective)
-            let g = model.makeGradients()
-            model.backward(pass, dOutput: d, into: g)
+            grads.zero()
+            model.backward(pass, dOutput: d, into: grads)
         }
     }
     once()  // warm-up

@@ -89,11 +89,11 @@ public struct DefenseSettings: Sendable {
     /// before the models it was not chosen on ran (§16): HiddenKiller F 47.1 → 62.0%, B 42.7 → 47.7%.
     public var finetuneWarmup = 0
     /// Ours (issue 15; opt-in until checked): the safe heads' fine-tuning rate when the alignment has
-    /// removed the backdoor on the flagged inputs, i.e. fewer than `removedBelow` of them still get
+    /// removed the backdoor on the flagged inputs, i.e. fewer than `removedBelow` (a third) of them still get
     /// the backdoored model's answer after it (the defender's label-free self-check). Then the
     /// fine-tuning's job is to restore clean accuracy without undoing the alignment, and `eta_high`'s
     /// large first steps throw the model off (docs/RESULTS.md §16: A, seed 1, CA 87.1 → 68.9 at step
-    /// 10); when half or more still get it, the fine-tuning must do the removing and keeps the paper's
+    /// 10); when more still get it, the fine-tuning must do the removing and keeps the paper's
     /// `eta_high` (on the HiddenKiller MiniLMs a gentler start, the warm-up, left more: §16). Measured on
     /// BadNets A, C, G with 5e-5 for every run (§16): 12.7–14.4% ASR at −0.9 to +0.2 CA against
     /// 11.3–15.6% at −1.5 to −2.5. Not the default: it failed the check written before the models
@@ -102,8 +102,16 @@ public struct DefenseSettings: Sendable {
     /// on the two seeds the gentle rate lost. nil = `eta_high` always (the paper's).
     public var safeRateWhenRemoved: Double? = nil
     /// The share of flagged inputs still answered as before below which the alignment counts as
-    /// having removed the backdoor: a half (most of them changed their answer).
-    public static let removedBelow = 0.5
+    /// having removed the backdoor: a third (more than two in three flagged inputs changed their answer).
+    /// It was a half until §18's check: on W (word substitution) 45-47% still answered as before on
+    /// two seeds, the half called that removed, and the gentle rate lost 6-7 points of ASR there
+    /// (`align-only` leaves 40% on W: the fine-tuning still had removing to do). The rare-word models
+    /// the gentle rate helps sit at 15-26% (E, the 3-layer encoder), W at 45-64%, HiddenKiller and
+    /// the decoders at 86-100%. A third was chosen after seeing W, so it was checked on two MiniLMs
+    /// trained afterwards (H, I: docs/RESULTS.md §20).
+    public static let removedBelow = 1.0 / 3
+    /// `removedBelow` in words, for help and logs.
+    public static let removedBelowText = "a third"
     /// The safe heads' rate given `d`, the share of flagged inputs still answered as before after
     /// the alignment (nil: not measured): `safeRateWhenRemoved` when `d < removedBelow`, else `eta_high`.
     public func safeRate(afterAlignment d: Double?) -> Double {
@@ -341,7 +349,7 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
             let kept = flaggedAsBefore(before), share = Double(kept) / Double(max(1, before.count))
             headRates.safe = settings.safeRate(afterAlignment: share)
             log("  after the alignment \(kept) of \(before.count) flagged inputs still get the backdoored model's answer: safe heads fine-tune at \(headRates.safe)"
-                + (share < DefenseSettings.removedBelow ? " (the alignment removed it on most: keep it)" : " (eta_high: the fine-tuning has to remove it)"))
+                + (share < DefenseSettings.removedBelow ? " (the alignment removed it on more than two thirds: keep it)" : " (eta_high: the fine-tuning has to remove it)"))
         }
         if settings.method.finetunes {
             let rates = settings.method.headwise

@@ -444,7 +444,7 @@ let defenseOptions: [OptionSpec] = {
         OptionSpec(name: "--batch", value: "B", help: "batch size (default \(d.batchSize))"),
         OptionSpec(name: "--lr-suspicious", value: "LR", help: "eta_low (default \(d.rates.suspicious))"),
         OptionSpec(name: "--lr-safe", value: "LR", help: "eta_high (default \(d.rates.safe))"),
-        OptionSpec(name: "--lr-safe-when-removed", value: "LR", help: "ours: the safe heads' rate when, after the alignment, fewer than \(DefenseSettings.removedBelow) of the flagged inputs still get the backdoored model's answer (default: eta_high always)"),
+        OptionSpec(name: "--lr-safe-when-removed", value: "LR", help: "ours: the safe heads' rate when, after the alignment, fewer than \(DefenseSettings.removedBelowText) of the flagged inputs still get the backdoored model's answer (default: eta_high always)"),
         OptionSpec(name: "--lr-intermediate", value: "LR", help: "eta_mid (default \(d.rates.intermediate))"),
         OptionSpec(name: "--lr-other", value: "LR", help: "eta_other: parameters no head owns (default \(d.rates.other); 0 freezes them)"),
         OptionSpec(name: "--lr-uniform", value: "LR", help: "the finetune method's one rate, and the baselines' fine-tuning rate (default \(d.uniformRate))"),
@@ -584,7 +584,7 @@ func describe(_ s: DefenseSettings, _ b: BaselineSettings) -> String {
         + (s.finetuneGuard.map { ", ft guard every \($0.every) tolerance \($0.tolerance)" } ?? "")
         + (s.alignPenalty > 0 ? ", ft align penalty \(s.alignPenalty)" : "")
         + (s.finetuneWarmup > 0 ? ", ft warm-up \(s.finetuneWarmup) steps" : "")
-        + (s.safeRateWhenRemoved.map { ", safe \($0) when the alignment removed it (< \(DefenseSettings.removedBelow) flagged as before)" } ?? "")
+        + (s.safeRateWhenRemoved.map { ", safe \($0) when the alignment removed it (< \(DefenseSettings.removedBelowText) flagged as before)" } ?? "")
         + (s.explicitSplit.map { ", explicit split (suspicious " + $0.suspicious.map(\.description).joined(separator: " ")
                                   + "; safe " + $0.safe.map(\.description).joined(separator: " ") + ")" } ?? "")
     let baselines = "prune margin \(b.accuracyMargin), prune layers \(b.pruneLayers.map(String.init) ?? "half"), "

@@ -205,15 +205,16 @@ final class Issue15Tests: XCTestCase {
 
     // MARK: the safe heads' rate after the alignment's self-check
 
-    /// `safeRate`: the gentle rate only when fewer than half the flagged inputs are still answered
-    /// as before (a half exactly is not fewer); `eta_high` when the rule is off or nothing was measured.
+    /// `safeRate`: the gentle rate only when fewer than a third of the flagged inputs are still
+    /// answered as before (a third exactly is not fewer); `eta_high` when the rule is off or nothing was measured.
     func testSafeRateByHand() {
         var s = DefenseSettings(task: .classification, family: .bert)
         XCTAssertEqual(s.safeRate(afterAlignment: 0.1), s.rates.safe)  // off: the paper's eta_high
         s.safeRateWhenRemoved = 5e-5
         XCTAssertEqual(s.safeRate(afterAlignment: 0.1), 5e-5)
-        XCTAssertEqual(s.safeRate(afterAlignment: 0.49), 5e-5)
-        XCTAssertEqual(s.safeRate(afterAlignment: 0.5), 2e-4)
+        XCTAssertEqual(s.safeRate(afterAlignment: 0.33), 5e-5)
+        XCTAssertEqual(s.safeRate(afterAlignment: 1.0 / 3), 2e-4)
+        XCTAssertEqual(s.safeRate(afterAlignment: 0.45), 2e-4)  // W's seeds 1 and 3 (§18), gentle under a half
         XCTAssertEqual(s.safeRate(afterAlignment: 0.9), 2e-4)
         XCTAssertEqual(s.safeRate(afterAlignment: nil), 2e-4)
     }
@@ -271,7 +272,7 @@ final class Issue15Tests: XCTestCase {
             return (r.err.split(separator: "\n").first { $0.contains("fine-tuning: loss") }.map(String.init) ?? "", r.err)
         }
         let auto = try run(["--lr-safe-when-removed", "0.0005"]), fixed = try run(["--lr-safe", "0.0005"])
-        XCTAssertTrue(auto.err.contains("safe heads fine-tune at 0.0005 (the alignment removed it on most"), auto.err)
+        XCTAssertTrue(auto.err.contains("safe heads fine-tune at 0.0005 (the alignment removed it on more than two thirds"), auto.err)
         XCTAssertFalse(auto.losses.isEmpty, auto.err)
         XCTAssertEqual(auto.losses, fixed.losses)
     }

@@ -140,19 +140,19 @@ public final class Tensor<S: Real>: @unchecked Sendable {
 // MARK: - Where freed tensors go
 
 /// Keep freed tensors' memory in the process's heap instead of returning it to the system.
-/// A training step allocates its activations and gradients afresh (a MiniLM step at 32 x 64:
-/// about 0.5 GB, mostly in chunks of 0.1 - 13 MB), and glibc gives chunks above its mmap threshold
-/// back at once and trims the heap's top, so every step page-faults all of it in again and
-/// the kernel zeroes each page before `Tensor.init` zeroes it once more. Serving chunks below
-/// 32 MiB from the heap and never trimming it keeps the pages. Why 32 MiB: it is the largest
-/// threshold glibc's own sliding threshold reaches, so no chunk goes to the heap that glibc would
-/// not have put there itself; larger ones stay mapped and returned (MiniLM's flat gradient,
-/// 91 MB, is now allocated once per `trainSteps` instead). Measured, `bench --preset minilm-l6 --backend blas --repeat 5`, two sets of five alternating
-/// pairs on the Intel machine of docs/BENCHMARK.md, MiniLM fwd+bwd's time outside GEMM 0.44 ->
-/// 0.39 s and 0.47 -> 0.40 s (medians), page faults over a `--repeat 3` run 455k -> 263k; the forward alone
-/// moved less than the machine's noise.
+/// A MiniLM training step at 32 x 64 allocates about 0.5 GB of activations afresh, mostly in
+/// chunks of 0.1 - 13 MB. glibc returns chunks above its mmap threshold at once and trims the
+/// heap's top, so every step page-faults all of it in again and the kernel zeroes each page
+/// before `Tensor.init` zeroes it once more. Serving chunks below 32 MiB from the heap and never
+/// trimming it keeps the pages. Why 32 MiB: it is the largest value glibc's own sliding threshold
+/// reaches, so the heap gets no chunk glibc would not have put there itself; larger ones stay
+/// mapped and returned (the one a step used to allocate, MiniLM's 91 MB flat gradient, is now
+/// allocated once per `trainSteps`). Measured with `bench --preset minilm-l6 --backend blas
+/// --repeat 5`, two sets of five alternating pairs on the Intel machine of docs/BENCHMARK.md:
+/// fwd+bwd's time outside GEMM 0.44 -> 0.39 s and 0.47 -> 0.40 s (medians), page faults over a
+/// `--repeat 3` run 455k -> 263k; the forward alone moved less than the machine's noise.
 /// The cost: the heap keeps the process's peak, which it had reached anyway. Called once by the
-/// command line before any work (glibc only; a no-op elsewhere). Results do not change: only
+/// command line before any work (glibc only; a no-op elsewhere). Results do not change, only
 /// where the bytes live.
 public func keepFreedMemoryInHeap() {
     #if canImport(Glibc)

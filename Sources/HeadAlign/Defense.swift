@@ -107,8 +107,10 @@ public struct DefenseSettings: Sendable {
     /// two seeds, the half called that removed, and the gentle rate lost 6-7 points of ASR there
     /// (`align-only` leaves 40% on W: the fine-tuning still had removing to do). The rare-word models
     /// the gentle rate helps sit at 15-26% (E, the 3-layer encoder), W at 45-64%, HiddenKiller B, D
-    /// and the teaching decoder at 86-100%. A third was chosen after seeing W, so it was checked on two MiniLMs
-    /// trained afterwards (H, I: docs/RESULTS.md §20).
+    /// and the teaching decoder at 86-100%. A third was chosen after seeing W, so it was checked on
+    /// two MiniLMs trained afterwards (H, I: docs/RESULTS.md §20) and failed: inside the bounds,
+    /// better on neither. On BadNets A, C, E, H it takes the gentle rate on every seed and meets
+    /// issue 15's BadNets targets on A, C and E (§20).
     public static let removedBelow = 1.0 / 3
     /// `removedBelow` in words, for help and logs.
     public static let removedBelowText = "a third"

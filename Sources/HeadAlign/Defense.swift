@@ -114,10 +114,13 @@ public struct DefenseSettings: Sendable {
     public static let removedBelow = 1.0 / 3
     /// `removedBelow` in words, for help and logs.
     public static let removedBelowText = "a third"
+    /// Whether the alignment counts as having removed the backdoor, `d` the share of flagged inputs
+    /// still answered as before: the one decision `safeRate` and the defense's log both read.
+    public static func alignmentRemoved(_ d: Double) -> Bool { d < removedBelow }
     /// The safe heads' rate given `d`, the share of flagged inputs still answered as before after
     /// the alignment (nil: not measured): `safeRateWhenRemoved` when `d < removedBelow`, else `eta_high`.
     public func safeRate(afterAlignment d: Double?) -> Double {
-        guard let gentle = safeRateWhenRemoved, let d, d < DefenseSettings.removedBelow else { return rates.safe }
+        guard let gentle = safeRateWhenRemoved, let d, DefenseSettings.alignmentRemoved(d) else { return rates.safe }
         return gentle
     }
     /// How long fine-tuning runs and which step is kept (ours; see `FinetuneBudget` for the why
@@ -351,7 +354,9 @@ public func defend<S: Real>(_ model: Model<S>, clean: [TrainingExample], inputs:
             let kept = flaggedAsBefore(before), share = Double(kept) / Double(max(1, before.count))
             headRates.safe = settings.safeRate(afterAlignment: share)
             log("  after the alignment \(kept) of \(before.count) flagged inputs still get the backdoored model's answer: safe heads fine-tune at \(headRates.safe)"
-                + (share < DefenseSettings.removedBelow ? " (the alignment removed it on more than two thirds: keep it)" : " (eta_high: the fine-tuning has to remove it)"))
+                + (DefenseSettings.alignmentRemoved(share)
+                   ? " (fewer than \(DefenseSettings.removedBelowText): the alignment removed it, keep it)"
+                   : " (eta_high: the fine-tuning has to remove it)"))
         }
         if settings.method.finetunes {
             let rates = settings.method.headwise

@@ -272,7 +272,7 @@ final class Issue15Tests: XCTestCase {
             return (r.err.split(separator: "\n").first { $0.contains("fine-tuning: loss") }.map(String.init) ?? "", r.err)
         }
         let auto = try run(["--lr-safe-when-removed", "0.0005"]), fixed = try run(["--lr-safe", "0.0005"])
-        XCTAssertTrue(auto.err.contains("safe heads fine-tune at 0.0005 (the alignment removed it on more than two thirds"), auto.err)
+        XCTAssertTrue(auto.err.contains("safe heads fine-tune at 0.0005 (fewer than a third: the alignment removed it, keep it)"), auto.err)
         XCTAssertFalse(auto.losses.isEmpty, auto.err)
         XCTAssertEqual(auto.losses, fixed.losses)
     }
